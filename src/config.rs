@@ -1,0 +1,345 @@
+//! Configuration from the environment (and a `.env` file). Every name is documented in
+//! `.env.example`; defaults are the offline, local ones.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// A value that must never be printed: `Debug` and `Display` show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"[redacted]\")")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A connection URL whose password is hidden when printed.
+#[derive(Clone)]
+pub struct ConnUrl(Secret);
+
+impl ConnUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(Secret::new(url))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose())
+    }
+}
+
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host... -> scheme://user:***@host...
+    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else { return url.to_owned() };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_owned() };
+    format!("{}://{}{}", &url[..scheme_end], masked, &rest[at..])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingProvider {
+    Local,
+    OpenAi,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub environment: Environment,
+    pub database_url: ConnUrl,
+    pub database_max_connections: u32,
+    pub redis_url: ConnUrl,
+    /// Prepended to every Redis key, so that several deployments (or tests) can share one Redis.
+    pub redis_key_prefix: String,
+    pub bind_addr: SocketAddr,
+    pub jwt_secret: Secret,
+    pub jwt_ttl: Duration,
+    pub smtp_url: Option<ConnUrl>,
+    pub mail_from: String,
+    pub openai_api_key: Option<Secret>,
+    pub openai_base_url: Option<String>,
+    pub chat_model: String,
+    pub chat_models_allowed: Vec<String>,
+    pub embedding_provider: EmbeddingProvider,
+    pub embedding_model: String,
+    pub cors_origins: Vec<String>,
+    pub log_format: LogFormat,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    /// Largest JSON request body accepted.
+    pub max_json_bytes: usize,
+    pub auth: AuthLimits,
+}
+
+/// Limits on the e-mail code login.
+#[derive(Clone, Debug)]
+pub struct AuthLimits {
+    pub code_ttl: Duration,
+    pub max_attempts: u32,
+    pub resend_cooldown: Duration,
+    /// Codes that may be requested per e-mail address per hour.
+    pub codes_per_email_per_hour: u32,
+    /// Codes that may be requested per client address per hour.
+    pub codes_per_ip_per_hour: u32,
+    /// Code checks that may be made per client address per hour.
+    pub verifies_per_ip_per_hour: u32,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            code_ttl: Duration::from_secs(600),
+            max_attempts: 5,
+            resend_cooldown: Duration::from_secs(60),
+            codes_per_email_per_hour: 5,
+            codes_per_ip_per_hour: 30,
+            verifies_per_ip_per_hour: 120,
+        }
+    }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://docuchat:docuchat@127.0.0.1:54329/docuchat";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:63790";
+/// Only for development; `ENVIRONMENT=production` refuses to start with it.
+const DEV_JWT_SECRET: &str = "docuchat-development-secret-do-not-use-in-production";
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Reads `.env` (if present) and then the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any name → value lookup (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let environment = match var("ENVIRONMENT").as_deref() {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => bail!("ENVIRONMENT must be `development` or `production`, not `{other}`"),
+        };
+
+        let jwt_secret = match var("JWT_SECRET") {
+            Some(secret) => {
+                if environment == Environment::Production && secret.len() < MIN_JWT_SECRET_LEN {
+                    bail!("JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} bytes in production");
+                }
+                Secret::new(secret)
+            }
+            None if environment == Environment::Production => {
+                bail!("JWT_SECRET is required in production (at least {MIN_JWT_SECRET_LEN} random bytes)")
+            }
+            None => Secret::new(DEV_JWT_SECRET),
+        };
+
+        let smtp_url = var("SMTP_URL").map(ConnUrl::new);
+        if environment == Environment::Production && smtp_url.is_none() {
+            bail!("SMTP_URL is required in production: verification codes may not go to the log");
+        }
+
+        let parse_u64 = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match var(name) {
+                Some(v) => v.parse().with_context(|| format!("{name} must be a whole number, not `{v}`")),
+                None => Ok(default),
+            }
+        };
+        let list = |name: &str| -> Vec<String> {
+            var(name)
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default()
+        };
+        let flag = |name: &str| -> anyhow::Result<bool> {
+            match var(name).as_deref() {
+                None => Ok(false),
+                Some("1" | "true" | "yes" | "on") => Ok(true),
+                Some("0" | "false" | "no" | "off") => Ok(false),
+                Some(other) => bail!("{name} must be true or false, not `{other}`"),
+            }
+        };
+
+        let jwt_ttl = Duration::from_secs(parse_u64("JWT_TTL_SECONDS", 7 * 24 * 3600)?);
+        if jwt_ttl.is_zero() {
+            bail!("JWT_TTL_SECONDS must be positive");
+        }
+
+        let bind_addr = var("BIND_ADDR").unwrap_or_else(|| "127.0.0.1:8000".into());
+        let bind_addr = bind_addr.parse().with_context(|| format!("BIND_ADDR must be host:port, not `{bind_addr}`"))?;
+
+        let chat_model = var("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into());
+        let mut chat_models_allowed = list("CHAT_MODELS_ALLOWED");
+        if !chat_models_allowed.contains(&chat_model) {
+            chat_models_allowed.insert(0, chat_model.clone());
+        }
+
+        let embedding_provider = match var("EMBEDDING_PROVIDER").as_deref() {
+            None | Some("local") => EmbeddingProvider::Local,
+            Some("openai") => EmbeddingProvider::OpenAi,
+            Some(other) => bail!("EMBEDDING_PROVIDER must be `local` or `openai`, not `{other}`"),
+        };
+        let embedding_model = var("EMBEDDING_MODEL").unwrap_or_else(|| match embedding_provider {
+            EmbeddingProvider::Local => "all-MiniLM-L6-v2".into(),
+            EmbeddingProvider::OpenAi => "text-embedding-3-small".into(),
+        });
+
+        let log_format = match var("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("LOG_FORMAT must be `text` or `json`, not `{other}`"),
+        };
+
+        let database_max_connections = parse_u64("DATABASE_MAX_CONNECTIONS", 20)?;
+        let database_max_connections = u32::try_from(database_max_connections)
+            .ok()
+            .filter(|n| *n > 0)
+            .context("DATABASE_MAX_CONNECTIONS must be between 1 and 2^32")?;
+
+        Ok(Self {
+            environment,
+            database_url: ConnUrl::new(var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into())),
+            database_max_connections,
+            redis_url: ConnUrl::new(var("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.into())),
+            redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_else(|| "docuchat:".into()),
+            bind_addr,
+            jwt_secret,
+            jwt_ttl,
+            smtp_url,
+            mail_from: var("MAIL_FROM").unwrap_or_else(|| "DocuChat <no-reply@docuchat.localhost>".into()),
+            openai_api_key: var("OPENAI_API_KEY").map(Secret::new),
+            openai_base_url: var("OPENAI_BASE_URL"),
+            chat_model,
+            chat_models_allowed,
+            embedding_provider,
+            embedding_model,
+            cors_origins: list("CORS_ORIGINS"),
+            log_format,
+            trust_forwarded_for: flag("TRUST_FORWARDED_FOR")?,
+            max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
+                .context("MAX_JSON_BYTES is too large")?,
+            auth: AuthLimits::default(),
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_local_and_offline() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.jwt_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.embedding_provider, EmbeddingProvider::Local);
+        assert_eq!(c.embedding_model, "all-MiniLM-L6-v2");
+        assert_eq!(c.chat_models_allowed, vec!["gpt-4o-mini".to_string()]);
+        assert!(c.openai_api_key.is_none());
+    }
+
+    #[test]
+    fn production_refuses_missing_or_short_secret_and_log_mailer() {
+        let err = config(&[("ENVIRONMENT", "production"), ("SMTP_URL", "smtp://mail:25")]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET is required"), "{err}");
+
+        let err =
+            config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", "short"), ("SMTP_URL", "smtp://m:25")]).unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+
+        let long = "x".repeat(40);
+        let err = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &long)]).unwrap_err();
+        assert!(err.to_string().contains("SMTP_URL is required"), "{err}");
+
+        let ok = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &long), ("SMTP_URL", "smtp://m:25")]);
+        assert!(ok.unwrap().is_production());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = config(&[
+            ("JWT_SECRET", "super-secret-value-123"),
+            ("OPENAI_API_KEY", "sk-live-abcdef"),
+            ("DATABASE_URL", "postgres://app:hunter2@db:5432/app"),
+            ("SMTP_URL", "smtp://mailer:mailpass@smtp:587"),
+        ])
+        .unwrap();
+        let printed = format!("{c:?}");
+        for secret in ["super-secret-value-123", "sk-live-abcdef", "hunter2", "mailpass"] {
+            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+        }
+        assert!(printed.contains("postgres://app:***@db:5432/app"), "{printed}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = config(&[("JWT_TTL_SECONDS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("JWT_TTL_SECONDS"));
+        let err = config(&[("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert!(err.to_string().contains("BIND_ADDR"));
+        let err = config(&[("EMBEDDING_PROVIDER", "magic")]).unwrap_err();
+        assert!(err.to_string().contains("EMBEDDING_PROVIDER"));
+    }
+
+    #[test]
+    fn allow_list_always_contains_the_default_model() {
+        let c = config(&[("CHAT_MODEL", "m1"), ("CHAT_MODELS_ALLOWED", "m2, m3")]).unwrap();
+        assert_eq!(c.chat_models_allowed, vec!["m1", "m2", "m3"]);
+    }
+}

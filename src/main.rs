@@ -1,0 +1,141 @@
+//! The `docuchat` command: serve, migrate, manage tenants.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use docuchat::{
+    app::{self, AppState},
+    auth::email::Email,
+    config::Config,
+    db, telemetry, tenants,
+};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "docuchat", version, about = "Multi-tenant document chat over your PDFs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP and WebSocket server.
+    Serve {
+        /// Apply pending database migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print it as JSON.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Lower-case letters, digits and hyphens; clients may send it as X-Tenant-ID.
+        #[arg(long)]
+        slug: String,
+        /// This address becomes the tenant's admin on first login.
+        #[arg(long)]
+        admin_email: String,
+    },
+    /// List tenants as JSON.
+    List,
+    /// Create the `demo` tenant if it is missing and print how to log in.
+    EnsureDemo {
+        #[arg(long, default_value = "admin@demo.example")]
+        admin_email: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    match run(cli, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { migrate } => {
+            let listener = TcpListener::bind(config.bind_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
+            let state = AppState::connect(config).await?;
+            if migrate {
+                db::migrate(&state.db).await?;
+            }
+            app::serve(listener, state, app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let pool = db::connect(&config).await?;
+            db::migrate(&pool).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Tenant { command } => tenant(command, &config).await,
+    }
+}
+
+async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
+    let pool = db::connect(config).await?;
+    match command {
+        TenantCommand::Create { name, slug, admin_email } => {
+            let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
+            let tenant = tenants::create(&pool, &name, &slug, &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string_pretty(&tenant)?);
+        }
+        TenantCommand::List => {
+            println!("{}", serde_json::to_string_pretty(&tenants::list(&pool).await?)?);
+        }
+        TenantCommand::EnsureDemo { admin_email } => {
+            let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
+            let tenant = match tenants::find_by_slug(&pool, "demo").await? {
+                Some(t) => t,
+                None => tenants::create(&pool, "Demo", "demo", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+            };
+            let base = format!("http://{}", config.bind_addr);
+            eprintln!(
+                "\nDemo tenant `{slug}` (id {id}), admin {admin}. To log in:\n\
+                 \n  curl -s -X POST {base}/v1/auth/request-code -H 'X-Tenant-ID: {slug}' \\\n    \
+                 -H 'Content-Type: application/json' -d '{{\"email\":\"{admin}\"}}'\n\
+                 \n  # {where_code}\n\
+                 \n  curl -s -X POST {base}/v1/auth/verify-code -H 'X-Tenant-ID: {slug}' \\\n    \
+                 -H 'Content-Type: application/json' -d '{{\"email\":\"{admin}\",\"code\":\"123456\"}}'\n\
+                 \n  curl -s {base}/v1/me -H 'X-Tenant-ID: {slug}' -H 'Authorization: Bearer <access_token>'\n",
+                slug = tenant.slug,
+                id = tenant.id,
+                admin = tenant.admin_email,
+                where_code = if config.smtp_url.is_some() {
+                    "the code arrives by e-mail"
+                } else {
+                    "no SMTP_URL: the code is printed in this server's log (\"login code ...\")"
+                },
+            );
+        }
+    }
+    Ok(())
+}

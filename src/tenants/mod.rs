@@ -1,0 +1,131 @@
+//! Tenants: creation (CLI), lookup, and the `X-Tenant-ID` resolver every tenant-scoped request
+//! goes through.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::{app::AppState, auth::email::Email, error::ApiError};
+
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub admin_email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Checks a slug against the rules the database enforces, with a sentence for the operator.
+pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
+    let bytes = slug.as_bytes();
+    if bytes.is_empty() || bytes.len() > 63 {
+        return Err("a slug is 1 to 63 characters");
+    }
+    if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-') {
+        return Err("a slug has only lower-case letters, digits and hyphens");
+    }
+    if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err("a slug may not start or end with a hyphen");
+    }
+    if Uuid::try_parse(slug).is_ok() {
+        return Err("a slug may not look like a UUID");
+    }
+    Ok(())
+}
+
+pub async fn create(db: impl PgExecutor<'_>, name: &str, slug: &str, admin_email: &Email) -> Result<Tenant, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_request("invalid_name", "a tenant name is 1 to 200 characters"));
+    }
+    validate_slug(slug).map_err(|m| ApiError::bad_request("invalid_slug", m))?;
+    let result = sqlx::query_as::<_, Tenant>(
+        "insert into tenants (id, name, slug, admin_email) values ($1, $2, $3, $4)
+         returning id, name, slug, admin_email, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(slug)
+    .bind(admin_email.as_str())
+    .fetch_one(db)
+    .await;
+    match result {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::Conflict {
+            code: "slug_taken",
+            message: format!("a tenant with slug `{slug}` already exists"),
+        }),
+        other => Ok(other?),
+    }
+}
+
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Tenant>, sqlx::Error> {
+    sqlx::query_as("select id, name, slug, admin_email, created_at from tenants order by created_at")
+        .fetch_all(db)
+        .await
+}
+
+pub async fn find_by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
+    sqlx::query_as("select id, name, slug, admin_email, created_at from tenants where slug = $1")
+        .bind(slug)
+        .fetch_optional(db)
+        .await
+}
+
+/// Resolves an `X-Tenant-ID` value: a UUID is looked up by id, anything else by slug.
+pub async fn resolve(db: impl PgExecutor<'_>, id_or_slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
+    if let Ok(id) = Uuid::try_parse(id_or_slug) {
+        return sqlx::query_as("select id, name, slug, admin_email, created_at from tenants where id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await;
+    }
+    if validate_slug(id_or_slug).is_err() {
+        return Ok(None);
+    }
+    find_by_slug(db, id_or_slug).await
+}
+
+/// The tenant named by the request's `X-Tenant-ID` header.
+#[derive(Clone, Debug)]
+pub struct TenantCtx(pub Tenant);
+
+impl FromRequestParts<AppState> for TenantCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(t) = parts.extensions.get::<TenantCtx>() {
+            return Ok(t.clone());
+        }
+        let raw = parts.headers.get(TENANT_HEADER).ok_or_else(|| {
+            ApiError::bad_request("tenant_required", "send the X-Tenant-ID header with your tenant's id or slug")
+        })?;
+        let not_found = || ApiError::not_found("tenant_not_found", "no tenant matches the X-Tenant-ID header");
+        let value = raw.to_str().map_err(|_| not_found())?.trim();
+        let tenant = resolve(&state.db, value).await?.ok_or_else(not_found)?;
+        let ctx = TenantCtx(tenant);
+        parts.extensions.insert(ctx.clone());
+        Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_slug;
+
+    #[test]
+    fn slugs() {
+        for ok in ["acme", "a", "acme-corp-2", "0abc"] {
+            assert!(validate_slug(ok).is_ok(), "{ok}");
+        }
+        for bad in
+            ["", "-a", "a-", "Acme", "a_b", "a b", "شرکت", &"a".repeat(64), "0b2c4d6e-1111-4222-8333-944455556666"]
+        {
+            assert!(validate_slug(bad).is_err(), "{bad:?}");
+        }
+    }
+}

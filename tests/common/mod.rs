@@ -1,0 +1,249 @@
+//! Test harness: a real server on 127.0.0.1:0 over a per-test database (`#[sqlx::test]`), a
+//! per-test Redis key prefix, and real peers started by the tests (an SMTP receiver, a private
+//! Redis server).
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener as StdListener},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use docuchat::{
+    app::{self, AppState},
+    auth::email::Email,
+    config::Config,
+    tenants::{self, Tenant},
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+
+pub use smtp::MailServer;
+
+pub fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        docuchat::telemetry::init(docuchat::config::LogFormat::Text);
+    }
+}
+
+/// The settings every test starts from: the Redis of the test environment, a fresh key prefix.
+pub fn test_vars() -> HashMap<String, String> {
+    let redis =
+        std::env::var("REDIS_URL").expect("REDIS_URL must point at a Redis (run the tests with infra/dev.sh test)");
+    HashMap::from([
+        ("REDIS_URL".to_owned(), redis),
+        ("REDIS_KEY_PREFIX".to_owned(), format!("test:{}:", uuid::Uuid::new_v4())),
+        ("JWT_SECRET".to_owned(), "test-secret-that-is-long-enough-0123456789".to_owned()),
+    ])
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: PgPool,
+    pub state: AppState,
+    pub mail: Option<MailServer>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+
+pub struct Builder {
+    vars: HashMap<String, String>,
+    tweak: Option<ConfigTweak>,
+    with_mail: bool,
+}
+
+impl Builder {
+    pub fn var(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn config(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweak = Some(Box::new(f));
+        self
+    }
+
+    /// Starts without an SMTP receiver: codes go to the log.
+    pub fn without_mail(mut self) -> Self {
+        self.with_mail = false;
+        self
+    }
+
+    pub async fn spawn(mut self, db: PgPool) -> TestApp {
+        init_test_log();
+        let mail = if self.with_mail {
+            let server = MailServer::start().await;
+            self.vars.insert("SMTP_URL".into(), format!("smtp://{}", server.addr));
+            Some(server)
+        } else {
+            None
+        };
+        let vars = self.vars;
+        let mut config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test config");
+        // loose limits by default; tests that exercise a limit set it
+        config.auth.resend_cooldown = Duration::from_millis(1);
+        config.auth.codes_per_email_per_hour = 1000;
+        config.auth.codes_per_ip_per_hour = 1000;
+        config.auth.verifies_per_ip_per_hour = 1000;
+        if let Some(tweak) = self.tweak {
+            tweak(&mut config);
+        }
+        let state = AppState::with_pool(config, db.clone()).await.expect("app state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            db,
+            state,
+            mail,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        Builder { vars: test_vars(), tweak: None, with_mail: true }
+    }
+
+    pub async fn spawn(db: PgPool) -> TestApp {
+        Self::builder().spawn(db).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn create_tenant(&self, slug: &str, admin_email: &str) -> Tenant {
+        tenants::create(&self.db, &format!("Tenant {slug}"), slug, &Email::parse(admin_email).unwrap())
+            .await
+            .expect("create tenant")
+    }
+
+    pub async fn request_code(&self, tenant: &str, email: &str) -> Response {
+        self.client
+            .post(self.url("/v1/auth/request-code"))
+            .header("X-Tenant-ID", tenant)
+            .json(&json!({ "email": email }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn verify_code(&self, tenant: &str, email: &str, code: &str) -> Response {
+        self.client
+            .post(self.url("/v1/auth/verify-code"))
+            .header("X-Tenant-ID", tenant)
+            .json(&json!({ "email": email, "code": code }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Requests a code and reads it from the e-mail the SMTP receiver got.
+    pub async fn code_by_mail(&self, tenant: &str, email: &str) -> String {
+        let resp = self.request_code(tenant, email).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{}", resp.text().await.unwrap());
+        let mail = self.mail.as_ref().expect("this app has no SMTP receiver");
+        let message = mail.next_to(email, Duration::from_secs(10)).await.expect("no e-mail arrived");
+        message.code().expect("no code in the e-mail")
+    }
+
+    /// Logs in through the real flow (code by e-mail) and returns the access token.
+    pub async fn login(&self, tenant: &str, email: &str) -> String {
+        let code = self.code_by_mail(tenant, email).await;
+        let resp = self.verify_code(tenant, email, &code).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn get_as(&self, path: &str, tenant: &str, token: &str) -> Response {
+        self.client.get(self.url(path)).header("X-Tenant-ID", tenant).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Reads an error envelope, asserting its shape, and returns (code, message).
+pub async fn error_of(resp: Response) -> (StatusCode, String, String) {
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("error bodies are JSON");
+    let error = body.get("error").unwrap_or_else(|| panic!("no error envelope in {body}"));
+    let code = error["code"].as_str().unwrap_or_else(|| panic!("no code in {body}")).to_owned();
+    let message = error["message"].as_str().unwrap_or_else(|| panic!("no message in {body}")).to_owned();
+    assert!(!message.is_empty());
+    (status, code, message)
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private Redis server, killed on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisProcess {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (infra/dev.sh up installs it)");
+        // from here on Drop kills and reaps the child
+        let server = Self { port, child };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
