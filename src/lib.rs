@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod ingestion;
 pub mod redis;
 pub mod telemetry;
 pub mod tenants;

@@ -1,0 +1,403 @@
+//! What the extractor needs of a PDF font: how to cut a shown string into character codes, the
+//! Unicode text of each code, and each glyph's advance width.
+//!
+//! Unicode comes from the font's `ToUnicode` CMap first (the most reliable source), then from its
+//! `Encoding` (base encoding with `Differences`, decoded by lopdf's glyph tables).
+
+use std::collections::HashMap;
+
+use lopdf::{Dictionary, Document, Encoding, Object};
+
+/// Upper bound on a CMap stream we are willing to parse.
+const MAX_CMAP_BYTES: usize = 4 << 20;
+
+pub struct Font<'a> {
+    /// Type0 (composite) fonts use two-byte codes (Identity-H and the usual CMaps).
+    two_byte: bool,
+    to_unicode: Option<HashMap<u32, String>>,
+    encoding: Option<Encoding<'a>>,
+    widths: Widths,
+    /// text-space units per glyph-space unit (1/1000, or from a Type3 FontMatrix)
+    scale: f32,
+}
+
+enum Widths {
+    Simple { first: u32, widths: Vec<f32>, missing: f32 },
+    Cid { map: HashMap<u32, f32>, default: f32 },
+}
+
+impl<'a> Font<'a> {
+    pub fn load(doc: &'a Document, dict: &'a Dictionary) -> Self {
+        let subtype = dict.get(b"Subtype").and_then(Object::as_name).unwrap_or(b"");
+        let two_byte = subtype == b"Type0";
+        let to_unicode = dict
+            .get(b"ToUnicode")
+            .ok()
+            .and_then(|o| deref(doc, o))
+            .and_then(|o| o.as_stream().ok())
+            .and_then(|s| {
+                let data =
+                    if s.dict.get(b"Filter").is_ok() { s.decompressed_content().ok()? } else { s.content.clone() };
+                (data.len() <= MAX_CMAP_BYTES).then(|| parse_cmap(&data))
+            })
+            .filter(|m| !m.is_empty());
+        // lopdf's encoding handling covers base encodings and Differences for simple fonts
+        let encoding = if two_byte { None } else { dict.get_font_encoding(doc).ok() };
+
+        let scale = if subtype == b"Type3" {
+            dict.get(b"FontMatrix")
+                .ok()
+                .and_then(|o| deref(doc, o))
+                .and_then(|o| o.as_array().ok())
+                .and_then(|a| a.first())
+                .and_then(num)
+                .map(|v| v.abs())
+                .filter(|v| *v > 0.0)
+                .unwrap_or(0.001)
+        } else {
+            0.001
+        };
+
+        let widths = if two_byte { cid_widths(doc, dict) } else { simple_widths(doc, dict) };
+        Self { two_byte, to_unicode, encoding, widths, scale }
+    }
+
+    /// Cuts a string operand into character codes.
+    pub fn codes(&self, bytes: &[u8]) -> Vec<u32> {
+        if self.two_byte {
+            bytes
+                .chunks(2)
+                .map(|c| if c.len() == 2 { u32::from(c[0]) << 8 | u32::from(c[1]) } else { u32::from(c[0]) })
+                .collect()
+        } else {
+            bytes.iter().map(|b| u32::from(*b)).collect()
+        }
+    }
+
+    /// Whether word spacing (`Tw`) applies: only to the single-byte code 32.
+    pub fn is_space_code(&self, code: u32) -> bool {
+        !self.two_byte && code == 32
+    }
+
+    pub fn text(&self, code: u32) -> Option<String> {
+        if let Some(map) = &self.to_unicode
+            && let Some(s) = map.get(&code)
+        {
+            return Some(s.clone());
+        }
+        let encoding = self.encoding.as_ref()?;
+        let byte = u8::try_from(code).ok()?;
+        let s = encoding.bytes_to_string(&[byte]).ok()?;
+        // lopdf yields U+FFFD or nothing for unmapped codes
+        (!s.is_empty() && !s.contains('\u{FFFD}')).then_some(s)
+    }
+
+    /// Advance of the glyph in text-space units (before the font size is applied).
+    pub fn advance(&self, code: u32) -> f32 {
+        let w = match &self.widths {
+            Widths::Simple { first, widths, missing } => {
+                code.checked_sub(*first).and_then(|i| widths.get(i as usize)).copied().unwrap_or(*missing)
+            }
+            Widths::Cid { map, default } => map.get(&code).copied().unwrap_or(*default),
+        };
+        w * self.scale
+    }
+}
+
+fn deref<'a>(doc: &'a Document, o: &'a Object) -> Option<&'a Object> {
+    doc.dereference(o).ok().map(|(_, o)| o)
+}
+
+fn num(o: &Object) -> Option<f32> {
+    match o {
+        Object::Integer(i) => Some(*i as f32),
+        Object::Real(r) => Some(*r),
+        _ => None,
+    }
+}
+
+fn simple_widths(doc: &Document, dict: &Dictionary) -> Widths {
+    let first = dict.get(b"FirstChar").ok().and_then(num).unwrap_or(0.0).max(0.0) as u32;
+    let widths: Vec<f32> = dict
+        .get(b"Widths")
+        .ok()
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_array().ok())
+        .map(|a| a.iter().map(|w| deref(doc, w).and_then(num).unwrap_or(0.0)).collect())
+        .unwrap_or_default();
+    let missing = dict
+        .get(b"FontDescriptor")
+        .ok()
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_dict().ok())
+        .and_then(|d| d.get(b"MissingWidth").ok().and_then(num))
+        // the standard 14 fonts come without widths: half an em is a fair average
+        .unwrap_or(if widths.is_empty() { 500.0 } else { 0.0 });
+    Widths::Simple { first, widths, missing }
+}
+
+fn cid_widths(doc: &Document, dict: &Dictionary) -> Widths {
+    let descendant = dict
+        .get(b"DescendantFonts")
+        .ok()
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_array().ok())
+        .and_then(|a| a.first())
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_dict().ok());
+    let Some(cid) = descendant else { return Widths::Cid { map: HashMap::new(), default: 1000.0 } };
+    let default = cid.get(b"DW").ok().and_then(num).unwrap_or(1000.0);
+    let mut map = HashMap::new();
+    if let Some(w) = cid.get(b"W").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_array().ok()) {
+        let mut i = 0;
+        while i < w.len() {
+            let Some(start) = deref(doc, &w[i]).and_then(num) else { break };
+            match w.get(i + 1).and_then(|o| deref(doc, o)) {
+                Some(Object::Array(list)) => {
+                    for (k, v) in list.iter().enumerate() {
+                        if map.len() > 70_000 {
+                            break;
+                        }
+                        map.insert(start as u32 + k as u32, deref(doc, v).and_then(num).unwrap_or(default));
+                    }
+                    i += 2;
+                }
+                Some(end) => {
+                    let end = num(end).unwrap_or(start);
+                    let width = w.get(i + 2).and_then(|o| deref(doc, o)).and_then(num).unwrap_or(default);
+                    let (s, e) = (start as u32, (end as u32).min(start as u32 + 70_000));
+                    for c in s..=e {
+                        map.insert(c, width);
+                    }
+                    i += 3;
+                }
+                None => break,
+            }
+        }
+    }
+    Widths::Cid { map, default }
+}
+
+/// Parses the `bfchar` and `bfrange` sections of a ToUnicode CMap.
+pub fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
+    let tokens = tokenize(data);
+    let mut map = HashMap::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Keyword(k) if k == b"beginbfchar" => {
+                i += 1;
+                while i + 1 < tokens.len() {
+                    match (&tokens[i], &tokens[i + 1]) {
+                        (Token::Hex(src), Token::Hex(dst)) => {
+                            if let Some(s) = utf16(dst) {
+                                map.insert(code_of(src), s);
+                            }
+                            i += 2;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            Token::Keyword(k) if k == b"beginbfrange" => {
+                i += 1;
+                while i + 2 < tokens.len() {
+                    let (Token::Hex(lo), Token::Hex(hi)) = (&tokens[i], &tokens[i + 1]) else { break };
+                    let (lo, hi) = (code_of(lo), code_of(hi));
+                    let hi = hi.min(lo.saturating_add(0xFFFF));
+                    match &tokens[i + 2] {
+                        Token::Hex(dst) => {
+                            if let Some(base) = units(dst) {
+                                for (k, code) in (lo..=hi).enumerate() {
+                                    // the last UTF-16 unit increments along the range
+                                    let mut u = base.clone();
+                                    if let Some(last) = u.last_mut() {
+                                        *last = last.wrapping_add(k as u16);
+                                    }
+                                    if let Ok(s) = String::from_utf16(&u) {
+                                        map.insert(code, s);
+                                    }
+                                }
+                            }
+                            i += 3;
+                        }
+                        Token::ArrayStart => {
+                            let mut j = i + 3;
+                            let mut code = lo;
+                            while j < tokens.len() {
+                                match &tokens[j] {
+                                    Token::Hex(dst) => {
+                                        if code <= hi
+                                            && let Some(s) = utf16(dst)
+                                        {
+                                            map.insert(code, s);
+                                        }
+                                        code = code.saturating_add(1);
+                                        j += 1;
+                                    }
+                                    Token::ArrayEnd => {
+                                        j += 1;
+                                        break;
+                                    }
+                                    _ => j += 1,
+                                }
+                            }
+                            i = j;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    map
+}
+
+fn code_of(bytes: &[u8]) -> u32 {
+    bytes.iter().take(4).fold(0u32, |acc, b| acc << 8 | u32::from(*b))
+}
+
+fn units(bytes: &[u8]) -> Option<Vec<u16>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    if bytes.len() == 1 {
+        return Some(vec![u16::from(bytes[0])]);
+    }
+    Some(
+        bytes
+            .chunks(2)
+            .map(|c| if c.len() == 2 { u16::from(c[0]) << 8 | u16::from(c[1]) } else { u16::from(c[0]) })
+            .collect(),
+    )
+}
+
+fn utf16(bytes: &[u8]) -> Option<String> {
+    String::from_utf16(&units(bytes)?).ok()
+}
+
+#[derive(Debug)]
+enum Token {
+    Hex(Vec<u8>),
+    Keyword(Vec<u8>),
+    ArrayStart,
+    ArrayEnd,
+    Other,
+}
+
+fn tokenize(data: &[u8]) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let c = data[i];
+        match c {
+            b'%' => {
+                while i < data.len() && data[i] != b'\n' && data[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'<' if data.get(i + 1) == Some(&b'<') => {
+                out.push(Token::Other);
+                i += 2;
+            }
+            b'>' if data.get(i + 1) == Some(&b'>') => {
+                out.push(Token::Other);
+                i += 2;
+            }
+            b'<' => {
+                let mut hex = Vec::new();
+                i += 1;
+                while i < data.len() && data[i] != b'>' {
+                    if data[i].is_ascii_hexdigit() {
+                        hex.push(data[i]);
+                    }
+                    i += 1;
+                }
+                i += 1;
+                if hex.len() % 2 == 1 {
+                    hex.push(b'0');
+                }
+                let bytes = hex
+                    .chunks(2)
+                    .map(|p| {
+                        let h = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                        h(p[0]) << 4 | h(p[1])
+                    })
+                    .collect();
+                out.push(Token::Hex(bytes));
+            }
+            b'[' => {
+                out.push(Token::ArrayStart);
+                i += 1;
+            }
+            b']' => {
+                out.push(Token::ArrayEnd);
+                i += 1;
+            }
+            b'(' => {
+                // literal strings do not occur in the sections we read; skip balanced
+                let mut depth = 0;
+                while i < data.len() {
+                    match data[i] {
+                        b'\\' => i += 1,
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                out.push(Token::Other);
+            }
+            c if c.is_ascii_whitespace() => i += 1,
+            _ => {
+                let start = i;
+                while i < data.len() && !data[i].is_ascii_whitespace() && !b"<>[]()/%{}".contains(&data[i]) {
+                    i += 1;
+                }
+                if i == start {
+                    i += 1;
+                    out.push(Token::Other);
+                } else {
+                    out.push(Token::Keyword(data[start..i].to_vec()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cmap;
+
+    #[test]
+    fn cmap_chars_ranges_and_arrays() {
+        let cmap = b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap
+            1 begincodespacerange <0000> <FFFF> endcodespacerange
+            3 beginbfchar <0003> <0020> <0011> <00660069> <0024> <D835DC00> endbfchar
+            2 beginbfrange <0041> <0043> <0061> <0050> <0052> [<0627> <0628> <062A>] endbfrange
+            endcmap";
+        let m = parse_cmap(cmap);
+        assert_eq!(m[&0x03], " ");
+        assert_eq!(m[&0x11], "fi");
+        assert_eq!(m[&0x24], "\u{1D400}");
+        assert_eq!(m[&0x41], "a");
+        assert_eq!(m[&0x43], "c");
+        assert_eq!(m[&0x51], "ب");
+        assert_eq!(m[&0x52], "ت");
+        assert!(!m.contains_key(&0x44));
+    }
+
+    #[test]
+    fn hostile_cmap_does_not_blow_up() {
+        let m = parse_cmap(b"beginbfrange <00000000> <FFFFFFFF> <0041> endbfrange <<<<[[[ ((( beginbfchar <01>");
+        assert!(m.len() <= 0x10000);
+    }
+}

@@ -1,0 +1,353 @@
+//! From placed glyphs to text in reading order.
+//!
+//! Glyphs become words (runs without a gap), words are cut into blocks by recursive XY-cuts
+//! (a vertical gutter that runs through the whole region splits it into columns; otherwise the
+//! widest horizontal gap splits it into bands), and each block is read line by line. Lines whose
+//! letters are mostly right-to-left are put back into logical order. Paragraphs (blank lines)
+//! are kept: chunking cuts on them.
+
+use super::interp::Glyph;
+
+#[derive(Clone, Debug)]
+struct Word {
+    x0: f32,
+    x1: f32,
+    y: f32,
+    size: f32,
+    text: String,
+}
+
+/// Lays out one page. Glyphs of other orientations are read after the upright ones.
+pub fn page_text(glyphs: &[Glyph]) -> String {
+    let mut out = String::new();
+    for quarter in 0..4u8 {
+        let words = words(glyphs.iter().filter(|g| g.quarter == quarter), quarter);
+        if words.is_empty() {
+            continue;
+        }
+        let text = read_region(words);
+        if !text.trim().is_empty() {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(text.trim_end());
+        }
+    }
+    out
+}
+
+/// Rotates page coordinates so that a glyph of the given orientation reads left to right.
+fn upright(g: &Glyph, quarter: u8) -> (f32, f32) {
+    match quarter {
+        1 => (g.y, -g.x),
+        2 => (-g.x, -g.y),
+        3 => (-g.y, g.x),
+        _ => (g.x, g.y),
+    }
+}
+
+fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> {
+    let mut words: Vec<Word> = Vec::new();
+    let mut current: Option<Word> = None;
+    for g in glyphs {
+        let (x, y) = upright(g, quarter);
+        let size = g.size.max(0.1);
+        if g.space {
+            if let Some(w) = current.take() {
+                words.push(w);
+            }
+            continue;
+        }
+        let x1 = x + g.width;
+        if let Some(w) = current.as_mut() {
+            let same_line = (y - w.y).abs() < 0.35 * size.min(w.size);
+            // continues to the right (normal), or to the left (right-to-left drawing)
+            let gap_right = x - w.x1;
+            let gap_left = w.x0 - x1;
+            let tol = 0.12 * size.min(w.size).max(size * 0.5);
+            if same_line && gap_right > -0.25 * size && gap_right < tol {
+                w.x1 = w.x1.max(x1);
+                w.text.push_str(&g.text);
+                continue;
+            }
+            if same_line && gap_left > -0.25 * size && gap_left < tol && gap_right < 0.0 {
+                w.x0 = w.x0.min(x);
+                w.text.insert_str(0, &g.text);
+                continue;
+            }
+            words.push(current.take().expect("checked above"));
+        }
+        current = Some(Word { x0: x, x1: x1.max(x), y, size, text: g.text.clone() });
+    }
+    if let Some(w) = current {
+        words.push(w);
+    }
+    words.retain(|w| !w.text.trim().is_empty());
+    words
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    if v.is_empty() {
+        return 10.0;
+    }
+    v.sort_by(f32::total_cmp);
+    v[v.len() / 2]
+}
+
+fn read_region(words: Vec<Word>) -> String {
+    let mut blocks = Vec::new();
+    cut(words, &mut blocks, 0);
+    let mut out = String::new();
+    for block in blocks {
+        let text = read_block(block);
+        if text.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Distinct baselines in a set of words.
+fn line_count(words: &[Word], em: f32) -> usize {
+    let mut ys: Vec<f32> = words.iter().map(|w| w.y).collect();
+    ys.sort_by(f32::total_cmp);
+    let mut n = 0;
+    let mut last = f32::NEG_INFINITY;
+    for y in ys {
+        if y - last > 0.5 * em {
+            n += 1;
+            last = y;
+        }
+    }
+    n
+}
+
+fn cut(words: Vec<Word>, blocks: &mut Vec<Vec<Word>>, depth: u32) {
+    if words.len() < 2 || depth > 40 {
+        blocks.push(words);
+        return;
+    }
+    let em = median(words.iter().map(|w| w.size).collect());
+
+    let top = |w: &Word| w.y + 0.8 * w.size;
+    let bottom = |w: &Word| w.y - 0.25 * w.size;
+    let band_gap = |min: f32, words: &[Word]| widest_gap(words.iter().map(|w| (bottom(w), top(w))), min);
+
+    // 1. a wide horizontal gap (title and abstract over columns, a figure) splits into bands
+    // 2. a vertical gutter through the whole region splits into columns, read left to right
+    //    (right to left when the region's text is mostly right-to-left)
+    // 3. a horizontal gap clearly wider than the line spacing splits into bands
+    let split_y = band_gap(1.5 * em, &words);
+    let split_x = if split_y.is_none() && line_count(&words, em) >= 3 {
+        widest_gap(words.iter().map(|w| (w.x0, w.x1)), em)
+    } else {
+        None
+    };
+    if let Some(x) = split_x {
+        let (left, right): (Vec<Word>, Vec<Word>) = words.into_iter().partition(|w| (w.x0 + w.x1) / 2.0 < x);
+        let rtl = is_rtl(left.iter().chain(right.iter()).map(|w| w.text.as_str()));
+        let (first, second) = if rtl { (right, left) } else { (left, right) };
+        cut(first, blocks, depth + 1);
+        cut(second, blocks, depth + 1);
+        return;
+    }
+    if let Some(y) = split_y.or_else(|| band_gap(0.9 * em, &words)) {
+        let (upper, lower): (Vec<Word>, Vec<Word>) = words.into_iter().partition(|w| w.y > y);
+        cut(upper, blocks, depth + 1);
+        cut(lower, blocks, depth + 1);
+        return;
+    }
+    blocks.push(words);
+}
+
+/// The middle of the widest empty interval between the given spans, if one is at least `min`.
+fn widest_gap(spans: impl Iterator<Item = (f32, f32)>, min: f32) -> Option<f32> {
+    let mut spans: Vec<(f32, f32)> = spans.collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut best: Option<(f32, f32)> = None;
+    let mut reach = f32::NEG_INFINITY;
+    for (lo, hi) in spans {
+        if reach.is_finite() && lo - reach >= min && best.is_none_or(|(w, _)| lo - reach > w) {
+            best = Some((lo - reach, (lo + reach) / 2.0));
+        }
+        reach = reach.max(hi);
+    }
+    best.map(|(_, mid)| mid)
+}
+
+fn is_rtl_char(c: char) -> bool {
+    matches!(c as u32, 0x0590..=0x08FF | 0xFB1D..=0xFDFF | 0xFE70..=0xFEFF)
+}
+
+fn is_rtl<'s>(texts: impl Iterator<Item = &'s str>) -> bool {
+    let (mut rtl, mut ltr) = (0usize, 0usize);
+    for t in texts {
+        for c in t.chars() {
+            if is_rtl_char(c) {
+                rtl += 1;
+            } else if c.is_alphabetic() {
+                ltr += 1;
+            }
+        }
+    }
+    rtl > ltr
+}
+
+fn read_block(mut words: Vec<Word>) -> String {
+    if words.is_empty() {
+        return String::new();
+    }
+    let em = median(words.iter().map(|w| w.size).collect());
+    words.sort_by(|a, b| b.y.total_cmp(&a.y));
+    // group into lines by baseline
+    let mut lines: Vec<Vec<Word>> = Vec::new();
+    for w in words {
+        match lines.last_mut() {
+            Some(line) if (line[0].y - w.y).abs() < 0.5 * em.min(w.size.max(0.1)).max(em * 0.5) => line.push(w),
+            _ => lines.push(vec![w]),
+        }
+    }
+    let pitches: Vec<f32> = lines.windows(2).map(|p| p[0][0].y - p[1][0].y).filter(|d| *d > 0.0).collect();
+    let pitch = median(pitches).max(em);
+    let mut out = String::new();
+    let mut prev_y: Option<f32> = None;
+    for mut line in lines {
+        let y = line[0].y;
+        if let Some(py) = prev_y {
+            out.push('\n');
+            if py - y > 1.6 * pitch {
+                out.push('\n');
+            }
+        }
+        prev_y = Some(y);
+        line.sort_by(|a, b| a.x0.total_cmp(&b.x0));
+        out.push_str(&line_text(&line));
+    }
+    out
+}
+
+/// Joins a line's words, left to right on the page; a mostly right-to-left line is then put into
+/// logical order: its runs are reversed, and so are the letters of its right-to-left runs.
+fn line_text(line: &[Word]) -> String {
+    let visual = {
+        let mut s = String::new();
+        for (i, w) in line.iter().enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            s.push_str(&w.text);
+        }
+        s
+    };
+    if !is_rtl(line.iter().map(|w| w.text.as_str())) {
+        return visual;
+    }
+    // Split the visual string into runs of RTL and non-RTL characters (neutrals such as spaces
+    // and punctuation go with the surrounding RTL text unless between two LTR letters).
+    let chars: Vec<char> = visual.chars().collect();
+    let strong: Vec<Option<bool>> = chars
+        .iter()
+        .map(|c| {
+            if is_rtl_char(*c) {
+                Some(true)
+            } else if c.is_alphanumeric() {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut kinds = vec![true; chars.len()];
+    for i in 0..chars.len() {
+        kinds[i] = match strong[i] {
+            Some(k) => k,
+            None => {
+                let before = strong[..i].iter().rev().find_map(|s| *s);
+                let after = strong[i + 1..].iter().find_map(|s| *s);
+                !(before == Some(false) && after == Some(false))
+            }
+        };
+    }
+    let mut runs: Vec<(bool, String)> = Vec::new();
+    for (c, k) in chars.into_iter().zip(kinds) {
+        match runs.last_mut() {
+            Some((kind, s)) if *kind == k => s.push(c),
+            _ => runs.push((k, c.to_string())),
+        }
+    }
+    runs.reverse();
+    runs.into_iter().map(|(rtl, s)| if rtl { s.chars().rev().collect() } else { s }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glyphs(text: &str, x: f32, y: f32, size: f32) -> Vec<Glyph> {
+        let mut out = Vec::new();
+        let mut cx = x;
+        for c in text.chars() {
+            let width = 0.5 * size;
+            out.push(Glyph { x: cx, y, width, size, quarter: 0, text: c.to_string(), space: c == ' ' });
+            cx += width;
+        }
+        out
+    }
+
+    #[test]
+    fn lines_and_paragraphs_keep_their_breaks() {
+        let mut g = glyphs("First line of text", 50.0, 700.0, 10.0);
+        g.extend(glyphs("second line here", 50.0, 688.0, 10.0));
+        g.extend(glyphs("New paragraph", 50.0, 640.0, 10.0));
+        assert_eq!(page_text(&g), "First line of text\nsecond line here\n\nNew paragraph");
+    }
+
+    #[test]
+    fn two_columns_are_read_one_after_the_other() {
+        let mut g = Vec::new();
+        for i in 0..5 {
+            let y = 700.0 - 12.0 * i as f32;
+            g.extend(glyphs(&format!("left {i}"), 50.0, y, 10.0));
+            g.extend(glyphs(&format!("right {i}"), 320.0, y, 10.0));
+        }
+        let text = page_text(&g);
+        let expected: Vec<String> =
+            (0..5).map(|i| format!("left {i}")).chain((0..5).map(|i| format!("right {i}"))).collect();
+        let got: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_title_over_two_columns_comes_first() {
+        let mut g = glyphs("A Title Across The Page", 150.0, 760.0, 16.0);
+        for i in 0..4 {
+            let y = 700.0 - 12.0 * i as f32;
+            g.extend(glyphs(&format!("alpha {i}"), 50.0, y, 10.0));
+            g.extend(glyphs(&format!("omega {i}"), 320.0, y, 10.0));
+        }
+        let text = page_text(&g);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "A Title Across The Page");
+        assert_eq!(lines[1], "alpha 0");
+        assert_eq!(lines[5], "omega 0");
+    }
+
+    #[test]
+    fn rtl_lines_come_out_in_logical_order() {
+        // "سلام دنیا" drawn visually: the last word leftmost, each word's letters reversed
+        let mut g = glyphs("ایند", 100.0, 700.0, 10.0);
+        g.extend(glyphs("مالس", 125.0, 700.0, 10.0));
+        assert_eq!(page_text(&g), "سلام دنیا");
+    }
+
+    #[test]
+    fn rtl_with_embedded_latin_keeps_the_latin_forwards() {
+        // logical: "نسخه LaTeX جدید" drawn visually left to right: "دیدج LaTeX هخسن"
+        let g = glyphs("دیدج LaTeX هخسن", 100.0, 700.0, 10.0);
+        assert_eq!(page_text(&g), "نسخه LaTeX جدید");
+    }
+}

@@ -1,0 +1,5 @@
+//! The ingestion pipeline: extract → normalise → chunk → embed → store, driven by a job queue
+//! that lives in Postgres.
+
+pub mod extract;
+pub mod normalize;
