@@ -144,10 +144,9 @@ impl<'a> Interpreter<'a> {
             }
             let n = |i: usize| op.operands.get(i).and_then(num).unwrap_or(0.0);
             match op.operator.as_str() {
-                "q"
-                    if stack.len() < 64 => {
-                        stack.push(gs.clone());
-                    }
+                "q" if stack.len() < 64 => {
+                    stack.push(gs.clone());
+                }
                 "Q" => {
                     if let Some(s) = stack.pop() {
                         gs = s;
