@@ -21,7 +21,8 @@ create table documents (
 );
 -- the same bytes uploaded again in a tenant return the existing document
 create unique index documents_tenant_sha256 on documents (tenant_id, sha256);
-create index documents_tenant_created on documents (tenant_id, created_at desc, id desc);
+-- ids are UUIDv7 (time-ordered): newest first is id descending
+create index documents_tenant_id on documents (tenant_id, id desc);
 
 -- the original upload, kept durably in the database (API processes stay stateless)
 create table document_files (

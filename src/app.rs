@@ -1,15 +1,16 @@
 //! Application state, start-up and the server loop.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{
     auth::{codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
     config::Config,
-    db, http,
+    db, embed, http,
+    ingestion::worker::{Pipeline, ShutdownFlag},
     redis::Redis,
 };
 
@@ -22,6 +23,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub codes: CodeStore,
     pub mailer: Mailer,
+    /// Wakes this process's idle ingestion workers when a job is enqueued.
+    pub ingest_wakeup: Arc<Notify>,
 }
 
 impl AppState {
@@ -39,7 +42,36 @@ impl AppState {
         let jwt = Arc::new(JwtKeys::new(&config.jwt_secret, config.jwt_ttl));
         let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
-        Ok(Self { config: Arc::new(config), db, redis, jwt, codes, mailer })
+        Ok(Self { config: Arc::new(config), db, redis, jwt, codes, mailer, ingest_wakeup: Arc::new(Notify::new()) })
+    }
+
+    /// The ingestion pipeline with the configured embedder.
+    pub fn pipeline(&self) -> anyhow::Result<Arc<Pipeline>> {
+        let embedder = embed::from_config(&self.config)?;
+        Ok(Arc::new(Pipeline {
+            db: self.db.clone(),
+            embedder,
+            config: self.config.ingestion.clone(),
+            wakeup: self.ingest_wakeup.clone(),
+        }))
+    }
+}
+
+/// Runs `workers` ingestion workers until `shutdown` resolves, then lets them finish their job.
+pub async fn run_workers(pipeline: Arc<Pipeline>, workers: usize, shutdown: impl Future<Output = ()>) {
+    let flag = Arc::new(ShutdownFlag::default());
+    let handles = pipeline.spawn_workers(workers, flag.clone());
+    shutdown.await;
+    flag.trigger();
+    let all = futures_join(handles);
+    if tokio::time::timeout(Duration::from_secs(30), all).await.is_err() {
+        tracing::warn!("ingestion workers did not stop within 30 s; their jobs will be taken again after the lease");
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
     }
 }
 
@@ -51,11 +83,37 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mailer = state.mailer.describe(), "DocuChat listening");
+    // one shutdown signal for the server and the in-process workers
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let workers = match (state.config.ingestion.workers, state.pipeline()) {
+        (0, _) => None,
+        (n, Ok(pipeline)) => {
+            let mut rx = rx.clone();
+            Some(tokio::spawn(run_workers(pipeline, n, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })))
+        }
+        (_, Err(e)) => {
+            tracing::warn!("ingestion is off in this process: {e:#}");
+            None
+        }
+    };
     let app = http::router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+    let mut server_rx = rx;
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = server_rx.wait_for(|stop| *stop) => {}
+            }
+        })
         .await
-        .context("server error")
+        .context("server error");
+    let _ = tx.send(true);
+    if let Some(w) = workers {
+        let _ = w.await;
+    }
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

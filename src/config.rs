@@ -106,6 +106,9 @@ pub struct Config {
     pub chat_models_allowed: Vec<String>,
     pub embedding_provider: EmbeddingProvider,
     pub embedding_model: String,
+    /// Vector size of `embedding_model` when it is not one the service knows.
+    pub embedding_dimensions: Option<usize>,
+    pub ingestion: IngestionConfig,
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
@@ -113,6 +116,23 @@ pub struct Config {
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
     pub auth: AuthLimits,
+}
+
+/// Uploads and the ingestion pipeline.
+#[derive(Clone, Debug)]
+pub struct IngestionConfig {
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: usize,
+    pub max_pages: usize,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    /// Ingestion workers inside `docuchat serve` (0: none; run `docuchat worker`).
+    pub workers: usize,
+    /// A job whose worker stops renewing its lease for this long is taken by another worker.
+    pub lease: Duration,
+    pub max_attempts: i32,
+    /// Wall-clock budget for extracting one document.
+    pub extract_budget: Duration,
 }
 
 /// Limits on the e-mail code login.
@@ -239,6 +259,25 @@ impl Config {
             .filter(|n| *n > 0)
             .context("DATABASE_MAX_CONNECTIONS must be between 1 and 2^32")?;
 
+        let ingestion = IngestionConfig {
+            max_upload_bytes: usize::try_from(parse_u64("MAX_UPLOAD_BYTES", 25 * 1024 * 1024)?)
+                .context("MAX_UPLOAD_BYTES is too large")?,
+            max_pages: parse_u64("MAX_PAGES", 500)? as usize,
+            chunk_tokens: parse_u64("CHUNK_TOKENS", 400)?.max(16) as usize,
+            chunk_overlap: parse_u64("CHUNK_OVERLAP", 40)? as usize,
+            workers: parse_u64("INGEST_WORKERS", 2)? as usize,
+            lease: Duration::from_secs(parse_u64("INGEST_LEASE_SECONDS", 60)?.max(5)),
+            max_attempts: parse_u64("INGEST_MAX_ATTEMPTS", 5)?.clamp(1, 100) as i32,
+            extract_budget: Duration::from_secs(parse_u64("EXTRACT_TIMEOUT_SECONDS", 120)?.max(1)),
+        };
+        let embedding_dimensions =
+            match var("EMBEDDING_DIMENSIONS") {
+                Some(v) => Some(v.parse::<usize>().ok().filter(|d| (1..=16_000).contains(d)).with_context(|| {
+                    format!("EMBEDDING_DIMENSIONS must be a whole number from 1 to 16000, not `{v}`")
+                })?),
+                None => None,
+            };
+
         Ok(Self {
             environment,
             database_url: ConnUrl::new(var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into())),
@@ -256,6 +295,8 @@ impl Config {
             chat_models_allowed,
             embedding_provider,
             embedding_model,
+            embedding_dimensions,
+            ingestion,
             cors_origins: list("CORS_ORIGINS"),
             log_format,
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR")?,

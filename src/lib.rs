@@ -6,9 +6,19 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod documents;
+pub mod embed;
 pub mod error;
 pub mod http;
 pub mod ingestion;
 pub mod redis;
 pub mod telemetry;
 pub mod tenants;
+
+/// Selects ring as the process-wide TLS crypto provider (once; later calls do nothing).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

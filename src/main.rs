@@ -27,6 +27,12 @@ enum Command {
         #[arg(long)]
         migrate: bool,
     },
+    /// Run ingestion workers only (no HTTP server), until SIGTERM.
+    Worker {
+        /// How many documents to work on at once (default: INGEST_WORKERS).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Apply pending database migrations.
     Migrate,
     /// Manage tenants.
@@ -61,6 +67,7 @@ enum TenantCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    docuchat::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -89,6 +96,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 db::migrate(&state.db).await?;
             }
             app::serve(listener, state, app::shutdown_signal()).await
+        }
+        Command::Worker { concurrency } => {
+            let n = concurrency.unwrap_or(config.ingestion.workers).max(1);
+            let state = AppState::connect(config).await?;
+            let pipeline = state.pipeline()?;
+            tracing::info!(workers = n, "ingestion workers starting");
+            app::run_workers(pipeline, n, app::shutdown_signal()).await;
+            Ok(())
         }
         Command::Migrate => {
             let pool = db::connect(&config).await?;

@@ -266,7 +266,7 @@ mod tests {
         }
         // consecutive chunks share text (the overlap) and cut at sentence ends
         for pair in chunks.windows(2) {
-            let tail: String = pair[0].text.split(' ').last().unwrap().to_owned();
+            let tail: String = pair[0].text.split(' ').next_back().unwrap().to_owned();
             assert!(pair[1].text.contains(&tail), "no overlap between {:?} and {:?}", pair[0].text, pair[1].text);
             assert!(pair[0].text.ends_with('.'), "{:?}", pair[0].text);
         }

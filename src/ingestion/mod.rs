@@ -4,3 +4,5 @@
 pub mod chunk;
 pub mod extract;
 pub mod normalize;
+pub mod queue;
+pub mod worker;

@@ -3,6 +3,7 @@
 //! Redis server).
 #![allow(dead_code)]
 
+pub mod openai;
 pub mod smtp;
 
 use std::{
@@ -39,6 +40,7 @@ pub fn test_vars() -> HashMap<String, String> {
         ("REDIS_URL".to_owned(), redis),
         ("REDIS_KEY_PREFIX".to_owned(), format!("test:{}:", uuid::Uuid::new_v4())),
         ("JWT_SECRET".to_owned(), "test-secret-that-is-long-enough-0123456789".to_owned()),
+        ("INGEST_WORKERS".to_owned(), "0".to_owned()),
     ])
 }
 
@@ -80,6 +82,7 @@ impl Builder {
 
     pub async fn spawn(mut self, db: PgPool) -> TestApp {
         init_test_log();
+        docuchat::install_crypto_provider();
         let mail = if self.with_mail {
             let server = MailServer::start().await;
             self.vars.insert("SMTP_URL".into(), format!("smtp://{}", server.addr));
@@ -172,6 +175,27 @@ impl TestApp {
         assert_eq!(resp.status(), StatusCode::OK);
         let body: Value = resp.json().await.unwrap();
         body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Uploads a file as multipart field `file`.
+    pub async fn upload(&self, tenant: &str, token: &str, filename: &str, bytes: Vec<u8>) -> Response {
+        let part =
+            reqwest::multipart::Part::bytes(bytes).file_name(filename.to_owned()).mime_str("application/pdf").unwrap();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.client
+            .post(self.url("/v1/files"))
+            .header("X-Tenant-ID", tenant)
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs the ingestion queue dry in this task.
+    pub async fn drain(&self) -> Vec<(uuid::Uuid, docuchat::ingestion::worker::Outcome)> {
+        let pipeline = self.state.pipeline().expect("pipeline");
+        pipeline.drain("test-drain").await.expect("drain")
     }
 
     pub async fn get_as(&self, path: &str, tenant: &str, token: &str) -> Response {

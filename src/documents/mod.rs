@@ -1,0 +1,199 @@
+//! Documents: the rows, their original bytes, and the queue job created with them.
+
+pub mod routes;
+pub mod upload;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::{PgExecutor, Postgres, Transaction};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Document {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub filename: String,
+    pub sha256: Vec<u8>,
+    pub bytes: i64,
+    pub pages_total: i32,
+    pub pages_done: i32,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub chunk_count: i32,
+    pub embedding_model: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! columns {
+    () => {
+        "id, tenant_id, filename, sha256, bytes, pages_total, pages_done, status, error_code, error_message, \
+         chunk_count, embedding_model, created_at, updated_at"
+    };
+}
+
+#[derive(Serialize)]
+pub struct DocumentView {
+    pub id: Uuid,
+    pub filename: String,
+    pub status: String,
+    pub progress: Value,
+    pub pages_total: i32,
+    pub chunk_count: i32,
+    pub bytes: i64,
+    pub sha256: String,
+    pub embedding_model: Option<String>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Document> for DocumentView {
+    fn from(d: Document) -> Self {
+        let error = d.error_code.map(|code| json!({ "code": code, "message": d.error_message.unwrap_or_default() }));
+        Self {
+            id: d.id,
+            filename: d.filename,
+            status: d.status,
+            progress: json!({ "pages_done": d.pages_done, "pages_total": d.pages_total }),
+            pages_total: d.pages_total,
+            chunk_count: d.chunk_count,
+            bytes: d.bytes,
+            sha256: hex::encode(&d.sha256),
+            embedding_model: d.embedding_model,
+            error,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+pub struct NewDocument<'a> {
+    pub tenant_id: Uuid,
+    pub uploaded_by: Option<Uuid>,
+    pub filename: &'a str,
+    pub sha256: &'a [u8],
+    pub data: &'a [u8],
+    pub pages: i32,
+    pub max_attempts: i32,
+}
+
+/// Stores a document, its bytes and its job in one transaction. When the tenant already has
+/// these bytes, returns the existing document instead (`false`); a failed one is queued again.
+pub async fn create_with_job(
+    tx: &mut Transaction<'_, Postgres>,
+    new: NewDocument<'_>,
+) -> Result<(Document, bool), sqlx::Error> {
+    let id = Uuid::now_v7();
+    let inserted: Option<Document> = sqlx::query_as(concat!(
+        "insert into documents (id, tenant_id, uploaded_by, filename, sha256, bytes, pages_total)
+         values ($1, $2, $3, $4, $5, $6, $7)
+         on conflict (tenant_id, sha256) do nothing
+         returning ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(new.tenant_id)
+    .bind(new.uploaded_by)
+    .bind(new.filename)
+    .bind(new.sha256)
+    .bind(new.data.len() as i64)
+    .bind(new.pages)
+    .fetch_optional(&mut **tx)
+    .await?;
+
+    if let Some(doc) = inserted {
+        sqlx::query("insert into document_files (document_id, tenant_id, data) values ($1, $2, $3)")
+            .bind(doc.id)
+            .bind(doc.tenant_id)
+            .bind(new.data)
+            .execute(&mut **tx)
+            .await?;
+        enqueue(tx, doc.tenant_id, doc.id, new.max_attempts).await?;
+        return Ok((doc, true));
+    }
+
+    let existing: Document = sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from documents where tenant_id = $1 and sha256 = $2 for update"
+    ))
+    .bind(new.tenant_id)
+    .bind(new.sha256)
+    .fetch_one(&mut **tx)
+    .await?;
+    if existing.status == "failed" {
+        // uploading the same file again is asking to try again
+        let requeued: Document = sqlx::query_as(concat!(
+            "update documents set status = 'queued', error_code = null, error_message = null, pages_done = 0,
+                 updated_at = now()
+             where id = $1 returning ",
+            columns!()
+        ))
+        .bind(existing.id)
+        .fetch_one(&mut **tx)
+        .await?;
+        enqueue(tx, requeued.tenant_id, requeued.id, new.max_attempts).await?;
+        return Ok((requeued, false));
+    }
+    Ok((existing, false))
+}
+
+async fn enqueue(
+    db: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    max_attempts: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into ingestion_jobs (document_id, tenant_id, max_attempts) values ($1, $2, $3)
+         on conflict (document_id) do update
+             set attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null",
+    )
+    .bind(document_id)
+    .bind(tenant_id)
+    .bind(max_attempts)
+    .execute(&mut *db)
+    .await?;
+    // wake idle workers at once (they poll anyway)
+    sqlx::query("select pg_notify('docuchat_ingest', '')").execute(db).await.map(|_| ())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as(concat!("select ", columns!(), " from documents where tenant_id = $1 and id = $2"))
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Newest first; `after` continues a listing after that document.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Document>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from documents where tenant_id = $1 and ($2::uuid is null or id < $2) order by id desc limit $3"
+    ))
+    .bind(tenant_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Deletes a document; its bytes, job and chunks go with it (same statement, by cascade).
+pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("delete from documents where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

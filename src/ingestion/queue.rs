@@ -1,0 +1,107 @@
+//! The ingestion queue, in Postgres. A job is claimed with `FOR UPDATE SKIP LOCKED` and leased
+//! for a while; its worker renews the lease as it goes. A job whose lease ran out (its worker
+//! died) is claimed again. Attempts are counted at claim time, so a job that kills its worker
+//! every time still runs out of attempts.
+
+use std::time::Duration;
+
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub document_id: Uuid,
+    pub tenant_id: Uuid,
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+/// Claims the next due job (or one whose lease expired) for `worker`.
+pub async fn claim(db: &PgPool, worker: &str, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(
+        "with next as (
+             select id from ingestion_jobs
+             where (locked_until is null and run_at <= now()) or locked_until < now()
+             order by run_at, id
+             limit 1
+             for update skip locked
+         )
+         update ingestion_jobs j
+            set locked_by = $1, locked_until = now() + $2::interval, attempts = j.attempts + 1
+           from next
+          where j.id = next.id
+         returning j.id, j.document_id, j.tenant_id, j.attempts, j.max_attempts",
+    )
+    .bind(worker)
+    .bind(interval(lease))
+    .fetch_optional(db)
+    .await
+}
+
+/// Extends the lease; false when the job is no longer this worker's (deleted, or taken over).
+pub async fn renew(db: impl PgExecutor<'_>, job: i64, worker: &str, lease: Duration) -> Result<bool, sqlx::Error> {
+    let r =
+        sqlx::query("update ingestion_jobs set locked_until = now() + $3::interval where id = $1 and locked_by = $2")
+            .bind(job)
+            .bind(worker)
+            .bind(interval(lease))
+            .execute(db)
+            .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Removes a finished job; false when it was no longer this worker's.
+pub async fn finish(db: impl PgExecutor<'_>, job: i64, worker: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("delete from ingestion_jobs where id = $1 and locked_by = $2")
+        .bind(job)
+        .bind(worker)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Releases the job to run again after `delay`, keeping the error.
+pub async fn retry_later(
+    db: impl PgExecutor<'_>,
+    job: i64,
+    worker: &str,
+    delay: Duration,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update ingestion_jobs
+            set locked_by = null, locked_until = null, run_at = now() + $3::interval, last_error = $4
+          where id = $1 and locked_by = $2",
+    )
+    .bind(job)
+    .bind(worker)
+    .bind(interval(delay))
+    .bind(error)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Backoff before the next attempt: 5 s, 10 s, 20 s, … capped at 10 minutes.
+pub fn backoff(attempts: i32) -> Duration {
+    let exp = attempts.clamp(1, 8) as u32 - 1;
+    Duration::from_secs((5u64 << exp).min(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(50), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,463 @@
+//! Uploads and the ingestion pipeline, end to end: real Postgres with pgvector, embeddings from
+//! a server speaking OpenAI's protocol, and the committed fixture PDFs.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+use common::{TestApp, error_of, openai::EmbeddingServer};
+use docuchat::ingestion::worker::Outcome;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+}
+
+struct Setup {
+    app: TestApp,
+    embeddings: EmbeddingServer,
+    admin: String,
+}
+
+async fn setup_with(db: PgPool, tweak: impl FnOnce(&mut docuchat::config::Config) + Send + 'static) -> Setup {
+    let embeddings = EmbeddingServer::start().await;
+    let mut builder = TestApp::builder();
+    for (k, v) in embeddings.vars() {
+        builder = builder.var(k, v);
+    }
+    let app = builder.config(tweak).spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let admin = app.login("acme", "boss@acme.example").await;
+    Setup { app, embeddings, admin }
+}
+
+async fn setup(db: PgPool) -> Setup {
+    setup_with(db, |_| {}).await
+}
+
+async fn upload_ok(s: &Setup, name: &str) -> Uuid {
+    let resp = s.app.upload("acme", &s.admin, name, fixture(name)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED, "{}", resp.text().await.unwrap());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "queued");
+    body["document_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn document(s: &Setup, id: Uuid) -> Value {
+    let resp = s.app.get_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+#[sqlx::test]
+async fn a_pdf_becomes_searchable_chunks(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    let doc = document(&s, id).await;
+    assert_eq!(doc["status"], "queued");
+    assert_eq!(doc["pages_total"], 2);
+    assert_eq!(doc["filename"], "english-2page.pdf");
+
+    let outcomes = s.app.drain().await;
+    assert_eq!(outcomes.len(), 1);
+    assert!(matches!(outcomes[0].1, Outcome::Ready { .. }), "{outcomes:?}");
+
+    let doc = document(&s, id).await;
+    assert_eq!(doc["status"], "ready");
+    assert_eq!(doc["progress"]["pages_done"], 2);
+    assert_eq!(doc["progress"]["pages_total"], 2);
+    assert_eq!(doc["embedding_model"], common::openai::MODEL);
+    assert!(doc["error"].is_null());
+    let chunk_count = doc["chunk_count"].as_i64().unwrap();
+    assert!(chunk_count >= 2, "{doc}");
+
+    let rows: Vec<(i32, i32, i32, String, i32, i32)> = sqlx::query_as(
+        "select ordinal, page_from, page_to, text, token_count, vector_dims(embedding) from chunks
+          where document_id = $1 order by ordinal",
+    )
+    .bind(id)
+    .fetch_all(&s.app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len() as i64, chunk_count);
+    for (i, (ordinal, from, to, text, tokens, dims)) in rows.iter().enumerate() {
+        assert_eq!(*ordinal, i as i32);
+        assert!((1..=2).contains(from) && from <= to && *to <= 2);
+        assert!(*tokens > 0 && *tokens <= 400, "{tokens}");
+        assert_eq!(*dims as usize, common::openai::DIMS);
+        assert!(!text.trim().is_empty());
+    }
+    assert_eq!(rows[0].1, 1);
+    assert_eq!(rows.last().unwrap().2, 2);
+    let all: String = rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>().join(" ");
+    assert!(all.contains("Most classical statistics"), "{all}");
+
+    // full-text search works on the stored chunks
+    let hits: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1 and tsv @@ plainto_tsquery('simple', 'classical statistics')")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert!(hits >= 1);
+
+    // the embedding tokens are in the ledger, as the embedding server counted them
+    let (kind, model, tokens): (String, String, i64) =
+        sqlx::query_as("select kind, model, tokens from usage_events where document_id = $1")
+            .bind(id)
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+    assert_eq!((kind.as_str(), model.as_str()), ("embedding", common::openai::MODEL));
+    assert_eq!(tokens as u64, s.embeddings.control.tokens.load(Ordering::SeqCst));
+    assert!(tokens > 0);
+}
+
+#[sqlx::test]
+async fn the_same_bytes_twice_return_the_same_document(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "two-column.pdf").await;
+    s.app.drain().await;
+    let resp = s.app.upload("acme", &s.admin, "renamed.pdf", fixture("two-column.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["document_id"], id.to_string());
+    assert_eq!(body["duplicate"], true);
+    assert_eq!(body["status"], "ready");
+    assert!(s.app.drain().await.is_empty(), "nothing new to ingest");
+    let docs: i64 = sqlx::query_scalar("select count(*) from documents").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(docs, 1);
+}
+
+#[sqlx::test]
+async fn uploads_are_for_admins(db: PgPool) {
+    let s = setup(db).await;
+    let member = s.app.login("acme", "someone@acme.example").await;
+    let (status, code, _) = error_of(s.app.upload("acme", &member, "a.pdf", fixture("english-2page.pdf")).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    // but members can read the tenant's documents
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    assert_eq!(s.app.get_as(&format!("/v1/documents/{id}"), "acme", &member).await.status(), StatusCode::OK);
+    let resp = s
+        .app
+        .client
+        .delete(s.app.url(&format!("/v1/documents/{id}")))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test]
+async fn bad_uploads_get_clear_errors(db: PgPool) {
+    let s = setup_with(db, |c| {
+        c.ingestion.max_upload_bytes = 100_000;
+        c.ingestion.max_pages = 1;
+    })
+    .await;
+    let cases = [
+        ("english-2page.pdf", StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"), // 119 kB > 100 kB
+        ("not-a-pdf.zip", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("encrypted.pdf", StatusCode::UNPROCESSABLE_ENTITY, "encrypted_pdf"),
+        ("two-column.pdf", StatusCode::ACCEPTED, ""),
+    ];
+    for (name, status, code) in cases {
+        let resp = s.app.upload("acme", &s.admin, name, fixture(name)).await;
+        if status == StatusCode::ACCEPTED {
+            assert_eq!(resp.status(), status, "{name}");
+            continue;
+        }
+        let (got, got_code, _) = error_of(resp).await;
+        assert_eq!((got, got_code.as_str()), (status, code), "{name}");
+    }
+    // a PDF over the one-page limit (the truncated file still declares its two pages)
+    let resp = s.app.upload("acme", &s.admin, "truncated.pdf", fixture("truncated.pdf")).await;
+    let (got, code, message) = error_of(resp).await;
+    assert_eq!((got, code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pages"), "{message}");
+    assert!(message.contains("2 pages"));
+
+    // no file field, an empty file, not multipart at all
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/v1/files"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&s.admin)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await.1, "file_required");
+    let resp = s.app.upload("acme", &s.admin, "empty.pdf", Vec::new()).await;
+    assert_eq!(error_of(resp).await.1, "empty_file");
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/v1/files"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&s.admin)
+        .json(&serde_json::json!({"file": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+}
+
+#[sqlx::test]
+async fn a_large_upload_is_refused_while_streaming(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup_with(db, |c| c.ingestion.max_upload_bytes = 1024 * 1024).await;
+    // 8 MB sent chunked, with no Content-Length: refused once the first megabyte is passed
+    let mut stream = tokio::net::TcpStream::connect(s.app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=XYZ\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.admin
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let send = |data: Vec<u8>| {
+        let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+        framed.extend_from_slice(&data);
+        framed.extend_from_slice(b"\r\n");
+        framed
+    };
+    let preamble =
+        b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.pdf\"\r\n\r\n%PDF-1.7\n".to_vec();
+    stream.write_all(&send(preamble)).await.unwrap();
+    let mut sent = 0;
+    for _ in 0..128 {
+        if stream.write_all(&send(vec![b'0'; 64 * 1024])).await.is_err() {
+            break;
+        }
+        sent += 64 * 1024;
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "sent {sent} bytes, got: {response}");
+    assert!(response.contains("file_too_large"));
+    let docs: i64 = sqlx::query_scalar("select count(*) from documents").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(docs, 0);
+}
+
+#[sqlx::test]
+async fn scanned_and_damaged_pdfs_fail_with_a_reason(db: PgPool) {
+    let s = setup(db).await;
+    let scanned = upload_ok(&s, "scanned.pdf").await;
+    let truncated = upload_ok(&s, "truncated.pdf").await;
+    s.app.drain().await;
+    for id in [scanned, truncated] {
+        let doc = document(&s, id).await;
+        assert_eq!(doc["status"], "failed", "{doc}");
+        assert_eq!(doc["error"]["code"], "no_extractable_text");
+        assert!(doc["error"]["message"].as_str().unwrap().contains("OCR"));
+        assert_eq!(doc["chunk_count"], 0);
+    }
+}
+
+#[sqlx::test]
+async fn persian_documents_keep_their_text(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "persian.pdf").await;
+    s.app.drain().await;
+    assert_eq!(document(&s, id).await["status"], "ready");
+    let text: String =
+        sqlx::query_scalar("select string_agg(text, ' ' order by ordinal) from chunks where document_id = $1")
+            .bind(id)
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+    // base letters in logical order (no presentation forms, no bidi marks)
+    assert!(text.contains("ساختار فایل"), "{text}");
+    assert!(!text.chars().any(|c| ('\u{FB50}'..='\u{FEFF}').contains(&c)));
+    assert!(!text.chars().any(|c| matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}')));
+}
+
+#[sqlx::test]
+async fn embedding_server_errors_are_retried(db: PgPool) {
+    let s = setup(db).await;
+    s.embeddings.control.fail_next.store(2, Ordering::SeqCst);
+    let id = upload_ok(&s, "two-column.pdf").await;
+    s.app.drain().await;
+    assert_eq!(document(&s, id).await["status"], "ready");
+    assert!(s.embeddings.control.requests.load(Ordering::SeqCst) >= 3);
+}
+
+#[sqlx::test]
+async fn documents_are_listed_newest_first_and_paginated(db: PgPool) {
+    let s = setup(db).await;
+    let a = upload_ok(&s, "english-2page.pdf").await;
+    let b = upload_ok(&s, "two-column.pdf").await;
+    let c = upload_ok(&s, "persian.pdf").await;
+    let page1: Value = s.app.get_as("/v1/documents?limit=2", "acme", &s.admin).await.json().await.unwrap();
+    let ids: Vec<&str> = page1["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![c.to_string(), b.to_string()]);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2: Value =
+        s.app.get_as(&format!("/v1/documents?limit=2&after={cursor}"), "acme", &s.admin).await.json().await.unwrap();
+    let ids: Vec<&str> = page2["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![a.to_string()]);
+    assert!(page2["next_cursor"].is_null());
+    let (status, code, _) = error_of(s.app.get_as("/v1/documents?limit=1000", "acme", &s.admin).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "invalid_limit"));
+}
+
+#[sqlx::test]
+async fn deleting_removes_chunks_and_other_tenants_see_nothing(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "two-column.pdf").await;
+    s.app.drain().await;
+
+    s.app.create_tenant("other", "eve@other.example").await;
+    let eve = s.app.login("other", "eve@other.example").await;
+    for path in [format!("/v1/documents/{id}"), "/v1/documents/not-a-uuid".to_string()] {
+        let (status, code, _) = error_of(s.app.get_as(&path, "other", &eve).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "document_not_found"));
+    }
+    let listed: Value = s.app.get_as("/v1/documents", "other", &eve).await.json().await.unwrap();
+    assert_eq!(listed["documents"].as_array().unwrap().len(), 0);
+    let resp = s
+        .app
+        .client
+        .delete(s.app.url(&format!("/v1/documents/{id}")))
+        .header("X-Tenant-ID", "other")
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let delete = || {
+        s.app
+            .client
+            .delete(s.app.url(&format!("/v1/documents/{id}")))
+            .header("X-Tenant-ID", "acme")
+            .bearer_auth(&s.admin)
+            .send()
+    };
+    assert_eq!(delete().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let chunks: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0);
+    let files: i64 = sqlx::query_scalar("select count(*) from document_files where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert_eq!(files, 0);
+    assert_eq!(s.app.get_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await.status(), StatusCode::NOT_FOUND);
+    // the ledger keeps what was spent
+    let spent: i64 = sqlx::query_scalar("select count(*) from usage_events where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert_eq!(spent, 1);
+}
+
+#[sqlx::test]
+async fn running_a_job_twice_does_not_duplicate_chunks(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    s.app.drain().await;
+    let first: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    // queue it again, as a retry after a crash between storing and acknowledging would
+    sqlx::query(
+        "insert into ingestion_jobs (document_id, tenant_id) select id, tenant_id from documents where id = $1",
+    )
+    .bind(id)
+    .execute(&s.app.db)
+    .await
+    .unwrap();
+    s.app.drain().await;
+    let second: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(document(&s, id).await["chunk_count"].as_i64().unwrap(), second);
+}
+
+#[sqlx::test]
+async fn a_killed_worker_s_job_is_taken_again(db: PgPool) {
+    let s = setup(db.clone()).await;
+    // slow embeddings keep the job in flight long enough to kill the worker mid-job
+    s.embeddings.control.delay_ms.store(1500, Ordering::SeqCst);
+    let id = upload_ok(&s, "english-2page.pdf").await;
+
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let name = db.connect_options().get_database().unwrap().to_owned();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_docuchat"));
+    cmd.current_dir(std::env::temp_dir())
+        .args(["worker", "--concurrency", "1"])
+        .env("DATABASE_URL", url)
+        .env("REDIS_URL", std::env::var("REDIS_URL").unwrap())
+        .env("INGEST_LEASE_SECONDS", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in s.embeddings.vars() {
+        cmd.env(k, v);
+    }
+    let mut worker = cmd.spawn().unwrap();
+    let mut processing = false;
+    for _ in 0..100 {
+        if document(&s, id).await["status"] == "processing" && s.embeddings.control.requests.load(Ordering::SeqCst) > 0
+        {
+            processing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(processing, "the worker never started the job");
+    worker.kill().unwrap(); // SIGKILL: no clean-up
+    worker.wait().unwrap();
+    assert_eq!(document(&s, id).await["status"], "processing");
+
+    // another worker takes the job once the lease runs out
+    s.embeddings.control.delay_ms.store(0, Ordering::SeqCst);
+    let mut ready = false;
+    for _ in 0..40 {
+        s.app.drain().await;
+        if document(&s, id).await["status"] == "ready" {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(ready, "the job was not resumed after the lease expired");
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct ordinal) from chunks where document_id = $1")
+            .bind(id)
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+    assert_eq!(rows, distinct);
+    assert_eq!(document(&s, id).await["chunk_count"].as_i64().unwrap(), rows);
+    let attempts: Option<i32> = sqlx::query_scalar("select attempts from ingestion_jobs where document_id = $1")
+        .bind(id)
+        .fetch_optional(&s.app.db)
+        .await
+        .unwrap();
+    assert!(attempts.is_none(), "the job is done");
+}
