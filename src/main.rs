@@ -33,6 +33,13 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Queue for ingestion again every document not embedded with the configured model
+    /// (after changing EMBEDDING_PROVIDER or EMBEDDING_MODEL); workers then re-embed them.
+    Reindex {
+        /// Only this tenant (id or slug).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Apply pending database migrations.
     Migrate,
     /// Manage tenants.
@@ -103,6 +110,24 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let pipeline = state.pipeline()?;
             tracing::info!(workers = n, "ingestion workers starting");
             app::run_workers(pipeline, n, app::shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Reindex { tenant } => {
+            let pool = db::connect(&config).await?;
+            let tenant_id = match tenant {
+                Some(t) => {
+                    Some(tenants::resolve(&pool, &t).await?.ok_or_else(|| anyhow::anyhow!("no tenant `{t}`"))?.id)
+                }
+                None => None,
+            };
+            let n = docuchat::documents::requeue_for_model(
+                &pool,
+                &config.embedding_model,
+                tenant_id,
+                config.ingestion.max_attempts,
+            )
+            .await?;
+            eprintln!("{n} documents queued for re-embedding with {}", config.embedding_model);
             Ok(())
         }
         Command::Migrate => {

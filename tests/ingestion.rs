@@ -461,3 +461,46 @@ async fn a_killed_worker_s_job_is_taken_again(db: PgPool) {
         .unwrap();
     assert!(attempts.is_none(), "the job is done");
 }
+
+#[sqlx::test]
+async fn reindex_re_embeds_documents_of_another_model(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "two-column.pdf").await;
+    s.app.drain().await;
+    let before: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap();
+
+    // nothing to do while the model is the configured one
+    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, 5).await.unwrap();
+    assert_eq!(n, 0);
+
+    // pretend the chunks came from an older model
+    sqlx::query("update documents set embedding_model = 'old-model' where id = $1")
+        .bind(id)
+        .execute(&s.app.db)
+        .await
+        .unwrap();
+    sqlx::query("update chunks set embedding_model = 'old-model' where document_id = $1")
+        .bind(id)
+        .execute(&s.app.db)
+        .await
+        .unwrap();
+    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, 5).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(document(&s, id).await["status"], "queued");
+    s.app.drain().await;
+    let doc = document(&s, id).await;
+    assert_eq!(doc["status"], "ready");
+    assert_eq!(doc["embedding_model"], common::openai::MODEL);
+    let (after, old): (i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where embedding_model = 'old-model') from chunks where document_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&s.app.db)
+    .await
+    .unwrap();
+    assert_eq!((after, old), (before, 0));
+}

@@ -197,3 +197,30 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Queues every document (of one tenant, or all) whose chunks were not embedded with `model`
+/// for ingestion again; the worker replaces their chunks. Returns how many were queued.
+pub async fn requeue_for_model(
+    db: &sqlx::PgPool,
+    model: &str,
+    tenant: Option<Uuid>,
+    max_attempts: i32,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let ids: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "update documents set status = 'queued', updated_at = now()
+          where ($2::uuid is null or tenant_id = $2)
+            and status in ('ready', 'failed')
+            and (embedding_model is distinct from $1 or status = 'failed')
+          returning tenant_id, id",
+    )
+    .bind(model)
+    .bind(tenant)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (tenant_id, id) in &ids {
+        enqueue(&mut tx, *tenant_id, *id, max_attempts).await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
+}
