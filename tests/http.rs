@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use common::{RedisProcess, TestApp, error_of, free_port};
+use common::{RedisProcess, TestApp, database_url_of, error_of, free_port};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -18,8 +18,9 @@ async fn tenant_header_is_required_and_resolved(db: PgPool) {
     let app = TestApp::spawn(db).await;
     app.create_tenant("acme", "boss@acme.example").await;
     let post = |tenant: Option<&str>| {
-        let mut req =
-            app.client.post(app.url("/v1/auth/request-code")).json(&serde_json::json!({"email": "u@acme.example"}));
+        // a fresh address each time: the resend cooldown is per address
+        let email = format!("u{}@acme.example", uuid::Uuid::new_v4().simple());
+        let mut req = app.client.post(app.url("/v1/auth/request-code")).json(&serde_json::json!({ "email": email }));
         if let Some(t) = tenant {
             req = req.header("X-Tenant-ID", t);
         }
@@ -155,13 +156,6 @@ async fn health_names_redis_when_it_stops_and_recovers(db: PgPool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(healthy, "health did not recover after Redis came back");
-}
-
-fn database_url_of(db: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let name = db.connect_options().get_database().expect("test database name").to_owned();
-    let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
-    format!("{prefix}/{name}")
 }
 
 fn docuchat(db: &PgPool) -> Command {

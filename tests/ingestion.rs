@@ -144,15 +144,7 @@ async fn uploads_are_for_admins(db: PgPool) {
     // but members can read the tenant's documents
     let id = upload_ok(&s, "english-2page.pdf").await;
     assert_eq!(s.app.get_as(&format!("/v1/documents/{id}"), "acme", &member).await.status(), StatusCode::OK);
-    let resp = s
-        .app
-        .client
-        .delete(s.app.url(&format!("/v1/documents/{id}")))
-        .header("X-Tenant-ID", "acme")
-        .bearer_auth(&member)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.app.delete_as(&format!("/v1/documents/{id}"), "acme", &member).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
 
@@ -326,27 +318,13 @@ async fn deleting_removes_chunks_and_other_tenants_see_nothing(db: PgPool) {
     }
     let listed: Value = s.app.get_as("/v1/documents", "other", &eve).await.json().await.unwrap();
     assert_eq!(listed["documents"].as_array().unwrap().len(), 0);
-    let resp = s
-        .app
-        .client
-        .delete(s.app.url(&format!("/v1/documents/{id}")))
-        .header("X-Tenant-ID", "other")
-        .bearer_auth(&eve)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.app.delete_as(&format!("/v1/documents/{id}"), "other", &eve).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 
-    let delete = || {
-        s.app
-            .client
-            .delete(s.app.url(&format!("/v1/documents/{id}")))
-            .header("X-Tenant-ID", "acme")
-            .bearer_auth(&s.admin)
-            .send()
-    };
-    assert_eq!(delete().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_eq!(delete().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let path = format!("/v1/documents/{id}");
+    let delete = || s.app.delete_as(&path, "acme", &s.admin);
+    assert_eq!(delete().await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete().await.status(), StatusCode::NOT_FOUND);
     let chunks: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
         .bind(id)
         .fetch_one(&s.app.db)
@@ -404,9 +382,7 @@ async fn a_killed_worker_s_job_is_taken_again(db: PgPool) {
     s.embeddings.control.delay_ms.store(1500, Ordering::SeqCst);
     let id = upload_ok(&s, "english-2page.pdf").await;
 
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let name = db.connect_options().get_database().unwrap().to_owned();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = common::database_url_of(&db);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_docuchat"));
     cmd.current_dir(std::env::temp_dir())
         .args(["worker", "--concurrency", "1"])

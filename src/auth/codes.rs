@@ -93,20 +93,22 @@ impl CodeStore {
         }
         let subject = self.subject(tenant, email);
 
-        // resend cooldown: one code per address per cooldown period
-        let cooldown_key = self.redis.key(&format!("code-cooldown:{subject}"));
-        let cooldown_ms = self.limits.resend_cooldown.as_millis().max(1) as i64;
-        let set: Option<String> = self
-            .redis
-            .client()
-            .set(&cooldown_key, "1", Some(Expiration::PX(cooldown_ms)), Some(SetOptions::NX), false)
-            .await?;
-        if set.is_none() {
-            let left: i64 = self.redis.client().pttl(&cooldown_key).await?;
-            return Err(ApiError::rate_limited(
-                "a code was sent a moment ago; wait before asking for another",
-                Duration::from_millis(left.max(1000) as u64),
-            ));
+        // resend cooldown: one code per address per cooldown period (zero: no cooldown)
+        if !self.limits.resend_cooldown.is_zero() {
+            let cooldown_key = self.redis.key(&format!("code-cooldown:{subject}"));
+            let cooldown_ms = self.limits.resend_cooldown.as_millis().max(1) as i64;
+            let set: Option<String> = self
+                .redis
+                .client()
+                .set(&cooldown_key, "1", Some(Expiration::PX(cooldown_ms)), Some(SetOptions::NX), false)
+                .await?;
+            if set.is_none() {
+                let left: i64 = self.redis.client().pttl(&cooldown_key).await?;
+                return Err(ApiError::rate_limited(
+                    "a code was sent a moment ago; wait before asking for another",
+                    Duration::from_millis(left.max(1000) as u64),
+                ));
+            }
         }
 
         let (n, left) = self.redis.hit(&format!("rl:code-email:{subject}"), hour).await?;

@@ -93,7 +93,7 @@ impl Builder {
         let vars = self.vars;
         let mut config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test config");
         // loose limits by default; tests that exercise a limit set it
-        config.auth.resend_cooldown = Duration::from_millis(1);
+        config.auth.resend_cooldown = Duration::ZERO;
         config.auth.codes_per_email_per_hour = 1000;
         config.auth.codes_per_ip_per_hour = 1000;
         config.auth.verifies_per_ip_per_hour = 1000;
@@ -202,6 +202,10 @@ impl TestApp {
         self.client.get(self.url(path)).header("X-Tenant-ID", tenant).bearer_auth(token).send().await.unwrap()
     }
 
+    pub async fn delete_as(&self, path: &str, tenant: &str, token: &str) -> Response {
+        self.client.delete(self.url(path)).header("X-Tenant-ID", tenant).bearer_auth(token).send().await.unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -221,6 +225,14 @@ pub async fn error_of(resp: Response) -> (StatusCode, String, String) {
     let message = error["message"].as_str().unwrap_or_else(|| panic!("no message in {body}")).to_owned();
     assert!(!message.is_empty());
     (status, code, message)
+}
+
+/// The URL of the per-test database behind `db` (for child processes).
+pub fn database_url_of(db: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let name = db.connect_options().get_database().expect("test database name").to_owned();
+    let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
+    format!("{prefix}/{name}")
 }
 
 pub fn free_port() -> u16 {
