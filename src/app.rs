@@ -1,6 +1,11 @@
 //! Application state, start-up and the server loop.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -25,6 +30,8 @@ pub struct AppState {
     pub mailer: Mailer,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
+    /// The configured embedder, loaded on first use (the local model takes a moment).
+    embedder: Arc<OnceLock<Result<Arc<dyn embed::Embedder>, String>>>,
 }
 
 impl AppState {
@@ -42,12 +49,29 @@ impl AppState {
         let jwt = Arc::new(JwtKeys::new(&config.jwt_secret, config.jwt_ttl));
         let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
-        Ok(Self { config: Arc::new(config), db, redis, jwt, codes, mailer, ingest_wakeup: Arc::new(Notify::new()) })
+        Ok(Self {
+            config: Arc::new(config),
+            db,
+            redis,
+            jwt,
+            codes,
+            mailer,
+            ingest_wakeup: Arc::new(Notify::new()),
+            embedder: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The configured embedder (loaded once per process state).
+    pub fn embedder(&self) -> anyhow::Result<Arc<dyn embed::Embedder>> {
+        self.embedder
+            .get_or_init(|| embed::from_config(&self.config).map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)
     }
 
     /// The ingestion pipeline with the configured embedder.
     pub fn pipeline(&self) -> anyhow::Result<Arc<Pipeline>> {
-        let embedder = embed::from_config(&self.config)?;
+        let embedder = self.embedder()?;
         Ok(Arc::new(Pipeline {
             db: self.db.clone(),
             embedder,

@@ -108,6 +108,10 @@ pub struct Config {
     pub embedding_model: String,
     /// Vector size of `embedding_model` when it is not one the service knows.
     pub embedding_dimensions: Option<usize>,
+    /// The local model's files (`model.safetensors`, `tokenizer.json`, `config.json`).
+    pub local_model_dir: Option<String>,
+    /// CPU threads of the local embedder.
+    pub embed_threads: usize,
     pub ingestion: IngestionConfig,
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
@@ -296,6 +300,12 @@ impl Config {
             embedding_provider,
             embedding_model,
             embedding_dimensions,
+            local_model_dir: var("LOCAL_MODEL_DIR"),
+            embed_threads: parse_u64(
+                "EMBED_THREADS",
+                std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
+            )?
+            .clamp(1, 256) as usize,
             ingestion,
             cors_origins: list("CORS_ORIGINS"),
             log_format,

@@ -1,7 +1,10 @@
 //! Embeddings behind one trait, chosen by configuration: an OpenAI-compatible HTTP API, or a
 //! local model run in-process.
 
+pub mod local;
+pub mod minilm;
 pub mod openai;
+pub mod wordpiece;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -10,7 +13,7 @@ use crate::config::{Config, EmbeddingProvider};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Counts tokens with a model's own tokenizer.
-pub type TokenCounter = dyn Fn(&str) -> usize + Sync;
+pub type TokenCounter = dyn Fn(&str) -> usize + Send + Sync;
 
 /// Vectors for a batch of texts, in input order, and the tokens the provider counted.
 #[derive(Debug, Clone)]
@@ -50,7 +53,10 @@ pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     match config.embedding_provider {
         EmbeddingProvider::OpenAi => Ok(Arc::new(openai::OpenAiEmbedder::from_config(config)?)),
         EmbeddingProvider::Local => {
-            anyhow::bail!("EMBEDDING_PROVIDER=local is not available in this build; set EMBEDDING_PROVIDER=openai")
+            if config.embedding_model != local::MODEL_NAME {
+                anyhow::bail!("the local embedder runs {}, not `{}`", local::MODEL_NAME, config.embedding_model);
+            }
+            Ok(Arc::new(local::LocalEmbedder::from_dir(config.local_model_dir.as_deref(), config.embed_threads)?))
         }
     }
 }

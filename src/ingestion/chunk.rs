@@ -22,7 +22,7 @@ pub struct Chunk {
 
 /// A second token limit, counted with another tokenizer.
 pub struct SecondaryLimit<'a> {
-    pub count: &'a (dyn Fn(&str) -> usize + Sync),
+    pub count: &'a (dyn Fn(&str) -> usize + Send + Sync),
     pub max: usize,
 }
 
