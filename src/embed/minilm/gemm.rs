@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(bf16(1.0), 0x3F80);
         assert_eq!(bf16(-2.0), 0xC000);
         // 1.00390625 = 1 + 2^-8 lies exactly between two bf16 values: ties go to the even one
-        assert_eq!(bf16(1.003_906_25), 0x3F80);
+        assert_eq!(bf16(f32::from_bits(0x3F80_8000)), 0x3F80);
         assert_eq!(f32::from_bits((bf16(1.01) as u32) << 16), 1.0078125);
     }
 }
