@@ -5,4 +5,5 @@ pub mod chunk;
 pub mod extract;
 pub mod normalize;
 pub mod queue;
+pub mod store;
 pub mod worker;

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use pgvector::Vector;
 use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinHandle};
 use uuid::Uuid;
@@ -237,24 +236,7 @@ impl Pipeline {
             .execute(&mut *tx)
             .await?;
         let model = self.embedder.model().to_owned();
-        for (batch_chunks, batch_vectors) in chunks.chunks(500).zip(vectors.chunks(500)) {
-            sqlx::query(
-                "insert into chunks (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
-                 select $1, $2, u.o, u.pf, u.pt, u.t, u.tc, u.e, $3
-                   from unnest($4::int[], $5::int[], $6::int[], $7::text[], $8::int[], $9::vector[]) as u(o, pf, pt, t, tc, e)",
-            )
-            .bind(job.tenant_id)
-            .bind(job.document_id)
-            .bind(&model)
-            .bind(batch_chunks.iter().map(|c| c.ordinal).collect::<Vec<_>>())
-            .bind(batch_chunks.iter().map(|c| c.page_from).collect::<Vec<_>>())
-            .bind(batch_chunks.iter().map(|c| c.page_to).collect::<Vec<_>>())
-            .bind(batch_chunks.iter().map(|c| c.text.clone()).collect::<Vec<_>>())
-            .bind(batch_chunks.iter().map(|c| c.token_count).collect::<Vec<_>>())
-            .bind(batch_vectors.iter().map(|v| Vector::from(v.clone())).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
+        super::store::insert_chunks(&mut tx, job.tenant_id, job.document_id, &model, &chunks, &vectors).await?;
         sqlx::query(
             "insert into usage_events (tenant_id, user_id, kind, model, tokens, document_id)
              select tenant_id, uploaded_by, 'embedding', $3, $4, id from documents where tenant_id = $1 and id = $2",

@@ -1,0 +1,181 @@
+//! Ingestion benchmarks against the real local Postgres and Redis:
+//! (b) a 2-page PDF from upload to `ready` (p50/p95), with the share the embedder takes;
+//! (d) chunk inserts per second through the `UNNEST` path, into the HNSW-indexed model and into
+//! a model without an index.
+//!
+//!     eval "$(infra/dev.sh env)"
+//!     cargo run --release --example bench_ingest -- tests/fixtures/english-2page.pdf [uploads] [insert rows]
+//!
+//! It works in a database of its own, created and dropped here.
+
+use std::time::{Duration, Instant};
+
+use docuchat::{
+    app::{self, AppState},
+    auth::{email::Email, jwt::Role, users},
+    config::Config,
+    db,
+    ingestion::{
+        chunk::{Chunk, Chunker, SecondaryLimit},
+        extract::{Limits, extract},
+        store::insert_chunks,
+    },
+    tenants,
+};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    docuchat::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let pdf_path = args.first().map(String::as_str).unwrap_or("tests/fixtures/english-2page.pdf");
+    let uploads: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30);
+    let insert_rows: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let pdf = std::fs::read(pdf_path)?;
+
+    let base_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
+    let name = format!("docuchat_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&base_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
+    let url = format!("{}/{name}", base_url.rsplit_once('/').unwrap().0);
+    let result = run(&url, &pdf, uploads, insert_rows).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
+    result
+}
+
+async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new().max_connections(10).connect(url).await?;
+    db::migrate(&pool).await?;
+    let mut config = Config::from_env()?;
+    config.ingestion.workers = 1;
+    config.redis_key_prefix = format!("bench:{}:", uuid::Uuid::new_v4());
+    let state = AppState::with_pool(config, pool.clone()).await?;
+    let embedder = state.embedder()?;
+    println!("embedder: {} ({} dimensions)", embedder.model(), embedder.dimensions());
+
+    let email = Email::parse("bench@bench.example").unwrap();
+    let tenant = tenants::create(&pool, "Bench", "bench", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = users::upsert_on_login(&pool, tenant.id, &email, Role::Admin).await?;
+    let token = state.jwt.issue(user.id, tenant.id, Role::Admin)?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(listener, state.clone(), async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+
+    // (b) upload → ready, one document at a time
+    let mut latencies = Vec::new();
+    for i in 0..uploads + 1 {
+        // distinct bytes each time (a trailing comment), so nothing is deduplicated
+        let mut bytes = pdf.to_vec();
+        bytes.extend_from_slice(format!("\n%bench {i}\n").as_bytes());
+        let part = reqwest::multipart::Part::bytes(bytes).file_name("bench.pdf");
+        let start = Instant::now();
+        let resp = client
+            .post(format!("http://{addr}/v1/files"))
+            .header("X-Tenant-ID", "bench")
+            .bearer_auth(&token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status() == 202, "upload failed: {}", resp.text().await?);
+        let id = resp.json::<Value>().await?["document_id"].as_str().unwrap().to_owned();
+        loop {
+            let doc: Value = client
+                .get(format!("http://{addr}/v1/documents/{id}"))
+                .header("X-Tenant-ID", "bench")
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            match doc["status"].as_str() {
+                Some("ready") => break,
+                Some("failed") => anyhow::bail!("ingestion failed: {doc}"),
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+        if i > 0 {
+            // the first one warms up the model and the connections
+            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+
+    // where the time goes, for the same file, in this process
+    let limits = Limits::default();
+    let t = Instant::now();
+    let pages = extract(pdf, &limits, |_| {})?;
+    let extract_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let mut chunker = Chunker::new(400, 40);
+    chunker.secondary = embedder.input_limit().map(|(count, max)| SecondaryLimit { count, max });
+    let chunks = chunker.chunk(&pages);
+    let chunk_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    let t = Instant::now();
+    embedder.embed(&texts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let embed_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let p50 = percentile(&latencies, 0.5);
+    println!(
+        "\n(b) upload → ready, {} uploads of a {}-page PDF ({} chunks): p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        pages.len(),
+        chunks.len(),
+        p50,
+        percentile(&latencies, 0.95),
+        latencies.last().unwrap()
+    );
+    println!(
+        "    in-process: extract {extract_ms:.1} ms, chunk {chunk_ms:.1} ms, embed {embed_ms:.1} ms ({:.0}% of p50)",
+        100.0 * embed_ms / p50
+    );
+
+    // (d) chunk inserts
+    let dims = embedder.dimensions();
+    let vectors: Vec<Vec<f32>> = (0..insert_rows)
+        .map(|i| {
+            let mut v: Vec<f32> = (0..dims).map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5).collect();
+            docuchat::embed::normalize(&mut v);
+            v
+        })
+        .collect();
+    let chunks: Vec<Chunk> = (0..insert_rows)
+        .map(|i| Chunk {
+            ordinal: i as i32,
+            page_from: 1,
+            page_to: 1,
+            text: format!("chunk {i} of the insert benchmark, a few words long like a short paragraph of text"),
+            token_count: 20,
+        })
+        .collect();
+    println!("\n(d) chunk inserts through UNNEST batches of 500, {insert_rows} rows of {dims} dimensions:");
+    for model in [embedder.model().to_owned(), "bench-without-index".to_owned()] {
+        let doc = uuid::Uuid::now_v7();
+        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total) values ($1, $2, 'x.pdf', $3, 1, 1)")
+            .bind(doc)
+            .bind(tenant.id)
+            .bind(doc.as_bytes().repeat(2))
+            .execute(&pool)
+            .await?;
+        let mut tx = pool.begin().await?;
+        let t = Instant::now();
+        insert_chunks(&mut tx, tenant.id, doc, &model, &chunks, &vectors).await?;
+        tx.commit().await?;
+        let secs = t.elapsed().as_secs_f64();
+        let indexed = if model == embedder.model() { "with its HNSW index" } else { "no vector index" };
+        println!("    {model} ({indexed}): {:.0} rows/s ({secs:.2} s)", insert_rows as f64 / secs);
+    }
+
+    let _ = tx.send(());
+    server.await??;
+    Ok(())
+}
