@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     db, embed, http,
     ingestion::worker::{Pipeline, ShutdownFlag},
+    llm::{ChatModel, offline},
     redis::Redis,
 };
 
@@ -69,6 +70,18 @@ impl AppState {
             .map_err(anyhow::Error::msg)
     }
 
+    /// The chat model for a question: the client may name one from the allow-list.
+    /// Without an OpenAI-compatible server configured, answers are extractive (offline).
+    pub fn chat_model(&self, requested: Option<&str>) -> Result<Arc<dyn ChatModel>, ModelError> {
+        if let Some(name) = requested
+            && name != offline::NAME
+            && !self.config.chat_models_allowed.iter().any(|m| m == name)
+        {
+            return Err(ModelError::NotAllowed(name.to_owned()));
+        }
+        Ok(Arc::new(offline::OfflineModel))
+    }
+
     /// The ingestion pipeline with the configured embedder.
     pub fn pipeline(&self) -> anyhow::Result<Arc<Pipeline>> {
         let embedder = self.embedder()?;
@@ -78,6 +91,18 @@ impl AppState {
             config: self.config.ingestion.clone(),
             wakeup: self.ingest_wakeup.clone(),
         }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model `{0}` is not allowed here")]
+    NotAllowed(String),
+}
+
+impl ModelError {
+    pub fn code(&self) -> &'static str {
+        "model_not_allowed"
     }
 }
 

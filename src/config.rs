@@ -113,6 +113,7 @@ pub struct Config {
     /// CPU threads of the local embedder.
     pub embed_threads: usize,
     pub ingestion: IngestionConfig,
+    pub chat: ChatConfig,
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
@@ -137,6 +138,20 @@ pub struct IngestionConfig {
     pub max_attempts: i32,
     /// Wall-clock budget for extracting one document.
     pub extract_budget: Duration,
+}
+
+/// Retrieval and the chat socket.
+#[derive(Clone, Debug)]
+pub struct ChatConfig {
+    /// Tokens of context (passages and earlier turns) put into a prompt.
+    pub context_tokens: usize,
+    /// Passages retrieved per question.
+    pub k: usize,
+    /// Minimum cosine similarity of a passage to count as relevant.
+    pub min_similarity: f32,
+    pub max_question_chars: usize,
+    /// A socket with no frame from the client for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Limits on the e-mail code login.
@@ -274,6 +289,21 @@ impl Config {
             max_attempts: parse_u64("INGEST_MAX_ATTEMPTS", 5)?.clamp(1, 100) as i32,
             extract_budget: Duration::from_secs(parse_u64("EXTRACT_TIMEOUT_SECONDS", 120)?.max(1)),
         };
+        let min_similarity = match var("RETRIEVAL_MIN_SIMILARITY") {
+            Some(v) => v
+                .parse::<f32>()
+                .ok()
+                .filter(|s| (-1.0..=1.0).contains(s))
+                .with_context(|| format!("RETRIEVAL_MIN_SIMILARITY must be a number from -1 to 1, not `{v}`"))?,
+            None => 0.25,
+        };
+        let chat = ChatConfig {
+            context_tokens: parse_u64("CHAT_CONTEXT_TOKENS", 3000)?.clamp(200, 100_000) as usize,
+            k: parse_u64("RETRIEVAL_K", 6)?.clamp(1, 50) as usize,
+            min_similarity,
+            max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
+            idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
+        };
         let embedding_dimensions =
             match var("EMBEDDING_DIMENSIONS") {
                 Some(v) => Some(v.parse::<usize>().ok().filter(|d| (1..=16_000).contains(d)).with_context(|| {
@@ -307,6 +337,7 @@ impl Config {
             )?
             .clamp(1, 256) as usize,
             ingestion,
+            chat,
             cors_origins: list("CORS_ORIGINS"),
             log_format,
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR")?,

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod documents;
@@ -11,7 +12,9 @@ pub mod embed;
 pub mod error;
 pub mod http;
 pub mod ingestion;
+pub mod llm;
 pub mod redis;
+pub mod retrieval;
 pub mod telemetry;
 pub mod tenants;
 

@@ -4,8 +4,9 @@
 //! (keyed with the server secret, bound to tenant and address), so a copy of Redis does not let
 //! anyone log in. Key names carry a keyed hash of the address, never the address itself.
 //! A new request replaces the old code; every guess is counted *before* it is compared, so
-//! concurrent guesses cannot get past the attempt limit; a right guess deletes the code, and only
-//! the caller whose delete removed it is logged in, so a code works once.
+//! concurrent guesses cannot get past the attempt limit (a guess past it is refused without being
+//! compared); a right guess deletes the code, and only the caller whose delete removed it is
+//! logged in, so a code works once.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -144,7 +145,7 @@ impl CodeStore {
             local h = redis.call('HGET', KEYS[1], 'h')
             if not h then return {0} end
             local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-            if n > tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]); return {-1} end
+            if n > tonumber(ARGV[1]) then return {-1} end
             return {1, h, n}
         ";
         let reply: Vec<Value> =
@@ -162,7 +163,12 @@ impl CodeStore {
         let expected = self.code_hash(tenant, email, if well_formed { code } else { "" });
         let matches = well_formed && bool::from(expected.as_bytes().ct_eq(stored.as_bytes()));
         if matches {
-            let deleted: i64 = self.redis.client().del(&key).await?;
+            // consume it, unless it was replaced or used meanwhile: exactly one caller wins
+            const CONSUME: &str = r"
+                if redis.call('HGET', KEYS[1], 'h') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+                return 0
+            ";
+            let deleted: i64 = self.redis.client().eval(CONSUME, vec![key.clone()], vec![stored]).await?;
             return Ok(if deleted == 1 { Ok(()) } else { Err(VerifyError::Invalid) });
         }
         if attempts >= i64::from(self.limits.max_attempts) {

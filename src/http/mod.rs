@@ -21,7 +21,7 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{app::AppState, auth, documents, error::error_response};
+use crate::{app::AppState, auth, chat, documents, error::error_response};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .merge(auth::routes::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
+        .merge(chat::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_json_bytes))

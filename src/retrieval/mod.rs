@@ -1,0 +1,206 @@
+//! Retrieval: the tenant's chunks nearest to a question by cosine (pgvector HNSW with iterative
+//! index scans, so a small tenant inside a big shared index keeps its recall), plus full-text
+//! matches (`simple` configuration, so every language works), fused by reciprocal rank fusion.
+//! Only chunks of ready documents of the caller's tenant, embedded with the current model, are
+//! ever considered; a similarity floor keeps unrelated text out.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// how many fused results to return
+    pub k: usize,
+    /// candidates taken from each of the two searches
+    pub candidates: usize,
+    /// minimum cosine similarity for a chunk to count as relevant
+    pub min_similarity: f32,
+    pub vector_weight: f32,
+    pub text_weight: f32,
+    /// HNSW search breadth
+    pub ef_search: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self { k: 6, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5, ef_search: 100 }
+    }
+}
+
+/// Reciprocal rank fusion constant (the usual 60).
+const RRF_K: f32 = 60.0;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Source {
+    pub document_id: Uuid,
+    pub filename: String,
+    pub page: i32,
+    pub page_to: i32,
+    pub score: f32,
+    pub similarity: f32,
+    pub snippet: String,
+    #[serde(skip)]
+    pub text: String,
+    #[serde(skip)]
+    pub chunk_id: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    document_id: Uuid,
+    filename: String,
+    page_from: i32,
+    page_to: i32,
+    text: String,
+    similarity: f32,
+}
+
+/// SQL text for a model name (configuration, not user input; quoted all the same).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub async fn search(
+    db: &PgPool,
+    tenant_id: Uuid,
+    model: &str,
+    dims: usize,
+    query_vector: &[f32],
+    query_text: &str,
+    params: &Params,
+) -> Result<Vec<Source>, sqlx::Error> {
+    let vector = pgvector::Vector::from(query_vector.to_vec());
+    // The model and dimension are written into the SQL so that the planner can match the partial
+    // HNSW index of this model (a bound parameter would not prove the index's predicate).
+    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
+    let common = format!(
+        "from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+         where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'",
+        model = literal(model)
+    );
+    let vector_sql = format!(
+        "select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
+         {common} order by {distance} limit $3"
+    );
+    // any of the question's words (a plain AND would rarely match a natural question)
+    let text_sql = format!(
+        "select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
+         {common} and c.tsv @@ q.query
+         order by ts_rank_cd(c.tsv, q.query) desc limit $3",
+    )
+    .replace(
+        "from chunks c",
+        "from (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query) q, chunks c",
+    );
+
+    let mut tx = db.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("set local hnsw.ef_search = {}", params.ef_search.clamp(1, 1000))))
+        .execute(&mut *tx)
+        .await?;
+    // pgvector ≥ 0.8: keep scanning the index until enough rows pass the tenant filter
+    sqlx::query("set local hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
+    let by_vector: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(vector_sql))
+        .bind(&vector)
+        .bind(tenant_id)
+        .bind(params.candidates as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+    let by_text: Vec<Row> = if query_text.trim().is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(sqlx::AssertSqlSafe(text_sql))
+            .bind(&vector)
+            .bind(tenant_id)
+            .bind(params.candidates as i64)
+            .bind(query_text)
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    tx.commit().await?;
+    Ok(fuse(by_vector, by_text, params))
+}
+
+fn fuse(by_vector: Vec<Row>, by_text: Vec<Row>, params: &Params) -> Vec<Source> {
+    let mut scores: HashMap<i64, (f32, Row)> = HashMap::new();
+    for (lists, weight) in [(by_vector, params.vector_weight), (by_text, params.text_weight)] {
+        for (rank, row) in lists.into_iter().enumerate() {
+            if row.similarity < params.min_similarity {
+                continue;
+            }
+            let add = weight / (RRF_K + rank as f32 + 1.0);
+            scores.entry(row.id).and_modify(|(s, _)| *s += add).or_insert((add, row));
+        }
+    }
+    let mut fused: Vec<(f32, Row)> = scores.into_values().collect();
+    fused.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.similarity.total_cmp(&a.1.similarity)));
+    fused
+        .into_iter()
+        .take(params.k)
+        .map(|(score, r)| Source {
+            document_id: r.document_id,
+            filename: r.filename,
+            page: r.page_from,
+            page_to: r.page_to,
+            score,
+            similarity: r.similarity,
+            snippet: snippet(&r.text, 280),
+            text: r.text,
+            chunk_id: r.id,
+        })
+        .collect()
+}
+
+/// The start of a text, cut at a word boundary, with an ellipsis when cut.
+pub fn snippet(text: &str, max_chars: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max_chars {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max_chars).collect();
+    let end = cut.rfind(' ').filter(|i| *i > max_chars / 2).unwrap_or(cut.len());
+    format!("{}…", &cut[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, similarity: f32) -> Row {
+        Row {
+            id,
+            document_id: Uuid::nil(),
+            filename: "f.pdf".into(),
+            page_from: 1,
+            page_to: 1,
+            text: format!("chunk {id}"),
+            similarity,
+        }
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_and_drops_the_irrelevant() {
+        let params = Params { k: 3, ..Params::default() };
+        let fused =
+            fuse(vec![row(1, 0.9), row(2, 0.8), row(3, 0.1)], vec![row(2, 0.8), row(4, 0.5), row(3, 0.1)], &params);
+        let ids: Vec<i64> = fused.iter().map(|s| s.chunk_id).collect();
+        // 2 is in both lists; 3 is below the similarity floor
+        assert_eq!(ids, vec![2, 1, 4]);
+        assert!(fused[0].score > fused[1].score);
+    }
+
+    #[test]
+    fn snippets_cut_at_words() {
+        assert_eq!(snippet("short  text\nhere", 50), "short text here");
+        let s = snippet(&"word ".repeat(100), 23);
+        assert_eq!(s, "word word word word…");
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,297 @@
+//! The chat socket end to end: real Postgres, the local embedder, the offline model, driven by a
+//! tokio-tungstenite client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, error_of};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+use uuid::Uuid;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+async fn connect(app: &TestApp, token: &str) -> Socket {
+    let url = format!("ws://{}/ws/chat?token={token}", app.addr);
+    connect_async(url).await.expect("websocket connects").0
+}
+
+async fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Socket, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Asks and collects the frames up to `done` (or an error).
+async fn ask(ws: &mut Socket, session: Option<&str>, question: &str) -> Vec<Value> {
+    send(ws, json!({"type": "ask", "session_id": session, "content": question})).await;
+    let mut frames = Vec::new();
+    loop {
+        let f = next_json(ws).await;
+        let kind = f["type"].as_str().unwrap().to_owned();
+        frames.push(f);
+        if kind == "done" || kind == "error" {
+            return frames;
+        }
+    }
+}
+
+async fn setup(db: PgPool) -> (TestApp, String) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let admin = app.login("acme", "boss@acme.example").await;
+    let resp = app.upload("acme", &admin, "r-intro.pdf", fixture("english-2page.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    app.drain().await;
+    (app, admin)
+}
+
+#[sqlx::test]
+async fn a_question_is_answered_with_sources_and_saved(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "What are the standard and recommended packages supplied with R?").await;
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[0], "start");
+    assert_eq!(kinds[1], "sources");
+    assert!(kinds[2..kinds.len() - 1].iter().all(|k| *k == "token"), "{kinds:?}");
+    assert_eq!(*kinds.last().unwrap(), "done", "{frames:?}");
+
+    let session_id = frames[0]["session_id"].as_str().unwrap().to_owned();
+    let message_id = frames[0]["message_id"].as_str().unwrap().to_owned();
+    let sources = frames[1]["sources"].as_array().unwrap();
+    assert!(!sources.is_empty());
+    for s in sources {
+        assert_eq!(s["filename"], "r-intro.pdf");
+        assert!(s["page"].as_i64().unwrap() >= 1);
+        assert!(s["score"].as_f64().unwrap() > 0.0);
+        assert!(!s["snippet"].as_str().unwrap().is_empty());
+        Uuid::try_parse(s["document_id"].as_str().unwrap()).unwrap();
+    }
+    let answer: String =
+        frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect();
+    assert!(answer.contains("[1]"), "{answer}");
+    assert!(answer.to_lowercase().contains("packages"), "{answer}");
+    let done = frames.last().unwrap();
+    assert_eq!(done["model"], "offline-extractive");
+    assert_eq!(done["status"], "complete");
+    let usage = &done["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+
+    // history over HTTP
+    let sessions: Value = app.get_as("/v1/chat/sessions", "acme", &token).await.json().await.unwrap();
+    assert_eq!(sessions["sessions"][0]["id"], session_id);
+    let messages: Value =
+        app.get_as(&format!("/v1/chat/sessions/{session_id}/messages"), "acme", &token).await.json().await.unwrap();
+    let m = &messages["messages"][0];
+    assert_eq!(m["id"], message_id);
+    assert_eq!(m["answer"].as_str().unwrap(), answer);
+    assert_eq!(m["status"], "complete");
+    assert_eq!(m["sources"].as_array().unwrap().len(), sources.len());
+
+    // the ledger equals the usage in the done frame
+    let (prompt, completion): (i64, i64) = sqlx::query_as(
+        "select coalesce(sum(tokens) filter (where kind = 'prompt'), 0)::bigint, coalesce(sum(tokens) filter (where kind = 'completion'), 0)::bigint
+           from usage_events where message_id = $1",
+    )
+    .bind(Uuid::parse_str(&message_id).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(prompt as u64, usage["prompt_tokens"].as_u64().unwrap());
+    assert_eq!(completion as u64, usage["completion_tokens"].as_u64().unwrap());
+
+    // a follow-up in the same session
+    let frames = ask(&mut ws, Some(&session_id), "And where are they available from?").await;
+    assert_eq!(frames[0]["session_id"], session_id);
+    assert_eq!(frames.last().unwrap()["type"], "done");
+    let messages: Value =
+        app.get_as(&format!("/v1/chat/sessions/{session_id}/messages"), "acme", &token).await.json().await.unwrap();
+    assert_eq!(messages["messages"].as_array().unwrap().len(), 2);
+}
+
+#[sqlx::test]
+async fn nothing_relevant_is_said_plainly(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "Quelle est la recette de la tarte tatin aux pommes caramélisées ?").await;
+    assert_eq!(frames[1]["sources"].as_array().unwrap().len(), 0, "{frames:?}");
+    let answer: String =
+        frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect();
+    assert!(answer.contains("could not find"), "{answer}");
+    let done = frames.last().unwrap();
+    assert_eq!(done["model"], "none");
+    assert_eq!(done["usage"]["total_tokens"], 0);
+}
+
+#[sqlx::test]
+async fn malformed_frames_get_errors_and_the_socket_stays_usable(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let mut ws = connect(&app, &token).await;
+    for (frame, code) in [
+        (Message::Text("not json".into()), "malformed_frame"),
+        (Message::Text(json!({"type": "dance"}).to_string().into()), "unknown_type"),
+        (Message::Text(json!({"type": "ask"}).to_string().into()), "malformed_frame"),
+        (Message::Text(json!({"type": "ask", "content": "  "}).to_string().into()), "empty_question"),
+        (Message::Text(json!({"type": "ask", "content": "x".repeat(5000)}).to_string().into()), "question_too_long"),
+        (
+            Message::Text(json!({"type": "ask", "content": "hi", "model": "gpt-nope"}).to_string().into()),
+            "model_not_allowed",
+        ),
+        (
+            Message::Text(json!({"type": "ask", "content": "hi", "session_id": Uuid::new_v4()}).to_string().into()),
+            "session_not_found",
+        ),
+        (Message::Binary(vec![1, 2, 3].into()), "unsupported_frame"),
+        (Message::Text("x".repeat(70_000).into()), "frame_too_large"),
+    ] {
+        ws.send(frame).await.unwrap();
+        let mut f = next_json(&mut ws).await;
+        if f["type"] == "start" {
+            // session_not_found comes after the session lookup
+            f = next_json(&mut ws).await;
+        }
+        assert_eq!(f["type"], "error", "{f}");
+        assert_eq!(f["code"], code, "{f}");
+        assert!(!f["message"].as_str().unwrap().is_empty());
+    }
+    let frames = ask(&mut ws, None, "What is R?").await;
+    assert_eq!(frames.last().unwrap()["type"], "done");
+}
+
+#[sqlx::test]
+async fn the_socket_needs_a_valid_token_of_the_tenant(db: PgPool) {
+    let (app, token) = setup(db).await;
+    app.create_tenant("other", "eve@other.example").await;
+    let url = format!("ws://{}/ws/chat", app.addr);
+    // no token, a bad token: 401 without an upgrade
+    for candidate in [url.clone(), format!("{url}?token=garbage")] {
+        match connect_async(candidate).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+    // a token with another tenant's X-Tenant-ID
+    let mut req = format!("{url}?token={token}").into_client_request().unwrap();
+    req.headers_mut().insert("X-Tenant-ID", HeaderValue::from_static("other"));
+    match connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // the Authorization header works too, with a matching tenant header
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    req.headers_mut().insert("X-Tenant-ID", HeaderValue::from_static("acme"));
+    assert!(connect_async(req).await.is_ok());
+    // a plain GET is not a socket
+    let (status, code, _) =
+        error_of(app.client.get(format!("http://{}/ws/chat?token={token}", app.addr)).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "websocket_required"));
+}
+
+#[sqlx::test]
+async fn tenants_never_see_each_other_s_sources(db: PgPool) {
+    let (app, acme_token) = setup(db).await;
+    // the other tenant has a nearly identical document of its own
+    app.create_tenant("other", "eve@other.example").await;
+    let eve = app.login("other", "eve@other.example").await;
+    let resp = app.upload("other", &eve, "theirs.pdf", fixture("english-2page.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    app.drain().await;
+    let acme_docs: Vec<Uuid> =
+        sqlx::query_scalar("select d.id from documents d join tenants t on t.id = d.tenant_id where t.slug = 'acme'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    for (token, own) in [(&acme_token, true), (&eve, false)] {
+        let mut ws = connect(&app, token).await;
+        let frames = ask(&mut ws, None, "What are the standard and recommended packages supplied with R?").await;
+        let sources = frames[1]["sources"].as_array().unwrap();
+        assert!(!sources.is_empty());
+        for s in sources {
+            let doc = Uuid::parse_str(s["document_id"].as_str().unwrap()).unwrap();
+            assert_eq!(acme_docs.contains(&doc), own, "a source crossed tenants: {s}");
+        }
+    }
+    // and the other tenant's user cannot read acme's sessions
+    let sessions: Value = app.get_as("/v1/chat/sessions", "acme", &acme_token).await.json().await.unwrap();
+    let id = sessions["sessions"][0]["id"].as_str().unwrap();
+    let (status, code, _) =
+        error_of(app.get_as(&format!("/v1/chat/sessions/{id}/messages"), "other", &eve).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "session_not_found"));
+}
+
+#[sqlx::test]
+async fn a_deleted_document_is_never_cited(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let doc: Uuid = sqlx::query_scalar("select id from documents").fetch_one(&app.db).await.unwrap();
+    assert_eq!(app.delete_as(&format!("/v1/documents/{doc}"), "acme", &token).await.status(), StatusCode::NO_CONTENT);
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "What are the standard and recommended packages supplied with R?").await;
+    assert_eq!(frames[1]["sources"].as_array().unwrap().len(), 0);
+}
+
+#[sqlx::test]
+async fn persian_questions_get_the_persian_prompt(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let token = app.login("acme", "boss@acme.example").await;
+    let resp = app.upload("acme", &token, "persian.pdf", fixture("persian.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    app.drain().await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "ساختار فایل های ورودی لاتک چگونه است؟").await;
+    let answer: String =
+        frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect();
+    assert!(!frames[1]["sources"].as_array().unwrap().is_empty(), "{frames:?}");
+    assert!(answer.starts_with("بر اساس اسناد شما"), "{answer}");
+}
+
+#[sqlx::test]
+async fn sessions_are_deleted_with_their_messages(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "What is R?").await;
+    let id = frames[0]["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.delete_as(&format!("/v1/chat/sessions/{id}"), "acme", &token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.delete_as(&format!("/v1/chat/sessions/{id}"), "acme", &token).await.status(), StatusCode::NOT_FOUND);
+    let left: i64 = sqlx::query_scalar("select count(*) from messages").fetch_one(&app.db).await.unwrap();
+    assert_eq!(left, 0);
+    // the ledger keeps what was spent
+    let spent: i64 = sqlx::query_scalar("select count(*) from usage_events where message_id is not null")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(spent >= 2);
+}
