@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     db, embed, http,
     ingestion::worker::{Pipeline, ShutdownFlag},
-    llm::{ChatModel, offline},
+    llm::{self, ChatModel, offline},
     redis::Redis,
 };
 
@@ -33,6 +33,7 @@ pub struct AppState {
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
     embedder: Arc<OnceLock<Result<Arc<dyn embed::Embedder>, String>>>,
+    chat: Arc<OnceLock<Result<Arc<dyn ChatModel>, String>>>,
 }
 
 impl AppState {
@@ -59,6 +60,7 @@ impl AppState {
             mailer,
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
+            chat: Arc::new(OnceLock::new()),
         })
     }
 
@@ -70,16 +72,28 @@ impl AppState {
             .map_err(anyhow::Error::msg)
     }
 
-    /// The chat model for a question: the client may name one from the allow-list.
-    /// Without an OpenAI-compatible server configured, answers are extractive (offline).
-    pub fn chat_model(&self, requested: Option<&str>) -> Result<Arc<dyn ChatModel>, ModelError> {
+    /// The chat model for a question and the model name to ask for: a client may name one from
+    /// the allow-list. Without `OPENAI_API_KEY`, answers are extractive (offline).
+    pub fn chat_model(&self, requested: Option<&str>) -> Result<(Arc<dyn ChatModel>, String), ModelError> {
         if let Some(name) = requested
             && name != offline::NAME
             && !self.config.chat_models_allowed.iter().any(|m| m == name)
         {
             return Err(ModelError::NotAllowed(name.to_owned()));
         }
-        Ok(Arc::new(offline::OfflineModel))
+        if self.config.openai_api_key.is_none() || requested == Some(offline::NAME) {
+            return Ok((Arc::new(offline::OfflineModel), offline::NAME.to_owned()));
+        }
+        let model = self
+            .chat
+            .get_or_init(|| {
+                llm::openai::OpenAiChat::from_config(&self.config)
+                    .map(|m| Arc::new(m) as Arc<dyn ChatModel>)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(ModelError::Unavailable)?;
+        Ok((model, requested.unwrap_or(&self.config.chat_model).to_owned()))
     }
 
     /// The ingestion pipeline with the configured embedder.
@@ -98,11 +112,16 @@ impl AppState {
 pub enum ModelError {
     #[error("the model `{0}` is not allowed here")]
     NotAllowed(String),
+    #[error("the chat model is not available")]
+    Unavailable(String),
 }
 
 impl ModelError {
     pub fn code(&self) -> &'static str {
-        "model_not_allowed"
+        match self {
+            ModelError::NotAllowed(_) => "model_not_allowed",
+            ModelError::Unavailable(_) => "upstream_unavailable",
+        }
     }
 }
 

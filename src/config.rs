@@ -152,6 +152,8 @@ pub struct ChatConfig {
     pub max_question_chars: usize,
     /// A socket with no frame from the client for this long is closed.
     pub idle_timeout: Duration,
+    /// Longest wait for the model server to connect or to send the next piece of an answer.
+    pub upstream_timeout: Duration,
 }
 
 /// Limits on the e-mail code login.
@@ -303,6 +305,7 @@ impl Config {
             min_similarity,
             max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
             idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
+            upstream_timeout: Duration::from_millis(parse_u64("CHAT_TIMEOUT_MS", 60_000)?.max(100)),
         };
         let embedding_dimensions =
             match var("EMBEDDING_DIMENSIONS") {

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{TestApp, error_of};
-use futures_util::{SinkExt, StreamExt};
+use common::{
+    TestApp, error_of,
+    ws::{ask, connect, fixture, next_json},
+};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -15,50 +16,6 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
 use uuid::Uuid;
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-async fn connect(app: &TestApp, token: &str) -> Socket {
-    let url = format!("ws://{}/ws/chat?token={token}", app.addr);
-    connect_async(url).await.expect("websocket connects").0
-}
-
-async fn next_json(ws: &mut Socket) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .unwrap();
-        match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Socket, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// Asks and collects the frames up to `done` (or an error).
-async fn ask(ws: &mut Socket, session: Option<&str>, question: &str) -> Vec<Value> {
-    send(ws, json!({"type": "ask", "session_id": session, "content": question})).await;
-    let mut frames = Vec::new();
-    loop {
-        let f = next_json(ws).await;
-        let kind = f["type"].as_str().unwrap().to_owned();
-        frames.push(f);
-        if kind == "done" || kind == "error" {
-            return frames;
-        }
-    }
-}
 
 async fn setup(db: PgPool) -> (TestApp, String) {
     let app = TestApp::spawn(db).await;

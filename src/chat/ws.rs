@@ -9,7 +9,13 @@
 //! its own answer), and each answer runs in a task of its own that a cancel or a disconnect stops;
 //! what was produced until then is saved and metered.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     extract::{
@@ -127,6 +133,8 @@ fn error_frame(code: &str, message: &str) -> Message {
 struct Running {
     handle: JoinHandle<()>,
     cancel: watch::Sender<bool>,
+    /// set just before the answer's last frame goes out
+    finishing: Arc<AtomicBool>,
 }
 
 async fn run(socket: WebSocket, state: AppState, caller: Arc<Caller>) {
@@ -222,9 +230,15 @@ async fn handle_text(
             }
         }
         ClientFrame::Ask { session_id, content, model } => {
-            if running.is_some() {
-                let _ = out.send(error_frame("busy", "wait for the answer in progress, or cancel it")).await;
-                return;
+            if let Some(r) = running.take() {
+                if r.finishing.load(Ordering::SeqCst) || r.handle.is_finished() {
+                    // its last frame is out: the client may ask again at once
+                    let _ = r.handle.await;
+                } else {
+                    *running = Some(r);
+                    let _ = out.send(error_frame("busy", "wait for the answer in progress, or cancel it")).await;
+                    return;
+                }
             }
             let question = content.trim().to_owned();
             if question.is_empty() {
@@ -238,7 +252,7 @@ async fn handle_text(
                     .await;
                 return;
             }
-            let chat_model = match state.chat_model(model.as_deref()) {
+            let (chat_model, model_name) = match state.chat_model(model.as_deref()) {
                 Ok(m) => m,
                 Err(e) => {
                     let _ = out.send(error_frame(e.code(), &e.to_string())).await;
@@ -254,9 +268,17 @@ async fn handle_text(
                 }
             };
             let (cancel, cancelled) = watch::channel(false);
-            let task = Answer { state: state.clone(), caller: caller.clone(), out: out.clone(), model: chat_model };
+            let finishing = Arc::new(AtomicBool::new(false));
+            let task = Answer {
+                state: state.clone(),
+                caller: caller.clone(),
+                out: out.clone(),
+                model: chat_model,
+                model_name,
+                finishing: finishing.clone(),
+            };
             let handle = tokio::spawn(task.run(session_id, question, cancelled));
-            *running = Some(Running { handle, cancel });
+            *running = Some(Running { handle, cancel, finishing });
         }
     }
 }
@@ -266,6 +288,9 @@ struct Answer {
     caller: Arc<Caller>,
     out: mpsc::Sender<Message>,
     model: Arc<dyn ChatModel>,
+    /// the model asked for (recorded with the message and the usage)
+    model_name: String,
+    finishing: Arc<AtomicBool>,
 }
 
 impl Answer {
@@ -274,10 +299,16 @@ impl Answer {
         let _ = self.out.send(message).await;
     }
 
+    /// The answer's last frame (`done` or `error`).
+    async fn finish(&self, message: Message) {
+        self.finishing.store(true, Ordering::SeqCst);
+        self.send(message).await;
+    }
+
     async fn run(self, session_id: Option<Uuid>, question: String, cancelled: watch::Receiver<bool>) {
         if let Err(e) = self.answer(session_id, &question, cancelled).await {
             tracing::error!(error = format!("{e:#}"), "chat answer failed");
-            self.send(error_frame("internal_error", "the answer could not be completed")).await;
+            self.finish(error_frame("internal_error", "the answer could not be completed")).await;
         }
     }
 
@@ -293,7 +324,7 @@ impl Answer {
             Some(id) => match super::find_session(&state.db, tenant, user, id).await? {
                 Some(s) => s,
                 None => {
-                    self.send(error_frame("session_not_found", "no such chat session")).await;
+                    self.finish(error_frame("session_not_found", "no such chat session")).await;
                     return Ok(());
                 }
             },
@@ -309,7 +340,7 @@ impl Answer {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "no embedder for questions");
-                self.send(error_frame("embedding_unavailable", "questions cannot be searched right now")).await;
+                self.finish(error_frame("embedding_unavailable", "questions cannot be searched right now")).await;
                 return Ok(());
             }
         };
@@ -317,7 +348,7 @@ impl Answer {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "question embedding failed");
-                self.send(error_frame("embedding_unavailable", "questions cannot be searched right now")).await;
+                self.finish(error_frame("embedding_unavailable", "questions cannot be searched right now")).await;
                 return Ok(());
             }
         };
@@ -334,12 +365,12 @@ impl Answer {
         )
         .await?;
         let history = super::history(&state.db, tenant, session.id, 20).await?;
-        let request = prompt::build(self.model.name(), question, sources, &history, chat.context_tokens);
+        let request = prompt::build(&self.model_name, question, sources, &history, chat.context_tokens);
         self.send(frame(json!({ "type": "sources", "sources": request.sources }))).await;
 
         let mut answer = String::new();
         let mut status = "complete";
-        let mut error_code: Option<&'static str> = None;
+        let mut failure: Option<(&'static str, String)> = None;
         let (model_name, usage) = if request.sources.is_empty() {
             // nothing relevant: say so, without a model
             answer = prompt::nothing_found(request.persian).to_owned();
@@ -372,8 +403,7 @@ impl Answer {
                             Err(e) => {
                                 tracing::warn!(code = e.code(), detail = e.detail(), "chat model failed");
                                 status = "failed";
-                                error_code = Some(e.code());
-                                self.send(error_frame(e.code(), &e.to_string())).await;
+                                failure = Some((e.code(), e.to_string()));
                                 break;
                             }
                         }
@@ -394,7 +424,7 @@ impl Answer {
                 Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
                 _ => counted,
             };
-            (self.model.name().to_owned(), usage)
+            (self.model_name.clone(), usage)
         };
 
         let sources_json = serde_json::to_value(&request.sources)?;
@@ -414,7 +444,7 @@ impl Answer {
         .bind(usage.prompt_tokens as i32)
         .bind(usage.completion_tokens as i32)
         .bind(status)
-        .bind(error_code)
+        .bind(failure.as_ref().map(|f| f.0))
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -440,9 +470,11 @@ impl Answer {
             .await?;
         tx.commit().await?;
 
-        if status != "failed" {
+        if let Some((code, message)) = failure {
+            self.finish(error_frame(code, &message)).await;
+        } else {
             let total = usage.prompt_tokens + usage.completion_tokens;
-            self.send(frame(json!({
+            self.finish(frame(json!({
                 "type": "done",
                 "message_id": message_id,
                 "status": status,

@@ -2,6 +2,7 @@
 //! dropping the future (a cancel, a disconnect) stops the generation.
 
 pub mod offline;
+pub mod openai;
 
 use tokio::sync::mpsc;
 

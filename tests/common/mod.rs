@@ -5,6 +5,7 @@
 
 pub mod openai;
 pub mod smtp;
+pub mod ws;
 
 use std::{
     collections::HashMap,

@@ -26,6 +26,88 @@ pub struct Control {
     pub delay_ms: AtomicU64,
     pub requests: AtomicUsize,
     pub tokens: AtomicU64,
+    /// chat: the status to answer with instead of a stream (0: stream)
+    pub chat_status: AtomicU64,
+    /// chat: never answer
+    pub chat_hang: std::sync::atomic::AtomicBool,
+    /// chat: tokens per answer, and the pause before each
+    pub chat_tokens: AtomicUsize,
+    pub chat_token_delay_ms: AtomicU64,
+    /// chat: tokens actually written to the wire
+    pub chat_sent: AtomicUsize,
+    /// chat: the last request body
+    pub chat_last: std::sync::Mutex<Option<Value>>,
+}
+
+pub const CHAT_PROMPT_TOKENS: u64 = 123;
+
+/// The n-th token a chat answer streams.
+pub fn chat_token(i: usize) -> String {
+    if i == 0 { "According to [1], ".to_owned() } else { format!("word{i} ") }
+}
+
+async fn chat(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {KEY}")) {
+        return (StatusCode::UNAUTHORIZED, "bad key").into_response();
+    }
+    *control.chat_last.lock().unwrap() = Some(body.clone());
+    if control.chat_hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let status = control.chat_status.load(Ordering::SeqCst);
+    if status != 0 {
+        let code = StatusCode::from_u16(status as u16).unwrap();
+        return (
+            code,
+            Json(
+                json!({"error": {"message": "upstream says no", "type": "server_error", "param": null, "code": null}}),
+            ),
+        )
+            .into_response();
+    }
+    let n = control.chat_tokens.load(Ordering::SeqCst).max(1);
+    let delay = control.chat_token_delay_ms.load(Ordering::SeqCst);
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let chunk = move |delta: Value, usage: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                   "choices": if usage.is_null() { json!([{"index": 0, "delta": delta, "finish_reason": null}]) } else { json!([]) },
+                   "usage": usage})
+        )
+    };
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let control = control.clone();
+        let chunk = chunk.clone();
+        async move {
+            if i > n + 1 {
+                return None;
+            }
+            let text = if i < n {
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                control.chat_sent.fetch_add(1, Ordering::SeqCst);
+                chunk(json!({"content": chat_token(i)}), Value::Null)
+            } else if i == n {
+                chunk(
+                    json!({}),
+                    json!({"prompt_tokens": CHAT_PROMPT_TOKENS, "completion_tokens": n, "total_tokens": CHAT_PROMPT_TOKENS as usize + n}),
+                )
+            } else {
+                "data: [DONE]\n\n".to_owned()
+            };
+            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(text)), i + 1))
+        }
+    });
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap()
 }
 
 #[derive(Clone)]
@@ -100,7 +182,11 @@ async fn embeddings(
 impl EmbeddingServer {
     pub async fn start() -> Self {
         let control = Arc::new(Control::default());
-        let app = Router::new().route("/v1/embeddings", post(embeddings)).with_state(control.clone());
+        control.chat_tokens.store(8, Ordering::SeqCst);
+        let app = Router::new()
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/chat/completions", post(chat))
+            .with_state(control.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -111,6 +197,16 @@ impl EmbeddingServer {
 
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// Environment for a DocuChat that chats with this server (and embeds locally).
+    pub fn chat_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OPENAI_BASE_URL", self.base_url()),
+            ("OPENAI_API_KEY", KEY.into()),
+            ("CHAT_MODEL", "test-chat".into()),
+            ("CHAT_MODELS_ALLOWED", "test-chat,other-chat".into()),
+        ]
     }
 
     /// Environment for a DocuChat that embeds with this server.

@@ -1,0 +1,218 @@
+//! The chat socket with the `openai` model against a server speaking OpenAI's streaming protocol
+//! (SSE `data:` chunks, a usage chunk, `[DONE]`), started by the test.
+
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use common::{
+    TestApp,
+    openai::{CHAT_PROMPT_TOKENS, EmbeddingServer, chat_token},
+    ws::{Socket, ask, connect, fixture, next_json, send},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const QUESTION: &str = "What are the standard and recommended packages supplied with R?";
+
+async fn setup_with(db: PgPool, extra: &[(&str, &str)]) -> (TestApp, EmbeddingServer, String) {
+    let server = EmbeddingServer::start().await;
+    let mut builder = TestApp::builder();
+    for (k, v) in server.chat_vars() {
+        builder = builder.var(k, v);
+    }
+    for (k, v) in extra {
+        builder = builder.var(k, *v);
+    }
+    let app = builder.spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let token = app.login("acme", "boss@acme.example").await;
+    let resp = app.upload("acme", &token, "r-intro.pdf", fixture("english-2page.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    app.drain().await;
+    (app, server, token)
+}
+
+fn answer_of(frames: &[Value]) -> String {
+    frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect()
+}
+
+async fn ledger(app: &TestApp, message: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "select coalesce(sum(tokens) filter (where kind = 'prompt'), 0)::bigint,
+                coalesce(sum(tokens) filter (where kind = 'completion'), 0)::bigint
+           from usage_events where message_id = $1",
+    )
+    .bind(Uuid::parse_str(message).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn answers_stream_from_the_model_server(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, QUESTION).await;
+    let expected: String = (0..8).map(chat_token).collect();
+    assert_eq!(answer_of(&frames), expected);
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "done", "{frames:?}");
+    assert_eq!(done["model"], "test-chat");
+    // usage as the server's usage chunk reported it
+    assert_eq!(done["usage"]["prompt_tokens"], CHAT_PROMPT_TOKENS);
+    assert_eq!(done["usage"]["completion_tokens"], 8);
+    let message = frames[0]["message_id"].as_str().unwrap();
+    assert_eq!(ledger(&app, message).await, (CHAT_PROMPT_TOKENS as i64, 8));
+
+    // what the server was sent: the configured model, the English prompt, numbered passages
+    let sent = server.control.chat_last.lock().unwrap().clone().unwrap();
+    assert_eq!(sent["model"], "test-chat");
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert!(messages[0]["content"].as_str().unwrap().starts_with("You answer"));
+    let user = messages.last().unwrap()["content"].as_str().unwrap();
+    assert!(user.contains("[1] (r-intro.pdf, p. "), "{user}");
+    assert!(user.ends_with(QUESTION));
+
+    // a model from the allow-list may be named; others are refused
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION, "model": "other-chat"})).await;
+    loop {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "done" {
+            assert_eq!(f["model"], "other-chat");
+            break;
+        }
+    }
+    assert_eq!(server.control.chat_last.lock().unwrap().as_ref().unwrap()["model"], "other-chat");
+}
+
+#[sqlx::test]
+async fn persian_questions_send_the_persian_prompt(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    let resp = app.upload("acme", &token, "persian.pdf", fixture("persian.pdf")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    app.drain().await;
+    let mut ws = connect(&app, &token).await;
+    let frames = ask(&mut ws, None, "ساختار فایل های ورودی لاتک چگونه است؟").await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+    assert!(!frames[1]["sources"].as_array().unwrap().is_empty());
+    let sent = server.control.chat_last.lock().unwrap().clone().unwrap();
+    let system = sent["messages"][0]["content"].as_str().unwrap();
+    assert!(system.starts_with("شما فقط"), "{system}");
+}
+
+#[sqlx::test]
+async fn upstream_errors_become_error_frames(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[("CHAT_TIMEOUT_MS", "3000")]).await;
+    let mut ws = connect(&app, &token).await;
+    for (status, code) in [(500, "upstream_unavailable"), (429, "upstream_rate_limited")] {
+        server.control.chat_status.store(status, Ordering::SeqCst);
+        let frames = ask(&mut ws, None, QUESTION).await;
+        let last = frames.last().unwrap();
+        assert_eq!(last["type"], "error", "{frames:?}");
+        assert_eq!(last["code"], code);
+        assert!(!last["message"].as_str().unwrap().contains("upstream says no"), "no upstream text leaks");
+    }
+    server.control.chat_status.store(0, Ordering::SeqCst);
+    server.control.chat_hang.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let frames = ask(&mut ws, None, QUESTION).await;
+    assert_eq!(frames.last().unwrap()["code"], "upstream_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    server.control.chat_hang.store(false, Ordering::SeqCst);
+    // failed answers are saved as such, and the socket still works
+    let failed: i64 =
+        sqlx::query_scalar("select count(*) from messages where status = 'failed'").fetch_one(&app.db).await.unwrap();
+    assert_eq!(failed, 3);
+    assert_eq!(ask(&mut ws, None, QUESTION).await.last().unwrap()["type"], "done");
+}
+
+async fn read_tokens(ws: &mut Socket, n: usize) -> (String, String) {
+    let mut message = String::new();
+    let mut got = String::new();
+    let mut tokens = 0;
+    while tokens < n {
+        let f = next_json(ws).await;
+        match f["type"].as_str().unwrap() {
+            "start" => message = f["message_id"].as_str().unwrap().to_owned(),
+            "token" => {
+                got.push_str(f["content"].as_str().unwrap());
+                tokens += 1;
+            }
+            _ => {}
+        }
+    }
+    (message, got)
+}
+
+#[sqlx::test]
+async fn cancel_stops_the_upstream_and_keeps_what_was_said(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    server.control.chat_tokens.store(200, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    let mut ws = connect(&app, &token).await;
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    let (message, mut got) = read_tokens(&mut ws, 3).await;
+    send(&mut ws, json!({"type": "cancel"})).await;
+    let done = loop {
+        let f = next_json(&mut ws).await;
+        match f["type"].as_str().unwrap() {
+            "token" => got.push_str(f["content"].as_str().unwrap()),
+            "done" => break f,
+            other => panic!("unexpected {other}: {f}"),
+        }
+    };
+    assert_eq!(done["status"], "cancelled");
+    // the stream to the model server stopped: far fewer than 200 tokens were produced
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = server.control.chat_sent.load(Ordering::SeqCst);
+    assert!(sent < 100, "the upstream kept streaming ({sent} tokens)");
+    let (status, answer, completion): (String, String, i32) =
+        sqlx::query_as("select status, answer, completion_tokens from messages where id = $1")
+            .bind(Uuid::parse_str(&message).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(status, "cancelled");
+    assert_eq!(answer, got);
+    assert!(completion > 0);
+    assert_eq!(ledger(&app, &message).await.1, completion as i64);
+    assert_eq!(done["usage"]["completion_tokens"].as_i64().unwrap(), completion as i64);
+    // the socket is still usable
+    server.control.chat_tokens.store(4, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(ask(&mut ws, None, QUESTION).await.last().unwrap()["status"], "complete");
+}
+
+#[sqlx::test]
+async fn a_disconnect_saves_the_partial_answer(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    server.control.chat_tokens.store(200, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    let mut ws = connect(&app, &token).await;
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    let (message, _) = read_tokens(&mut ws, 2).await;
+    drop(ws);
+    let id = Uuid::parse_str(&message).unwrap();
+    let mut saved = None;
+    for _ in 0..50 {
+        saved = sqlx::query_as::<_, (String, String)>("select status, answer from messages where id = $1")
+            .bind(id)
+            .fetch_optional(&app.db)
+            .await
+            .unwrap();
+        if saved.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = saved.expect("the partial answer was saved");
+    assert_eq!(status, "cancelled");
+    assert!(answer.starts_with(&chat_token(0)));
+    assert!(server.control.chat_sent.load(Ordering::SeqCst) < 100);
+}
