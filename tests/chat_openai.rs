@@ -216,3 +216,21 @@ async fn a_disconnect_saves_the_partial_answer(db: PgPool) {
     assert!(answer.starts_with(&chat_token(0)));
     assert!(server.control.chat_sent.load(Ordering::SeqCst) < 100);
 }
+
+#[sqlx::test]
+async fn a_client_that_does_not_read_holds_up_only_itself(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    // a long answer to a client that never reads: its queue and socket buffers fill up
+    server.control.chat_tokens.store(5000, Ordering::SeqCst);
+    let mut stalled = connect(&app, &token).await;
+    send(&mut stalled, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // another session is served meanwhile
+    server.control.chat_tokens.store(5, Ordering::SeqCst);
+    let mut other = connect(&app, &token).await;
+    let started = std::time::Instant::now();
+    let frames = tokio::time::timeout(Duration::from_secs(20), ask(&mut other, None, QUESTION)).await.expect("not held up");
+    assert_eq!(frames.last().unwrap()["type"], "done");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(stalled);
+}
