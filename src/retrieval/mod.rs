@@ -64,6 +64,42 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The tenant's `k` nearest chunks by cosine: through the model's HNSW index, or, with `exact`,
+/// by scanning the tenant's rows (the reference for recall measurements). Returns (chunk id,
+/// similarity) pairs, nearest first.
+pub async fn nearest(
+    db: &PgPool,
+    tenant_id: Uuid,
+    model: &str,
+    dims: usize,
+    query_vector: &[f32],
+    k: usize,
+    ef_search: u32,
+    exact: bool,
+) -> Result<Vec<(i64, f32)>, sqlx::Error> {
+    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
+    // `+ 0` hides the expression from the planner, so no index is used
+    let order = if exact { format!("({distance}) + 0") } else { distance.clone() };
+    let sql = format!(
+        "select c.id, (1 - ({distance}))::real from chunks c
+          where c.tenant_id = $2 and c.embedding_model = {model} order by {order} limit $3",
+        model = literal(model)
+    );
+    let mut tx = db.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("set local hnsw.ef_search = {}", ef_search.clamp(1, 1000))))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("set local hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(pgvector::Vector::from(query_vector.to_vec()))
+        .bind(tenant_id)
+        .bind(k as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 pub async fn search(
     db: &PgPool,
     tenant_id: Uuid,

@@ -4,7 +4,7 @@
 //! Unicode comes from the font's `ToUnicode` CMap first (the most reliable source), then from its
 //! `Encoding` (base encoding with `Differences`, decoded by lopdf's glyph tables).
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use lopdf::{Dictionary, Document, Encoding, Object};
 
@@ -14,8 +14,10 @@ const MAX_CMAP_BYTES: usize = 4 << 20;
 pub struct Font<'a> {
     /// Type0 (composite) fonts use two-byte codes (Identity-H and the usual CMaps).
     two_byte: bool,
-    to_unicode: Option<HashMap<u32, String>>,
+    to_unicode: Option<Cow<'static, HashMap<u32, String>>>,
     encoding: Option<Encoding<'a>>,
+    /// code → text from a Type1 program's own encoding
+    builtin: Option<HashMap<u32, String>>,
     widths: Widths,
     /// text-space units per glyph-space unit (1/1000, or from a Type3 FontMatrix)
     scale: f32,
@@ -30,7 +32,7 @@ impl<'a> Font<'a> {
     pub fn load(doc: &'a Document, dict: &'a Dictionary) -> Self {
         let subtype = dict.get(b"Subtype").and_then(Object::as_name).unwrap_or(b"");
         let two_byte = subtype == b"Type0";
-        let to_unicode = dict
+        let mut to_unicode = dict
             .get(b"ToUnicode")
             .ok()
             .and_then(|o| deref(doc, o))
@@ -40,9 +42,19 @@ impl<'a> Font<'a> {
                     if s.dict.get(b"Filter").is_ok() { s.decompressed_content().ok()? } else { s.content.clone() };
                 (data.len() <= MAX_CMAP_BYTES).then(|| parse_cmap(&data))
             })
-            .filter(|m| !m.is_empty());
+            .filter(|m| !m.is_empty())
+            .map(Cow::Owned);
+        if two_byte && to_unicode.is_none() {
+            to_unicode = collection_map(doc, dict).map(Cow::Borrowed);
+        }
         // lopdf's encoding handling covers base encodings and Differences for simple fonts
         let encoding = if two_byte { None } else { dict.get_font_encoding(doc).ok() };
+        // a Type1 font without /Encoding uses the encoding built into its program
+        let builtin = if two_byte || to_unicode.is_some() || dict.get(b"Encoding").is_ok() {
+            None
+        } else {
+            builtin_encoding(doc, dict)
+        };
 
         let scale = if subtype == b"Type3" {
             dict.get(b"FontMatrix")
@@ -59,7 +71,7 @@ impl<'a> Font<'a> {
         };
 
         let widths = if two_byte { cid_widths(doc, dict) } else { simple_widths(doc, dict) };
-        Self { two_byte, to_unicode, encoding, widths, scale }
+        Self { two_byte, to_unicode, encoding, builtin, widths, scale }
     }
 
     /// Cuts a string operand into character codes.
@@ -84,6 +96,9 @@ impl<'a> Font<'a> {
             && let Some(s) = map.get(&code)
         {
             return Some(s.clone());
+        }
+        if let Some(map) = &self.builtin {
+            return map.get(&code).cloned();
         }
         let encoding = self.encoding.as_ref()?;
         let byte = u8::try_from(code).ok()?;
@@ -114,6 +129,51 @@ fn num(o: &Object) -> Option<f32> {
         Object::Real(r) => Some(*r),
         _ => None,
     }
+}
+
+/// For a CID-keyed font with an Identity encoding and no ToUnicode map, Adobe's CID → Unicode
+/// map of the font's character collection (Chinese, Japanese, Korean).
+fn collection_map(doc: &Document, dict: &Dictionary) -> Option<&'static HashMap<u32, String>> {
+    static MAPS: std::sync::OnceLock<Vec<(&'static str, HashMap<u32, String>)>> = std::sync::OnceLock::new();
+    let encoding = dict.get(b"Encoding").ok().and_then(|o| o.as_name().ok())?;
+    if encoding != b"Identity-H" && encoding != b"Identity-V" {
+        return None;
+    }
+    let descendant = dict
+        .get(b"DescendantFonts")
+        .ok()
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_array().ok())
+        .and_then(|a| a.first())
+        .and_then(|o| deref(doc, o))
+        .and_then(|o| o.as_dict().ok())?;
+    let info = descendant.get(b"CIDSystemInfo").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok())?;
+    let ordering = info.get(b"Ordering").ok().and_then(|o| o.as_str().ok())?;
+    let ordering = std::str::from_utf8(ordering).ok()?;
+    let maps = MAPS.get_or_init(|| {
+        vec![
+            ("GB1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-GB1-UCS2"))),
+            ("Japan1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-Japan1-UCS2"))),
+            ("CNS1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-CNS1-UCS2"))),
+            ("Korea1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-Korea1-UCS2"))),
+        ]
+    });
+    maps.iter().find(|(name, _)| *name == ordering).map(|(_, map)| map)
+}
+
+/// The code → text map of a Type1 font program's built-in encoding, if it has one.
+fn builtin_encoding(doc: &Document, dict: &Dictionary) -> Option<HashMap<u32, String>> {
+    let descriptor = dict.get(b"FontDescriptor").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok())?;
+    let program = descriptor.get(b"FontFile").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_stream().ok())?;
+    let data = if program.dict.get(b"Filter").is_ok() { program.decompressed_content().ok()? } else { program.content.clone() };
+    if data.len() > MAX_CMAP_BYTES * 4 {
+        return None;
+    }
+    let clear_len = program.dict.get(b"Length1").ok().and_then(num).map_or(data.len(), |l| (l.max(0.0) as usize).min(data.len()));
+    let entries = super::glyphs::type1_encoding(&data[..clear_len])?;
+    let map: HashMap<u32, String> =
+        entries.into_iter().filter_map(|(code, name)| super::glyphs::to_unicode(&name).map(|t| (u32::from(code), t))).collect();
+    (!map.is_empty()).then_some(map)
 }
 
 fn simple_widths(doc: &Document, dict: &Dictionary) -> Widths {

@@ -5,6 +5,7 @@
 //! streams, fonts and nesting are bounded.
 
 mod fonts;
+mod glyphs;
 mod interp;
 mod layout;
 
