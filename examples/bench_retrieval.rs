@@ -20,6 +20,7 @@ use uuid::Uuid;
 const DIMS: usize = 384;
 const TENANTS: usize = 100;
 const MODEL: &str = "all-MiniLM-L6-v2";
+const SPACE: retrieval::Space<'static> = retrieval::Space { model: MODEL, dims: DIMS };
 
 struct Rng(u64);
 
@@ -116,7 +117,11 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
     sqlx::query("analyze chunks").execute(&pool).await?;
     let built = t.elapsed().as_secs_f64();
     let real_total: usize = sizes.iter().sum();
-    println!("{real_total} chunks over {TENANTS} tenants (largest {}, smallest {}): loaded in {loaded:.1} s, HNSW built in {built:.1} s", sizes[0], sizes[TENANTS - 1]);
+    println!(
+        "{real_total} chunks over {TENANTS} tenants (largest {}, smallest {}): loaded in {loaded:.1} s, HNSW built in {built:.1} s",
+        sizes[0],
+        sizes[TENANTS - 1]
+    );
 
     let measure = |pool: PgPool, picks: Vec<usize>, tenants: Vec<(Uuid, usize, Vec<Vec<f32>>)>| async move {
         let mut rng = Rng(7);
@@ -127,13 +132,13 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
             let c = &centres[(rng.next().abs() * 20.0) as usize % 20];
             let q = unit(c.iter().map(|x| x + 0.08 * rng.gaussian()).collect());
             let t = Instant::now();
-            let approx = retrieval::nearest(&pool, *tenant, MODEL, DIMS, &q, 10, 100, false).await?;
+            let approx = retrieval::nearest(&pool, *tenant, SPACE, &q, 10, 100, false).await?;
             hnsw_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            let exact = retrieval::nearest(&pool, *tenant, MODEL, DIMS, &q, 10, 100, true).await?;
+            let exact = retrieval::nearest(&pool, *tenant, SPACE, &q, 10, 100, true).await?;
             let found = exact.iter().filter(|(id, _)| approx.iter().any(|(a, _)| a == id)).count();
             recall_sum += found as f64 / exact.len().max(1) as f64;
             let t = Instant::now();
-            retrieval::search(&pool, *tenant, MODEL, DIMS, &q, "retrieval documents topic3", &Params::default()).await?;
+            retrieval::search(&pool, *tenant, SPACE, &q, "retrieval documents topic3", &Params::default()).await?;
             hybrid_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         hnsw_ms.sort_by(f64::total_cmp);

@@ -229,7 +229,8 @@ async fn a_client_that_does_not_read_holds_up_only_itself(db: PgPool) {
     server.control.chat_tokens.store(5, Ordering::SeqCst);
     let mut other = connect(&app, &token).await;
     let started = std::time::Instant::now();
-    let frames = tokio::time::timeout(Duration::from_secs(20), ask(&mut other, None, QUESTION)).await.expect("not held up");
+    let frames =
+        tokio::time::timeout(Duration::from_secs(20), ask(&mut other, None, QUESTION)).await.expect("not held up");
     assert_eq!(frames.last().unwrap()["type"], "done");
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(stalled);

@@ -357,8 +357,7 @@ impl Answer {
         let sources = retrieval::search(
             &state.db,
             tenant,
-            embedder.model(),
-            embedder.dimensions(),
+            retrieval::Space { model: embedder.model(), dims: embedder.dimensions() },
             &embedded.vectors[0],
             question,
             &params,

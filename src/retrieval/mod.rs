@@ -64,19 +64,26 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Which vectors to search: those of one embedding model, of its dimension.
+#[derive(Clone, Copy, Debug)]
+pub struct Space<'a> {
+    pub model: &'a str,
+    pub dims: usize,
+}
+
 /// The tenant's `k` nearest chunks by cosine: through the model's HNSW index, or, with `exact`,
 /// by scanning the tenant's rows (the reference for recall measurements). Returns (chunk id,
 /// similarity) pairs, nearest first.
 pub async fn nearest(
     db: &PgPool,
     tenant_id: Uuid,
-    model: &str,
-    dims: usize,
+    space: Space<'_>,
     query_vector: &[f32],
     k: usize,
     ef_search: u32,
     exact: bool,
 ) -> Result<Vec<(i64, f32)>, sqlx::Error> {
+    let (model, dims) = (space.model, space.dims);
     let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
     // `+ 0` hides the expression from the planner, so no index is used
     let order = if exact { format!("({distance}) + 0") } else { distance.clone() };
@@ -103,12 +110,12 @@ pub async fn nearest(
 pub async fn search(
     db: &PgPool,
     tenant_id: Uuid,
-    model: &str,
-    dims: usize,
+    space: Space<'_>,
     query_vector: &[f32],
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
+    let (model, dims) = (space.model, space.dims);
     let vector = pgvector::Vector::from(query_vector.to_vec());
     // The model and dimension are written into the SQL so that the planner can match the partial
     // HNSW index of this model (a bound parameter would not prove the index's predicate).

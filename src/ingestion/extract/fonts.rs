@@ -165,14 +165,21 @@ fn collection_map(doc: &Document, dict: &Dictionary) -> Option<&'static HashMap<
 fn builtin_encoding(doc: &Document, dict: &Dictionary) -> Option<HashMap<u32, String>> {
     let descriptor = dict.get(b"FontDescriptor").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok())?;
     let program = descriptor.get(b"FontFile").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_stream().ok())?;
-    let data = if program.dict.get(b"Filter").is_ok() { program.decompressed_content().ok()? } else { program.content.clone() };
+    let data = if program.dict.get(b"Filter").is_ok() {
+        program.decompressed_content().ok()?
+    } else {
+        program.content.clone()
+    };
     if data.len() > MAX_CMAP_BYTES * 4 {
         return None;
     }
-    let clear_len = program.dict.get(b"Length1").ok().and_then(num).map_or(data.len(), |l| (l.max(0.0) as usize).min(data.len()));
+    let clear_len =
+        program.dict.get(b"Length1").ok().and_then(num).map_or(data.len(), |l| (l.max(0.0) as usize).min(data.len()));
     let entries = super::glyphs::type1_encoding(&data[..clear_len])?;
-    let map: HashMap<u32, String> =
-        entries.into_iter().filter_map(|(code, name)| super::glyphs::to_unicode(&name).map(|t| (u32::from(code), t))).collect();
+    let map: HashMap<u32, String> = entries
+        .into_iter()
+        .filter_map(|(code, name)| super::glyphs::to_unicode(&name).map(|t| (u32::from(code), t)))
+        .collect();
     (!map.is_empty()).then_some(map)
 }
 

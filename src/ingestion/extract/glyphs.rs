@@ -12,7 +12,8 @@ pub fn to_unicode(name: &str) -> Option<String> {
         && hex.len() % 4 == 0
         && hex.chars().all(|c| c.is_ascii_hexdigit())
     {
-        let units: Vec<u16> = (0..hex.len() / 4).filter_map(|i| u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).ok()).collect();
+        let units: Vec<u16> =
+            (0..hex.len() / 4).filter_map(|i| u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).ok()).collect();
         return String::from_utf16(&units).ok();
     }
     if let Some(hex) = base.strip_prefix('u')
