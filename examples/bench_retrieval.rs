@@ -114,7 +114,7 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
     )
     .execute(&pool)
     .await?;
-    sqlx::query("analyze chunks").execute(&pool).await?;
+    sqlx::query("analyze").execute(&pool).await?;
     let built = t.elapsed().as_secs_f64();
     let real_total: usize = sizes.iter().sum();
     println!(
@@ -160,6 +160,20 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
             percentile(&hybrid, 0.5),
             percentile(&hybrid, 0.99),
         );
+    }
+    if std::env::var_os("EXPLAIN").is_some() {
+        let (tenant, _, centres) = &tenants[0];
+        let sql = format!("explain analyze {}", retrieval::text_query_sql(MODEL, DIMS));
+        let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(pgvector::Vector::from(centres[0].clone()))
+            .bind(*tenant)
+            .bind(30i64)
+            .bind("retrieval documents topic3")
+            .fetch_all(&pool)
+            .await?;
+        for (line,) in plan {
+            println!("{line}");
+        }
     }
     Ok(())
 }

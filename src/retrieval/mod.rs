@@ -30,6 +30,9 @@ impl Default for Params {
     }
 }
 
+/// Full-text matches ranked per question, at most.
+const TEXT_MATCHES: usize = 2000;
+
 /// Reciprocal rank fusion constant (the usual 60).
 const RRF_K: f32 = 60.0;
 
@@ -62,6 +65,33 @@ struct Row {
 /// SQL text for a model name (configuration, not user input; quoted all the same).
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The full-text candidate query ($1 query vector, $2 tenant, $3 limit, $4 question text).
+pub fn text_query_sql(model: &str, dims: usize) -> String {
+    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
+    // Any of the question's words (a plain AND would rarely match a natural question). Common
+    // words can match most of a big tenant's chunks: at most TEXT_MATCHES matches are ranked,
+    // and only the best are joined to their rows and documents.
+    format!(
+        "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
+         matches as (
+             select c.id, c.tsv from chunks c, q
+              where c.tenant_id = $2 and c.embedding_model = {model} and c.tsv @@ q.query
+              limit {TEXT_MATCHES}
+         ),
+         ranked as (
+             select m.id, ts_rank_cd(m.tsv, q.query) as rank from matches m, q
+              order by rank desc limit $3 * 2
+         )
+         select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
+           from ranked r
+           join chunks c on c.id = r.id
+           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+          where d.status = 'ready'
+          order by r.rank desc limit $3",
+        model = literal(model)
+    )
 }
 
 /// Which vectors to search: those of one embedding model, of its dimension.
@@ -129,16 +159,7 @@ pub async fn search(
         "select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
          {common} order by {distance} limit $3"
     );
-    // any of the question's words (a plain AND would rarely match a natural question)
-    let text_sql = format!(
-        "select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
-         {common} and c.tsv @@ q.query
-         order by ts_rank_cd(c.tsv, q.query) desc limit $3",
-    )
-    .replace(
-        "from chunks c",
-        "from (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query) q, chunks c",
-    );
+    let text_sql = text_query_sql(model, dims);
 
     let mut tx = db.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("set local hnsw.ef_search = {}", params.ef_search.clamp(1, 1000))))
