@@ -14,7 +14,7 @@ use docuchat::{
     ingestion::{chunk::Chunk, store::insert_chunks},
     retrieval::{self, Params},
 };
-use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 const DIMS: usize = 384;
@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
-    let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+    let pool = docuchat::db::pool_options().max_connections(8).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
     let mut rng = Rng(42);
 

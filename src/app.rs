@@ -168,6 +168,10 @@ pub async fn serve(
     };
     let app = http::router(state);
     let mut server_rx = rx;
+    // no Nagle delay on small writes (streamed tokens, WebSocket frames)
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             tokio::select! {

@@ -9,8 +9,21 @@ use crate::config::Config;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
+/// Pool options with the session settings retrieval relies on: HNSW search breadth, and
+/// pgvector ≥ 0.8's iterative index scans (keep scanning until enough rows pass the tenant
+/// filter, so a small tenant in a big shared index keeps its recall). Set once per connection,
+/// so a search needs no transaction of its own.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().after_connect(|conn, _meta| {
+        Box::pin(async move {
+            sqlx::raw_sql("set hnsw.ef_search = 100; set hnsw.iterative_scan = relaxed_order").execute(conn).await?;
+            Ok(())
+        })
+    })
+}
+
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(config.database_url.expose())

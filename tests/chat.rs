@@ -252,3 +252,24 @@ async fn sessions_are_deleted_with_their_messages(db: PgPool) {
         .unwrap();
     assert!(spent >= 2);
 }
+
+#[sqlx::test]
+async fn an_idle_socket_is_closed(db: PgPool) {
+    let app = TestApp::builder().var("WS_IDLE_SECONDS", "5").spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let token = app.login("acme", "boss@acme.example").await;
+    let mut ws = connect(&app, &token).await;
+    let started = std::time::Instant::now();
+    let frame = next_json(&mut ws).await;
+    assert_eq!(frame["type"], "error");
+    assert_eq!(frame["code"], "idle_timeout");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    // then the server closes the socket
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await.expect("closed in time") {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+}

@@ -55,7 +55,12 @@ pub fn build(
     for source in sources {
         let n = kept.len() + 1;
         let block = format!("[{n}] ({}, p. {})\n{}\n\n", source.filename, source.page, source.text.trim());
-        let cost = count_tokens(&block);
+        // the passage's count from ingestion, plus its header
+        let cost = if source.token_count > 0 {
+            source.token_count as usize + count_tokens(&source.filename) + 8
+        } else {
+            count_tokens(&block)
+        };
         if used + cost > budget && !kept.is_empty() {
             break;
         }
@@ -110,6 +115,7 @@ mod tests {
             snippet: String::new(),
             text: text.into(),
             chunk_id: 1,
+            token_count: count_tokens(text) as i32,
         }
     }
 

@@ -107,7 +107,12 @@ pub async fn upgrade(
             return ApiError::bad_request("websocket_required", "connect with a WebSocket upgrade").into_response();
         }
     };
-    ws.max_message_size(MAX_FRAME_BYTES * 4).on_upgrade(move |socket| run(socket, state, Arc::new(caller)))
+    // small buffers: thousands of mostly idle sockets must stay cheap (the defaults are 128 KiB
+    // each way); frames are written out at once, so tokens are not held back
+    ws.max_message_size(MAX_FRAME_BYTES * 4)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| run(socket, state, Arc::new(caller)))
 }
 
 #[derive(Deserialize)]
@@ -152,14 +157,18 @@ async fn run(socket: WebSocket, state: AppState, caller: Arc<Caller>) {
 
     let idle = state.config.chat.idle_timeout;
     let mut last_seen = Instant::now();
-    let mut ping = tokio::time::interval(PING_EVERY);
+    // pings keep proxies from closing a quiet socket; the same tick checks the idle timeout
+    let mut ping = tokio::time::interval(PING_EVERY.min(idle / 2));
     ping.tick().await;
     let mut running: Option<Running> = None;
     loop {
         tokio::select! {
             incoming = stream.next() => {
                 let Some(Ok(message)) = incoming else { break };
-                last_seen = Instant::now();
+                // idle means no frames from the client; its pongs only show it is alive
+                if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                    last_seen = Instant::now();
+                }
                 match message {
                     Message::Text(text) => {
                         if running.as_ref().is_some_and(|r| r.handle.is_finished()) {
@@ -320,21 +329,19 @@ impl Answer {
     ) -> anyhow::Result<()> {
         let state = &self.state;
         let (tenant, user) = (self.caller.tenant.id, self.caller.user.id);
-        let session = match session_id {
+        // a new session is written together with its first message, at the end
+        let (session, title) = match session_id {
             Some(id) => match super::find_session(&state.db, tenant, user, id).await? {
-                Some(s) => s,
+                Some(s) => (s.id, None),
                 None => {
                     self.finish(error_frame("session_not_found", "no such chat session")).await;
                     return Ok(());
                 }
             },
-            None => {
-                let title: String = question.chars().take(80).collect();
-                super::create_session(&state.db, tenant, user, &title).await?
-            }
+            None => (Uuid::now_v7(), Some(question.chars().take(80).collect::<String>())),
         };
         let message_id = Uuid::now_v7();
-        self.send(frame(json!({ "type": "start", "session_id": session.id, "message_id": message_id }))).await;
+        self.send(frame(json!({ "type": "start", "session_id": session, "message_id": message_id }))).await;
 
         let embedder = match state.embedder() {
             Ok(e) => e,
@@ -363,7 +370,8 @@ impl Answer {
             &params,
         )
         .await?;
-        let history = super::history(&state.db, tenant, session.id, 20).await?;
+        // a session started by this question has no earlier turns
+        let history = if title.is_none() { super::history(&state.db, tenant, session, 20).await? } else { Vec::new() };
         let request = prompt::build(&self.model_name, question, sources, &history, chat.context_tokens);
         self.send(frame(json!({ "type": "sources", "sources": request.sources }))).await;
 
@@ -426,16 +434,32 @@ impl Answer {
             (self.model_name.clone(), usage)
         };
 
+        // the session (when new), the message, its ledger rows and the session's time: one
+        // statement, so one transaction and one round trip
         let sources_json = serde_json::to_value(&request.sources)?;
-        let mut tx = state.db.begin().await?;
         sqlx::query(
-            "insert into messages (id, tenant_id, session_id, question, answer, sources, model, prompt_tokens,
-                                   completion_tokens, status, error_code)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "with s as (
+                 insert into chat_sessions (id, tenant_id, user_id, title)
+                 select $3, $2, $12, $13 where $13::text is not null
+                 on conflict (id) do nothing
+             ),
+             m as (
+                 insert into messages (id, tenant_id, session_id, question, answer, sources, model, prompt_tokens,
+                                       completion_tokens, status, error_code)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             ),
+             u as (
+                 insert into usage_events (tenant_id, user_id, kind, model, tokens, message_id)
+                 select $2, $12, k.kind, k.model, k.tokens, $1
+                   from (values ('embedding', $14, $15::bigint), ('prompt', $7, $8::bigint), ('completion', $7, $9::bigint))
+                        as k(kind, model, tokens)
+                  where k.tokens > 0
+             )
+             update chat_sessions set updated_at = now() where tenant_id = $2 and id = $3 and $13::text is null",
         )
         .bind(message_id)
         .bind(tenant)
-        .bind(session.id)
+        .bind(session)
         .bind(question)
         .bind(&answer)
         .bind(&sources_json)
@@ -444,30 +468,12 @@ impl Answer {
         .bind(usage.completion_tokens as i32)
         .bind(status)
         .bind(failure.as_ref().map(|f| f.0))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "insert into usage_events (tenant_id, user_id, kind, model, tokens, message_id)
-             select $1, $2, k.kind, k.model, k.tokens, $3
-               from (values ('embedding', $4, $5::bigint), ('prompt', $6, $7::bigint), ('completion', $6, $8::bigint)) as k(kind, model, tokens)
-              where k.tokens > 0",
-        )
-        .bind(tenant)
         .bind(user)
-        .bind(message_id)
+        .bind(title.as_deref())
         .bind(embedder.model())
         .bind(embedded.tokens as i64)
-        .bind(&model_name)
-        .bind(i64::from(usage.prompt_tokens))
-        .bind(i64::from(usage.completion_tokens))
-        .execute(&mut *tx)
+        .execute(&state.db)
         .await?;
-        sqlx::query("update chat_sessions set updated_at = now() where tenant_id = $1 and id = $2")
-            .bind(tenant)
-            .bind(session.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
 
         if let Some((code, message)) = failure {
             self.finish(error_frame(code, &message)).await;

@@ -124,6 +124,7 @@ mod tests {
             snippet: String::new(),
             text: text.into(),
             chunk_id: 1,
+            token_count: 1,
         }
     }
 

@@ -20,13 +20,11 @@ pub struct Params {
     pub min_similarity: f32,
     pub vector_weight: f32,
     pub text_weight: f32,
-    /// HNSW search breadth
-    pub ef_search: u32,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Self { k: 6, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5, ef_search: 100 }
+        Self { k: 6, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 }
     }
 }
 
@@ -49,6 +47,9 @@ pub struct Source {
     pub text: String,
     #[serde(skip)]
     pub chunk_id: i64,
+    /// o200k tokens of `text`, as counted at ingestion
+    #[serde(skip)]
+    pub token_count: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -59,7 +60,16 @@ struct Row {
     page_from: i32,
     page_to: i32,
     text: String,
+    token_count: i32,
     similarity: f32,
+}
+
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    list: i32,
+    #[sqlx(flatten)]
+    row: Row,
+    rank: f32,
 }
 
 /// SQL text for a model name (configuration, not user input; quoted all the same).
@@ -67,12 +77,10 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The full-text candidate query ($1 query vector, $2 tenant, $3 limit, $4 question text).
-pub fn text_query_sql(model: &str, dims: usize) -> String {
-    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
-    // Any of the question's words (a plain AND would rarely match a natural question). Common
-    // words can match most of a big tenant's chunks: at most TEXT_MATCHES matches are ranked,
-    // and only the best are joined to their rows and documents.
+/// The CTEs that find and rank a question's full-text matches ($2 tenant, $3 limit, $4 text):
+/// any of the question's words (a plain AND would rarely match a natural question). Common
+/// words can match most of a big tenant's chunks: at most TEXT_MATCHES matches are ranked.
+fn text_ctes(model: &str) -> String {
     format!(
         "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
          matches as (
@@ -83,14 +91,24 @@ pub fn text_query_sql(model: &str, dims: usize) -> String {
          ranked as (
              select m.id, ts_rank_cd(m.tsv, q.query) as rank from matches m, q
               order by rank desc limit $3 * 2
-         )
-         select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
+         )",
+        model = literal(model)
+    )
+}
+
+/// The full-text candidate query alone ($1 query vector, $2 tenant, $3 limit, $4 question text).
+pub fn text_query_sql(model: &str, dims: usize) -> String {
+    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
+    format!(
+        "{ctes}
+         select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
+                (1 - ({distance}))::real as similarity
            from ranked r
            join chunks c on c.id = r.id
            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
           where d.status = 'ready'
           order by r.rank desc limit $3",
-        model = literal(model)
+        ctes = text_ctes(model)
     )
 }
 
@@ -123,10 +141,12 @@ pub async fn nearest(
         model = literal(model)
     );
     let mut tx = db.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("set local hnsw.ef_search = {}", ef_search.clamp(1, 1000))))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("set local hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
+    sqlx::query(
+        "select set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+    )
+    .bind(ef_search.clamp(1, 1000).to_string())
+    .execute(&mut *tx)
+    .await?;
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
@@ -137,6 +157,9 @@ pub async fn nearest(
     Ok(rows)
 }
 
+/// Hybrid search: vector and full-text candidates in one statement (one round trip), fused.
+/// The HNSW settings (search breadth, iterative scans) are session settings of the pool's
+/// connections (see `db::pool_options`).
 pub async fn search(
     db: &PgPool,
     tenant_id: Uuid,
@@ -146,46 +169,39 @@ pub async fn search(
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
     let (model, dims) = (space.model, space.dims);
-    let vector = pgvector::Vector::from(query_vector.to_vec());
     // The model and dimension are written into the SQL so that the planner can match the partial
     // HNSW index of this model (a bound parameter would not prove the index's predicate).
+    // `list` 0 holds the vector candidates, 1 the full-text ones with their rank.
     let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
-    let common = format!(
-        "from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-         where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'",
+    let sql = format!(
+        "{ctes}
+         (select 0 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
+                 (1 - ({distance}))::real as similarity, 0::real as rank
+            from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+           where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+           order by {distance} limit $3)
+         union all
+         (select 1 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
+                 (1 - ({distance}))::real as similarity, r.rank
+            from ranked r
+            join chunks c on c.id = r.id
+            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+           where d.status = 'ready'
+           order by r.rank desc limit $3)",
+        ctes = text_ctes(model),
         model = literal(model)
     );
-    let vector_sql = format!(
-        "select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, (1 - ({distance}))::real as similarity
-         {common} order by {distance} limit $3"
-    );
-    let text_sql = text_query_sql(model, dims);
-
-    let mut tx = db.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("set local hnsw.ef_search = {}", params.ef_search.clamp(1, 1000))))
-        .execute(&mut *tx)
-        .await?;
-    // pgvector ≥ 0.8: keep scanning the index until enough rows pass the tenant filter
-    sqlx::query("set local hnsw.iterative_scan = relaxed_order").execute(&mut *tx).await?;
-    let by_vector: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(vector_sql))
-        .bind(&vector)
+    let rows: Vec<ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
         .bind(params.candidates as i64)
-        .fetch_all(&mut *tx)
+        .bind(query_text)
+        .fetch_all(db)
         .await?;
-    let by_text: Vec<Row> = if query_text.trim().is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(sqlx::AssertSqlSafe(text_sql))
-            .bind(&vector)
-            .bind(tenant_id)
-            .bind(params.candidates as i64)
-            .bind(query_text)
-            .fetch_all(&mut *tx)
-            .await?
-    };
-    tx.commit().await?;
-    Ok(fuse(by_vector, by_text, params))
+    let (mut by_vector, mut by_text): (Vec<ListedRow>, Vec<ListedRow>) = rows.into_iter().partition(|r| r.list == 0);
+    by_vector.sort_by(|a, b| b.row.similarity.total_cmp(&a.row.similarity));
+    by_text.sort_by(|a, b| b.rank.total_cmp(&a.rank));
+    Ok(fuse(by_vector.into_iter().map(|r| r.row).collect(), by_text.into_iter().map(|r| r.row).collect(), params))
 }
 
 fn fuse(by_vector: Vec<Row>, by_text: Vec<Row>, params: &Params) -> Vec<Source> {
@@ -214,6 +230,7 @@ fn fuse(by_vector: Vec<Row>, by_text: Vec<Row>, params: &Params) -> Vec<Source> 
             snippet: snippet(&r.text, 280),
             text: r.text,
             chunk_id: r.id,
+            token_count: r.token_count,
         })
         .collect()
 }
@@ -241,6 +258,7 @@ mod tests {
             page_from: 1,
             page_to: 1,
             text: format!("chunk {id}"),
+            token_count: 2,
             similarity,
         }
     }

@@ -1,0 +1,238 @@
+//! Chat socket benchmarks against a `docuchat serve` process (release build):
+//! (b) server-added time to first token — from the `ask` frame to the first `token` frame, with
+//!     the question's embedding and the answer served by a zero-latency OpenAI-protocol server in
+//!     this process, so the figure is the service's own overhead — at several concurrencies;
+//! (c) the server's resident memory with many idle authenticated sockets.
+//!
+//!     cargo build --release --bin docuchat
+//!     eval "$(infra/dev.sh env)"; ulimit -n 65536
+//!     cargo run --release --example bench_chat -- [idle sockets]
+//!
+//! Works in a database of its own, created and dropped here.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, routing::post};
+use docuchat::{
+    auth::{
+        email::Email,
+        jwt::{JwtKeys, Role},
+        users,
+    },
+    config::Secret,
+    ingestion::{chunk::Chunk, store::insert_chunks},
+    tenants,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+use uuid::Uuid;
+
+const DIMS: usize = 8;
+const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
+
+fn unit() -> Vec<f32> {
+    vec![(1.0 / DIMS as f32).sqrt(); DIMS]
+}
+
+/// Zero-latency OpenAI protocol: a constant embedding, and a 20-token streamed answer.
+async fn fake_openai() -> std::net::SocketAddr {
+    async fn embeddings(Json(body): Json<Value>) -> Json<Value> {
+        let n = body["input"].as_array().map_or(1, Vec::len);
+        let data: Vec<Value> =
+            (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": unit()})).collect();
+        Json(
+            json!({"object": "list", "model": body["model"], "data": data, "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+        )
+    }
+    async fn chat(Json(body): Json<Value>) -> axum::response::Response {
+        let mut out = String::new();
+        for i in 0..20 {
+            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]});
+            out.push_str(&format!("data: {chunk}\n\n"));
+        }
+        let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}});
+        out.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(axum::body::Body::from(out))
+            .unwrap()
+    }
+    let app = Router::new().route("/v1/embeddings", post(embeddings)).route("/v1/chat/completions", post(chat));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    docuchat::install_crypto_provider();
+    let idle: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
+    let name = format!("docuchat_bench_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&base).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let mut server: Option<Child> = None;
+    let result = run(&url, idle, &mut server).await;
+    if let Some(mut s) = server {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
+    result
+}
+
+async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
+    docuchat::db::migrate(&pool).await?;
+    let email = Email::parse("bench@bench.example").unwrap();
+    let tenant = tenants::create(&pool, "Bench", "bench", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let user = users::upsert_on_login(&pool, tenant.id, &email, Role::Admin).await?;
+    let doc = Uuid::now_v7();
+    sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
+        .bind(doc)
+        .bind(tenant.id)
+        .bind(doc.as_bytes().repeat(2))
+        .execute(&pool)
+        .await?;
+    let chunks: Vec<Chunk> = (0..200)
+        .map(|i| Chunk {
+            ordinal: i,
+            page_from: 1,
+            page_to: 1,
+            text: format!("passage {i} about the bench topic. It says something."),
+            token_count: 10,
+        })
+        .collect();
+    let vectors = vec![unit(); chunks.len()];
+    insert_chunks(&mut *pool.acquire().await?, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
+    let token = JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin)?;
+
+    let upstream = fake_openai().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")))
+        .arg("serve")
+        .env("DATABASE_URL", url)
+        .env("DATABASE_MAX_CONNECTIONS", "40")
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWT_SECRET", SECRET)
+        .env("EMBEDDING_PROVIDER", "openai")
+        .env("EMBEDDING_MODEL", "bench-embed")
+        .env("EMBEDDING_DIMENSIONS", DIMS.to_string())
+        .env("OPENAI_BASE_URL", format!("http://{upstream}/v1"))
+        .env("OPENAI_API_KEY", "bench")
+        .env("CHAT_MODEL", "bench-chat")
+        .env("INGEST_WORKERS", "0")
+        .env("REDIS_KEY_PREFIX", format!("bench:{}:", Uuid::new_v4()))
+        .env("RUST_LOG", "error")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    *server = Some(child);
+    let ws_url = format!("ws://127.0.0.1:{port}/ws/chat?token={token}");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("server pid {pid}, RSS at start {} MiB", rss_kib(pid) / 1024);
+
+    // (b) time to first token
+    for (sessions, asks) in [(1usize, 200usize), (100, 10), (1000, 3)] {
+        let ws_url = Arc::new(ws_url.clone());
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..sessions {
+            let ws_url = ws_url.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut ws, _) = connect_async(ws_url.as_str()).await?;
+                let mut ttft = Vec::new();
+                for _ in 0..asks {
+                    let sent = Instant::now();
+                    ws.send(Message::Text(
+                        json!({"type": "ask", "session_id": null, "content": "What does the bench topic say?"})
+                            .to_string()
+                            .into(),
+                    ))
+                    .await?;
+                    let mut first = None;
+                    loop {
+                        let Some(msg) = ws.next().await else { anyhow::bail!("closed") };
+                        let Message::Text(t) = msg? else { continue };
+                        let v: Value = serde_json::from_str(t.as_str())?;
+                        match v["type"].as_str() {
+                            Some("token") if first.is_none() => first = Some(sent.elapsed()),
+                            Some("done") => break,
+                            Some("error") => anyhow::bail!("error frame {v}"),
+                            _ => {}
+                        }
+                    }
+                    ttft.push(first.unwrap_or_default().as_secs_f64() * 1000.0);
+                }
+                anyhow::Ok(ttft)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        all.sort_by(f64::total_cmp);
+        println!(
+            "(b) {sessions:>4} concurrent sessions, {} questions in {:.1} s: time to first token p50 {:.1} ms, p99 {:.1} ms",
+            all.len(),
+            start.elapsed().as_secs_f64(),
+            percentile(&all, 0.5),
+            percentile(&all, 0.99)
+        );
+    }
+
+    // (c) idle authenticated sockets
+    let before = rss_kib(pid);
+    let mut sockets = Vec::with_capacity(idle);
+    for i in 0..idle {
+        match connect_async(ws_url.as_str()).await {
+            Ok((ws, _)) => sockets.push(ws),
+            Err(e) => {
+                println!("(c) stopped at {i} sockets: {e} (raise `ulimit -n`)");
+                break;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    println!(
+        "(c) {} idle authenticated sockets: server RSS {} MiB (was {} MiB before them; {:.1} KiB per socket)",
+        sockets.len(),
+        after / 1024,
+        before / 1024,
+        (after.saturating_sub(before)) as f64 / sockets.len().max(1) as f64
+    );
+    drop(sockets);
+    Ok(())
+}
