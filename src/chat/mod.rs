@@ -69,24 +69,6 @@ pub async fn find_session(
     .await
 }
 
-pub async fn create_session(
-    db: impl PgExecutor<'_>,
-    tenant: Uuid,
-    user: Uuid,
-    title: &str,
-) -> Result<Session, sqlx::Error> {
-    sqlx::query_as(
-        "insert into chat_sessions (id, tenant_id, user_id, title) values ($1, $2, $3, $4)
-         returning id, title, created_at, updated_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(tenant)
-    .bind(user)
-    .bind(title)
-    .fetch_one(db)
-    .await
-}
-
 /// Completed (question, answer) turns of a session, oldest first.
 pub async fn history(
     db: impl PgExecutor<'_>,

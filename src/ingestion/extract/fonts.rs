@@ -139,14 +139,7 @@ fn collection_map(doc: &Document, dict: &Dictionary) -> Option<&'static HashMap<
     if encoding != b"Identity-H" && encoding != b"Identity-V" {
         return None;
     }
-    let descendant = dict
-        .get(b"DescendantFonts")
-        .ok()
-        .and_then(|o| deref(doc, o))
-        .and_then(|o| o.as_array().ok())
-        .and_then(|a| a.first())
-        .and_then(|o| deref(doc, o))
-        .and_then(|o| o.as_dict().ok())?;
+    let descendant = descendant_font(doc, dict)?;
     let info = descendant.get(b"CIDSystemInfo").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok())?;
     let ordering = info.get(b"Ordering").ok().and_then(|o| o.as_str().ok())?;
     let ordering = std::str::from_utf8(ordering).ok()?;
@@ -203,15 +196,19 @@ fn simple_widths(doc: &Document, dict: &Dictionary) -> Widths {
     Widths::Simple { first, widths, missing }
 }
 
-fn cid_widths(doc: &Document, dict: &Dictionary) -> Widths {
-    let descendant = dict
-        .get(b"DescendantFonts")
+/// The CIDFont of a Type0 font.
+fn descendant_font<'a>(doc: &'a Document, dict: &'a Dictionary) -> Option<&'a Dictionary> {
+    dict.get(b"DescendantFonts")
         .ok()
         .and_then(|o| deref(doc, o))
         .and_then(|o| o.as_array().ok())
         .and_then(|a| a.first())
         .and_then(|o| deref(doc, o))
-        .and_then(|o| o.as_dict().ok());
+        .and_then(|o| o.as_dict().ok())
+}
+
+fn cid_widths(doc: &Document, dict: &Dictionary) -> Widths {
+    let descendant = descendant_font(doc, dict);
     let Some(cid) = descendant else { return Widths::Cid { map: HashMap::new(), default: 1000.0 } };
     let default = cid.get(b"DW").ok().and_then(num).unwrap_or(1000.0);
     let mut map = HashMap::new();
