@@ -50,6 +50,15 @@ async fn upload_ok(s: &Setup, name: &str) -> Uuid {
     body["document_id"].as_str().unwrap().parse().unwrap()
 }
 
+/// Rows in `chunks` for a document.
+async fn chunk_rows(s: &Setup, id: Uuid) -> i64 {
+    sqlx::query_scalar("select count(*) from chunks where document_id = $1")
+        .bind(id)
+        .fetch_one(&s.app.db)
+        .await
+        .unwrap()
+}
+
 async fn document(s: &Setup, id: Uuid) -> Value {
     let resp = s.app.get_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -325,11 +334,7 @@ async fn deleting_removes_chunks_and_other_tenants_see_nothing(db: PgPool) {
     let delete = || s.app.delete_as(&path, "acme", &s.admin);
     assert_eq!(delete().await.status(), StatusCode::NO_CONTENT);
     assert_eq!(delete().await.status(), StatusCode::NOT_FOUND);
-    let chunks: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
-        .bind(id)
-        .fetch_one(&s.app.db)
-        .await
-        .unwrap();
+    let chunks: i64 = chunk_rows(&s, id).await;
     assert_eq!(chunks, 0);
     let files: i64 = sqlx::query_scalar("select count(*) from document_files where document_id = $1")
         .bind(id)
@@ -352,11 +357,7 @@ async fn running_a_job_twice_does_not_duplicate_chunks(db: PgPool) {
     let s = setup(db).await;
     let id = upload_ok(&s, "english-2page.pdf").await;
     s.app.drain().await;
-    let first: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
-        .bind(id)
-        .fetch_one(&s.app.db)
-        .await
-        .unwrap();
+    let first: i64 = chunk_rows(&s, id).await;
     // queue it again, as a retry after a crash between storing and acknowledging would
     sqlx::query(
         "insert into ingestion_jobs (document_id, tenant_id) select id, tenant_id from documents where id = $1",
@@ -366,11 +367,7 @@ async fn running_a_job_twice_does_not_duplicate_chunks(db: PgPool) {
     .await
     .unwrap();
     s.app.drain().await;
-    let second: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
-        .bind(id)
-        .fetch_one(&s.app.db)
-        .await
-        .unwrap();
+    let second: i64 = chunk_rows(&s, id).await;
     assert_eq!(first, second);
     assert_eq!(document(&s, id).await["chunk_count"].as_i64().unwrap(), second);
 }
@@ -443,11 +440,7 @@ async fn reindex_re_embeds_documents_of_another_model(db: PgPool) {
     let s = setup(db).await;
     let id = upload_ok(&s, "two-column.pdf").await;
     s.app.drain().await;
-    let before: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1")
-        .bind(id)
-        .fetch_one(&s.app.db)
-        .await
-        .unwrap();
+    let before: i64 = chunk_rows(&s, id).await;
 
     // nothing to do while the model is the configured one
     let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, 5).await.unwrap();
