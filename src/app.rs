@@ -17,6 +17,7 @@ use crate::{
     db, embed, http,
     ingestion::worker::{Pipeline, ShutdownFlag},
     llm::{self, ChatModel, offline},
+    ratelimit::Limiter,
     redis::Redis,
 };
 
@@ -29,6 +30,7 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub codes: CodeStore,
     pub mailer: Mailer,
+    pub limits: Arc<Limiter>,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
@@ -51,6 +53,7 @@ impl AppState {
         let jwt = Arc::new(JwtKeys::new(&config.jwt_secret, config.jwt_ttl));
         let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
+        let limits = Limiter::new(redis.clone(), &config.rate_limits);
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -58,6 +61,7 @@ impl AppState {
             jwt,
             codes,
             mailer,
+            limits,
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
             chat: Arc::new(OnceLock::new()),

@@ -5,6 +5,8 @@ use std::{fmt, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, bail};
 
+pub use crate::ratelimit::RateLimits;
+
 /// A value that must never be printed: `Debug` and `Display` show a placeholder.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -121,6 +123,7 @@ pub struct Config {
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
     pub auth: AuthLimits,
+    pub rate_limits: RateLimits,
 }
 
 /// Uploads and the ingestion pipeline.
@@ -154,6 +157,8 @@ pub struct ChatConfig {
     pub idle_timeout: Duration,
     /// Longest wait for the model server to connect or to send the next piece of an answer.
     pub upstream_timeout: Duration,
+    /// Most tokens a model may write in one answer (also what a quota holds for it).
+    pub max_answer_tokens: usize,
 }
 
 /// Limits on the e-mail code login.
@@ -306,6 +311,16 @@ impl Config {
             max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
             idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
             upstream_timeout: Duration::from_millis(parse_u64("CHAT_TIMEOUT_MS", 60_000)?.max(100)),
+            max_answer_tokens: parse_u64("CHAT_MAX_ANSWER_TOKENS", 1024)?.clamp(16, 100_000) as usize,
+        };
+        let per_minute = |name: &str, default: u32| -> anyhow::Result<u32> {
+            Ok(parse_u64(name, u64::from(default))?.min(1_000_000) as u32)
+        };
+        let defaults = RateLimits::default();
+        let rate_limits = RateLimits {
+            auth_per_minute: per_minute("RATE_LIMIT_AUTH_PER_MINUTE", defaults.auth_per_minute)?,
+            chat_per_minute: per_minute("RATE_LIMIT_CHAT_PER_MINUTE", defaults.chat_per_minute)?,
+            upload_per_minute: per_minute("RATE_LIMIT_UPLOAD_PER_MINUTE", defaults.upload_per_minute)?,
         };
         let embedding_dimensions =
             match var("EMBEDDING_DIMENSIONS") {
@@ -347,6 +362,7 @@ impl Config {
             max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
                 .context("MAX_JSON_BYTES is too large")?,
             auth: AuthLimits::default(),
+            rate_limits,
         })
     }
 

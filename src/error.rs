@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized { code: &'static str, message: &'static str },
     #[error("{0}")]
     Forbidden(&'static str),
+    /// An API key without the scope an endpoint needs.
+    #[error("{0}")]
+    MissingScope(&'static str),
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{message}")]
@@ -75,7 +78,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,6 +102,7 @@ impl ApiError {
             | Self::Unprocessable { code, .. }
             | Self::TooManyRequests { code, .. } => code,
             Self::Forbidden(_) => "forbidden",
+            Self::MissingScope(_) => "insufficient_scope",
             Self::Unavailable(_) | Self::Redis(_) => "service_unavailable",
             Self::Database(e) if is_connectivity(e) => "service_unavailable",
             Self::Database(_) | Self::Internal(_) => "internal_error",

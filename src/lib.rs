@@ -13,10 +13,12 @@ pub mod error;
 pub mod http;
 pub mod ingestion;
 pub mod llm;
+pub mod ratelimit;
 pub mod redis;
 pub mod retrieval;
 pub mod telemetry;
 pub mod tenants;
+pub mod usage;
 
 /// Selects ring as the process-wide TLS crypto provider (once; later calls do nothing).
 pub fn install_crypto_provider() {

@@ -9,6 +9,7 @@ use docuchat::{
     auth::email::Email,
     config::Config,
     db, telemetry, tenants,
+    usage::quota,
 };
 use tokio::net::TcpListener;
 
@@ -64,6 +65,31 @@ enum TenantCommand {
     },
     /// List tenants as JSON.
     List,
+    /// Show a tenant's token quotas (as JSON), or set or remove one.
+    ///
+    /// `docuchat tenant quota --tenant acme --period day --tokens 100000` limits the tenant;
+    /// add `--per-user` for a limit every user has on their own, or `--user EMAIL` for one user;
+    /// `--remove` instead of `--tokens` removes the quota.
+    Quota {
+        /// The tenant (id or slug).
+        #[arg(long)]
+        tenant: String,
+        /// `day` (UTC) or `month` (calendar month, UTC).
+        #[arg(long, value_parser = ["day", "month"])]
+        period: Option<String>,
+        /// The token limit to set.
+        #[arg(long, conflicts_with = "remove", requires = "period")]
+        tokens: Option<i64>,
+        /// Remove the quota instead.
+        #[arg(long, requires = "period")]
+        remove: bool,
+        /// A limit for each user of the tenant (instead of the tenant as a whole).
+        #[arg(long, conflicts_with = "user")]
+        per_user: bool,
+        /// A limit for this user only (overrides --per-user's limit for them).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Create the `demo` tenant if it is missing and print how to log in.
     EnsureDemo {
         #[arg(long, default_value = "admin@demo.example")]
@@ -150,6 +176,42 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
         }
         TenantCommand::List => {
             println!("{}", serde_json::to_string_pretty(&tenants::list(&pool).await?)?);
+        }
+        TenantCommand::Quota { tenant, period, tokens, remove, per_user, user } => {
+            let found = tenants::resolve(&pool, &tenant).await?.with_context(|| format!("no tenant `{tenant}`"))?;
+            if let Some(period) = period {
+                if tokens.is_none() && !remove {
+                    anyhow::bail!("give --tokens N to set the quota, or --remove");
+                }
+                let period = if period == "day" { quota::Period::Day } else { quota::Period::Month };
+                let user_id = match &user {
+                    None => None,
+                    Some(address) => {
+                        let email = Email::parse(address).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
+                        let id: Option<uuid::Uuid> =
+                            sqlx::query_scalar("select id from users where tenant_id = $1 and email = $2")
+                                .bind(found.id)
+                                .bind(email.as_str())
+                                .fetch_optional(&pool)
+                                .await?;
+                        Some(id.with_context(|| {
+                            format!(
+                                "no user {address} in tenant `{}` (users exist after their first login)",
+                                found.slug
+                            )
+                        })?)
+                    }
+                };
+                let scope =
+                    if per_user || user_id.is_some() { quota::QuotaScope::User } else { quota::QuotaScope::Tenant };
+                let changed = quota::set(&pool, found.id, scope, user_id, period, if remove { None } else { tokens })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if remove && !changed {
+                    anyhow::bail!("there is no such quota");
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&quota::list(&pool, found.id).await?)?);
         }
         TenantCommand::EnsureDemo { admin_email } => {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;

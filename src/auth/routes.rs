@@ -49,6 +49,7 @@ async fn request_code(
     ClientIp(ip): ClientIp,
     AppJson(body): AppJson<RequestCode>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    state.limits.check_auth(ip).await?;
     let email = parse_email(&body.email)?;
     let code = state.codes.issue(tenant.0.id, &email, ip).await?;
     let ttl = state.codes.limits().code_ttl;
@@ -79,6 +80,7 @@ async fn verify_code(
     ClientIp(ip): ClientIp,
     AppJson(body): AppJson<VerifyCode>,
 ) -> ApiResult<Json<Value>> {
+    state.limits.check_auth(ip).await?;
     state.codes.check_verify_rate(ip).await?;
     let email = parse_email(&body.email)?;
     state.codes.verify(tenant.0.id, &email, body.code.trim()).await??;

@@ -41,9 +41,10 @@ use crate::{
     auth::{self, jwt::TokenError, users::User},
     error::ApiError,
     ingestion::chunk::count_tokens,
-    llm::{ChatModel, Usage},
+    llm::{ChatModel, Usage, offline},
     retrieval::{self, Params},
     tenants::{self, TENANT_HEADER, Tenant},
+    usage::quota,
 };
 
 /// Largest text frame read from a client.
@@ -51,6 +52,10 @@ const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Frames waiting for a slow client, per socket.
 const OUTBOX: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// A quota hold outlives any answer (the model's timeout applies per piece of the stream).
+const HOLD_FOR: Duration = Duration::from_secs(15 * 60);
+/// The system prompt, citation labels and message framing, over-estimated.
+const PROMPT_OVERHEAD_TOKENS: usize = 600;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -133,6 +138,16 @@ fn frame(value: Value) -> Message {
 
 fn error_frame(code: &str, message: &str) -> Message {
     frame(json!({ "type": "error", "code": code, "message": message }))
+}
+
+/// An HTTP-style refusal as an error frame; one that says when to come back carries
+/// `retry_after` (seconds).
+fn api_error_frame(e: &ApiError) -> Message {
+    let mut value = json!({ "type": "error", "code": e.code(), "message": e.to_string() });
+    if let ApiError::TooManyRequests { retry_after, .. } = e {
+        value["retry_after"] = json!(retry_after.as_millis().div_ceil(1000).max(1) as u64);
+    }
+    frame(value)
 }
 
 struct Running {
@@ -261,6 +276,10 @@ async fn handle_text(
                     .await;
                 return;
             }
+            if let Err(e) = state.limits.check_chat(caller.user.id).await {
+                let _ = out.send(api_error_frame(&e)).await;
+                return;
+            }
             let (chat_model, model_name) = match state.chat_model(model.as_deref()) {
                 Ok(m) => m,
                 Err(e) => {
@@ -315,10 +334,26 @@ impl Answer {
     }
 
     async fn run(self, session_id: Option<Uuid>, question: String, cancelled: watch::Receiver<bool>) {
-        if let Err(e) = self.answer(session_id, &question, cancelled).await {
+        let mut hold = None;
+        let result = self.answer(session_id, &question, cancelled, &mut hold).await;
+        // the hold goes with the answer's ledger rows; an answer that wrote none gives it back
+        if let Some(id) = hold
+            && let Err(e) = quota::release(&self.state.db, id).await
+        {
+            tracing::warn!(error = %e, "could not release a quota hold (it expires on its own)");
+        }
+        if let Err(e) = result {
             tracing::error!(error = format!("{e:#}"), "chat answer failed");
             self.finish(error_frame("internal_error", "the answer could not be completed")).await;
         }
+    }
+
+    /// The most one answer to `question` may spend: the question embedded and in the prompt,
+    /// the context, the prompt's own words, and the longest answer.
+    fn most_tokens(&self, question: &str) -> i64 {
+        let chat = &self.state.config.chat;
+        let answer = if self.model_name == offline::NAME { chat.context_tokens } else { chat.max_answer_tokens };
+        (2 * count_tokens(question) + chat.context_tokens + PROMPT_OVERHEAD_TOKENS + answer) as i64
     }
 
     async fn answer(
@@ -326,9 +361,20 @@ impl Answer {
         session_id: Option<Uuid>,
         question: &str,
         mut cancelled: watch::Receiver<bool>,
+        hold: &mut Option<Uuid>,
     ) -> anyhow::Result<()> {
         let state = &self.state;
         let (tenant, user) = (self.caller.tenant.id, self.caller.user.id);
+        match quota::admit(&state.db, tenant, Some(user), self.most_tokens(question), HOLD_FOR).await? {
+            Ok(h) => *hold = h,
+            Err(exceeded) => {
+                let mut value = json!({ "type": "error", "code": "quota_exceeded", "message": exceeded.message() });
+                value["resets_at"] = json!(exceeded.resets_at);
+                value["retry_after"] = json!(exceeded.retry_after().as_secs().max(1));
+                self.finish(frame(value)).await;
+                return Ok(());
+            }
+        }
         // a new session is written together with its first message, at the end
         let (session, title) = match session_id {
             Some(id) => match super::find_session(&state.db, tenant, user, id).await? {
@@ -454,7 +500,8 @@ impl Answer {
                    from (values ('embedding', $14, $15::bigint), ('prompt', $7, $8::bigint), ('completion', $7, $9::bigint))
                         as k(kind, model, tokens)
                   where k.tokens > 0
-             )
+             ),
+             h as (delete from quota_holds where id = $16)
              update chat_sessions set updated_at = now() where tenant_id = $2 and id = $3 and $13::text is null",
         )
         .bind(message_id)
@@ -472,8 +519,10 @@ impl Answer {
         .bind(title.as_deref())
         .bind(embedder.model())
         .bind(embedded.tokens as i64)
+        .bind(*hold)
         .execute(&state.db)
         .await?;
+        *hold = None;
 
         if let Some((code, message)) = failure {
             self.finish(error_frame(code, &message)).await;

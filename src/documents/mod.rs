@@ -73,6 +73,7 @@ impl From<Document> for DocumentView {
 pub struct NewDocument<'a> {
     pub tenant_id: Uuid,
     pub uploaded_by: Option<Uuid>,
+    pub uploaded_by_key: Option<Uuid>,
     pub filename: &'a str,
     pub sha256: &'a [u8],
     pub data: &'a [u8],
@@ -88,8 +89,8 @@ pub async fn create_with_job(
 ) -> Result<(Document, bool), sqlx::Error> {
     let id = Uuid::now_v7();
     let inserted: Option<Document> = sqlx::query_as(concat!(
-        "insert into documents (id, tenant_id, uploaded_by, filename, sha256, bytes, pages_total)
-         values ($1, $2, $3, $4, $5, $6, $7)
+        "insert into documents (id, tenant_id, uploaded_by, filename, sha256, bytes, pages_total, uploaded_by_key)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (tenant_id, sha256) do nothing
          returning ",
         columns!()
@@ -101,6 +102,7 @@ pub async fn create_with_job(
     .bind(new.sha256)
     .bind(new.data.len() as i64)
     .bind(new.pages)
+    .bind(new.uploaded_by_key)
     .fetch_optional(&mut **tx)
     .await?;
 

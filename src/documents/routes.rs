@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{DocumentView, upload};
 use crate::{
     app::AppState,
-    auth::CurrentUser,
+    auth::{Principal, api_keys::Scope},
     error::{ApiError, ApiResult},
 };
 
@@ -39,7 +39,8 @@ struct ListQuery {
     after: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, user: CurrentUser, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, user: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    user.require(Scope::DocumentsRead)?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
@@ -50,27 +51,24 @@ async fn list(State(state): State<AppState>, user: CurrentUser, Query(q): Query<
         ),
         None => None,
     };
-    let docs = super::list(&state.db, user.tenant.0.id, after, limit + 1).await?;
+    let docs = super::list(&state.db, user.tenant_id(), after, limit + 1).await?;
     let has_more = docs.len() as i64 > limit;
     let docs: Vec<DocumentView> = docs.into_iter().take(limit as usize).map(Into::into).collect();
     let next = if has_more { docs.last().map(|d| d.id) } else { None };
     Ok(Json(json!({ "documents": docs, "next_cursor": next })))
 }
 
-async fn show(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<DocumentView>> {
+async fn show(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<Json<DocumentView>> {
+    user.require(Scope::DocumentsRead)?;
     let id = parse_id(&id)?;
-    let doc = super::get(&state.db, user.tenant.0.id, id).await?.ok_or_else(not_found)?;
+    let doc = super::get(&state.db, user.tenant_id(), id).await?.ok_or_else(not_found)?;
     Ok(Json(doc.into()))
 }
 
-async fn remove(State(state): State<AppState>, user: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    user.require_admin()?;
+async fn remove(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    user.require(Scope::DocumentsWrite)?;
     let id = parse_id(&id)?;
-    if super::delete(&state.db, user.tenant.0.id, id).await? {
+    if super::delete(&state.db, user.tenant_id(), id).await? {
         tracing::info!(document_id = %id, "document deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

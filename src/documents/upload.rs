@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::NewDocument;
 use crate::{
     app::AppState,
-    auth::CurrentUser,
+    auth::{Principal, api_keys::Scope},
     error::{ApiError, ApiResult},
     ingestion::extract::{self, ExtractError},
 };
@@ -52,11 +52,14 @@ pub fn looks_like_pdf(head: &[u8]) -> bool {
 
 pub async fn upload(
     State(state): State<AppState>,
-    user: CurrentUser,
+    user: Principal,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    user.require_admin()?;
+    user.require(Scope::DocumentsWrite)?;
+    state.limits.check_upload(user.id()).await?;
+    // refused before the body is read when a quota is already used up
+    crate::usage::quota::check(&state.db, user.tenant_id(), user.user_id()).await?;
     let max = state.config.ingestion.max_upload_bytes;
     // a declared length over the limit is refused before a byte is read
     if let Some(len) =
@@ -124,8 +127,9 @@ pub async fn upload(
     let (doc, created) = super::create_with_job(
         &mut tx,
         NewDocument {
-            tenant_id: user.tenant.0.id,
-            uploaded_by: Some(user.user.id),
+            tenant_id: user.tenant_id(),
+            uploaded_by: user.user_id(),
+            uploaded_by_key: user.api_key_id(),
             filename: &filename,
             sha256: &sha256,
             data: &data,

@@ -21,7 +21,7 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{app::AppState, auth, chat, documents, error::error_response};
+use crate::{app::AppState, auth, chat, documents, error::error_response, usage};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(health::root))
         .route("/healthz", get(health::healthz))
         .merge(auth::routes::router())
+        .merge(auth::api_keys::router())
+        .merge(usage::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
         .merge(chat::router())
         .fallback(not_found)

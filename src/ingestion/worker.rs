@@ -19,7 +19,7 @@ use super::{
     extract::{self, ExtractError, Limits},
     queue::{self, Job},
 };
-use crate::{config::IngestionConfig, embed::Embedder};
+use crate::{config::IngestionConfig, embed::Embedder, usage::quota};
 
 pub struct Pipeline {
     pub db: PgPool,
@@ -131,13 +131,15 @@ impl Pipeline {
         .bind(job.document_id)
         .execute(&self.db)
         .await?;
-        let data: Option<Vec<u8>> =
-            sqlx::query_scalar("select data from document_files where tenant_id = $1 and document_id = $2")
-                .bind(job.tenant_id)
-                .bind(job.document_id)
-                .fetch_optional(&self.db)
-                .await?;
-        let Some(data) = data.filter(|_| updated.rows_affected() == 1) else {
+        let row: Option<(Vec<u8>, Option<Uuid>)> = sqlx::query_as(
+            "select f.data, d.uploaded_by from document_files f join documents d on d.id = f.document_id
+              where f.tenant_id = $1 and f.document_id = $2",
+        )
+        .bind(job.tenant_id)
+        .bind(job.document_id)
+        .fetch_optional(&self.db)
+        .await?;
+        let Some((data, uploader)) = row.filter(|_| updated.rows_affected() == 1) else {
             // the document was deleted
             queue::finish(&self.db, job.id, worker).await?;
             return Ok(Outcome::Lost);
@@ -154,15 +156,40 @@ impl Pipeline {
             progress.clone(),
             lost.clone(),
         ));
-        let result = self.process(data, progress).await;
+        let result = self.process(job, uploader, data, progress).await;
         heartbeat.abort();
         if lost.load(Ordering::SeqCst) {
+            if let Ok(Embedded { hold: Some(hold), .. }) = &result {
+                quota::release(&self.db, *hold).await?;
+            }
             return Ok(Outcome::Lost);
         }
 
         match result {
-            Ok((chunks, vectors, tokens)) => self.store(job, worker, chunks, vectors, tokens).await,
+            Ok(embedded) => self.store(job, worker, embedded).await,
             Err(JobError::Extract(e)) => self.fail(job, worker, e.code(), &e.to_string()).await,
+            Err(JobError::Database(e)) => Err(e),
+            Err(JobError::Quota(exceeded)) => {
+                // not the document's fault: it waits, queued, until the quota resets
+                let message = format!("waiting for the token quota: {}", exceeded.message());
+                tracing::info!(document_id = %job.document_id, "{message}");
+                queue::retry_later(&self.db, job.id, worker, exceeded.retry_after(), &message).await?;
+                sqlx::query("update ingestion_jobs set attempts = greatest(attempts - 1, 0) where id = $1")
+                    .bind(job.id)
+                    .execute(&self.db)
+                    .await?;
+                sqlx::query(
+                    "update documents set status = 'queued', error_code = 'quota_exceeded', error_message = $3,
+                            updated_at = now()
+                      where tenant_id = $1 and id = $2",
+                )
+                .bind(job.tenant_id)
+                .bind(job.document_id)
+                .bind(&message)
+                .execute(&self.db)
+                .await?;
+                Ok(Outcome::Retry)
+            }
             Err(JobError::Embed(message)) => {
                 if job.attempts >= job.max_attempts {
                     self.fail(job, worker, "embedding_failed", &message).await
@@ -182,9 +209,11 @@ impl Pipeline {
 
     async fn process(
         &self,
+        job: &Job,
+        uploader: Option<Uuid>,
         data: Vec<u8>,
         progress: Arc<AtomicUsize>,
-    ) -> Result<(Vec<Chunk>, Vec<Vec<f32>>, u64), JobError> {
+    ) -> Result<Embedded, JobError> {
         let limits =
             Limits { max_pages: self.config.max_pages, time_budget: self.config.extract_budget, ..Limits::default() };
         let pages = tokio::task::spawn_blocking(move || {
@@ -196,10 +225,15 @@ impl Pipeline {
 
         let embedder = self.embedder.clone();
         let (max_tokens, overlap) = (self.config.chunk_tokens, self.config.chunk_overlap);
-        let chunks = tokio::task::spawn_blocking(move || {
+        let (chunks, most_tokens) = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::new(max_tokens, overlap);
-            chunker.secondary = embedder.input_limit().map(|(count, max)| SecondaryLimit { count, max });
-            chunker.chunk(&pages)
+            let limit = embedder.input_limit();
+            chunker.secondary = limit.map(|(count, max)| SecondaryLimit { count, max });
+            let chunks = chunker.chunk(&pages);
+            // what embedding them may cost, by either tokenizer
+            let most: usize =
+                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum();
+            (chunks, most)
         })
         .await
         .map_err(|_| JobError::Extract(ExtractError::Invalid))?;
@@ -207,28 +241,45 @@ impl Pipeline {
             return Err(JobError::Extract(ExtractError::NoText));
         }
 
+        // the tenant's (and the uploader's) quota, checked now that the cost is known
+        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
+        let hold = quota::admit(&self.db, job.tenant_id, uploader, most_tokens as i64, hold_for)
+            .await
+            .map_err(JobError::Database)?
+            .map_err(JobError::Quota)?;
+
         let mut vectors = Vec::with_capacity(chunks.len());
         let mut tokens = 0;
         let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         for batch in texts.chunks(self.embedder.batch_size().max(1)) {
-            let out = self.embedder.embed(batch).await.map_err(|e| JobError::Embed(e.to_string()))?;
-            tokens += out.tokens;
-            vectors.extend(out.vectors);
+            match self.embedder.embed(batch).await {
+                Ok(out) => {
+                    tokens += out.tokens;
+                    vectors.extend(out.vectors);
+                }
+                Err(e) => {
+                    if let Some(hold) = hold {
+                        quota::release(&self.db, hold).await.map_err(JobError::Database)?;
+                    }
+                    return Err(JobError::Embed(e.to_string()));
+                }
+            }
         }
-        Ok((chunks, vectors, tokens))
+        Ok(Embedded { chunks, vectors, tokens, hold })
     }
 
-    async fn store(
-        &self,
-        job: &Job,
-        worker: &str,
-        chunks: Vec<Chunk>,
-        vectors: Vec<Vec<f32>>,
-        tokens: u64,
-    ) -> Result<Outcome, sqlx::Error> {
+    async fn store(&self, job: &Job, worker: &str, embedded: Embedded) -> Result<Outcome, sqlx::Error> {
+        let Embedded { chunks, vectors, tokens, hold } = embedded;
         let mut tx = self.db.begin().await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
+            drop(tx);
+            if let Some(hold) = hold {
+                quota::release(&self.db, hold).await?;
+            }
             return Ok(Outcome::Lost);
+        }
+        if let Some(hold) = hold {
+            quota::release(&mut *tx, hold).await?;
         }
         sqlx::query("delete from chunks where tenant_id = $1 and document_id = $2")
             .bind(job.tenant_id)
@@ -238,8 +289,9 @@ impl Pipeline {
         let model = self.embedder.model().to_owned();
         super::store::insert_chunks(&mut tx, job.tenant_id, job.document_id, &model, &chunks, &vectors).await?;
         sqlx::query(
-            "insert into usage_events (tenant_id, user_id, kind, model, tokens, document_id)
-             select tenant_id, uploaded_by, 'embedding', $3, $4, id from documents where tenant_id = $1 and id = $2",
+            "insert into usage_events (tenant_id, user_id, api_key_id, kind, model, tokens, document_id)
+             select tenant_id, uploaded_by, uploaded_by_key, 'embedding', $3, $4, id
+               from documents where tenant_id = $1 and id = $2",
         )
         .bind(job.tenant_id)
         .bind(job.document_id)
@@ -285,6 +337,17 @@ impl Pipeline {
 enum JobError {
     Extract(ExtractError),
     Embed(String),
+    Quota(quota::Exceeded),
+    Database(sqlx::Error),
+}
+
+/// A document's chunks with their vectors, the tokens the embedder reported, and the quota hold
+/// to release with the ledger row.
+struct Embedded {
+    chunks: Vec<Chunk>,
+    vectors: Vec<Vec<f32>>,
+    tokens: u64,
+    hold: Option<Uuid>,
 }
 
 async fn heartbeat(

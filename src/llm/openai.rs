@@ -23,6 +23,8 @@ pub struct OpenAiChat {
     client: Client<OpenAIConfig>,
     /// longest wait for the first or the next piece of the stream
     timeout: Duration,
+    /// most tokens one answer may take
+    max_tokens: u32,
 }
 
 impl OpenAiChat {
@@ -30,7 +32,7 @@ impl OpenAiChat {
         crate::install_crypto_provider();
         let http = crate::embed::openai::http_client(Duration::from_secs(600))?;
         let client = Client::with_config(crate::embed::openai::openai_config(config)).with_http_client(http);
-        Ok(Self { client, timeout: config.chat.upstream_timeout })
+        Ok(Self { client, timeout: config.chat.upstream_timeout, max_tokens: config.chat.max_answer_tokens as u32 })
     }
 
     fn messages(request: &ChatRequest) -> Vec<ChatCompletionRequestMessage> {
@@ -54,6 +56,7 @@ impl OpenAiChat {
             model: request.model.clone(),
             messages: Self::messages(request),
             stream_options: Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None }),
+            max_completion_tokens: Some(self.max_tokens),
             ..Default::default()
         };
         let mut stream = tokio::time::timeout(self.timeout, self.client.chat().create_stream(body))

@@ -99,6 +99,11 @@ impl Builder {
         config.auth.codes_per_email_per_hour = 1000;
         config.auth.codes_per_ip_per_hour = 1000;
         config.auth.verifies_per_ip_per_hour = 1000;
+        config.rate_limits = docuchat::config::RateLimits {
+            auth_per_minute: 100_000,
+            chat_per_minute: 100_000,
+            upload_per_minute: 100_000,
+        };
         if let Some(tweak) = self.tweak {
             tweak(&mut config);
         }

@@ -1,0 +1,320 @@
+//! `GET /v1/usage`: token usage from the ledger, for billing jobs and people.
+//!
+//! Every figure is a sum over `usage_events` (append-only). To stay fast with millions of rows,
+//! a window `[from, to)` is summed from the hourly rollup `usage_hourly` for its whole hours and
+//! from the ledger itself for the partial hours at either end (both read through indexes); the
+//! rollup is written by a trigger in the same transaction as each ledger row, so the two always
+//! agree. Admins and API keys see the tenant; members see only their own usage.
+
+pub mod quota;
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    routing::get,
+};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::{Principal, api_keys::Scope},
+    error::{ApiError, ApiResult},
+};
+
+/// The longest range one request may ask for.
+const MAX_RANGE_DAYS: i64 = 400;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/usage", get(usage)).merge(quota::router())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Day,
+    User,
+    Model,
+}
+
+impl GroupBy {
+    /// The bucket key of a row (`r`) of the summed window.
+    fn key_sql(group: Option<GroupBy>) -> &'static str {
+        match group {
+            None => "null::text",
+            Some(GroupBy::Day) => "to_char(date_trunc('day', r.at, 'UTC') at time zone 'UTC', 'YYYY-MM-DD')",
+            Some(GroupBy::User) => "coalesce('u' || r.user_id::text, 'k' || r.api_key_id::text, '-')",
+            Some(GroupBy::Model) => "r.model",
+        }
+    }
+}
+
+/// Tokens by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub embedding: i64,
+    pub prompt: i64,
+    pub completion: i64,
+    pub total: i64,
+}
+
+impl Totals {
+    fn add(&mut self, kind: &str, tokens: i64) {
+        match kind {
+            "embedding" => self.embedding += tokens,
+            "prompt" => self.prompt += tokens,
+            "completion" => self.completion += tokens,
+            _ => {}
+        }
+        self.total += tokens;
+    }
+}
+
+/// The windows to sum: the last 24 hours and 7 days up to `to`-less now, and an optional range.
+pub struct UsageQuery {
+    pub tenant: Uuid,
+    /// only this user's usage
+    pub user: Option<Uuid>,
+    pub range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub group_by: Option<GroupBy>,
+}
+
+/// The sums of one request: the fixed windows, and the range with its buckets when asked.
+#[derive(Debug, Default)]
+pub struct UsageSums {
+    pub as_of: Option<DateTime<Utc>>,
+    pub last_24h: Totals,
+    pub last_7d: Totals,
+    pub range: Totals,
+    pub buckets: BTreeMap<String, Totals>,
+}
+
+/// window, bucket key, kind, tokens, the database's time
+type SumRow = (i32, Option<String>, String, i64, DateTime<Utc>);
+
+/// A range and its grouping, as asked.
+type RangeAsked = (Option<(DateTime<Utc>, DateTime<Utc>)>, Option<GroupBy>);
+
+/// Sums the ledger over the windows in one statement. Window 1 is the last 24 h, window 2 the last
+/// 7 days (both ending now, by the database's clock), window 3 the range.
+pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, sqlx::Error> {
+    let key = GroupBy::key_sql(q.group_by);
+    let sql = format!(
+        "with w(n, f, t) as (
+             values (1, now() - interval '24 hours', now()),
+                    (2, now() - interval '7 days', now()),
+                    (3, $3::timestamptz, $4::timestamptz)
+         ),
+         b as (
+             select n, f, t,
+                    date_trunc('hour', f, 'UTC')
+                      + case when f = date_trunc('hour', f, 'UTC') then interval '0' else interval '1 hour' end as fh,
+                    date_trunc('hour', t, 'UTC') as th
+               from w where f is not null and f < t
+         )
+         select b.n, case when b.n = 3 then {key} end as key, r.kind, sum(r.tokens)::bigint as tokens, max(now()) as as_of
+           from b cross join lateral (
+                select u.hour as at, u.user_id, u.api_key_id, u.kind, u.model, u.tokens
+                  from usage_hourly u
+                 where u.tenant_id = $1 and ($2::uuid is null or u.user_id = $2)
+                   and u.hour >= b.fh and u.hour < b.th
+                union all
+                select e.created_at, e.user_id, e.api_key_id, e.kind, e.model, e.tokens
+                  from usage_events e
+                 where e.tenant_id = $1 and ($2::uuid is null or e.user_id = $2)
+                   and e.created_at >= b.f and e.created_at < least(b.fh, b.t)
+                union all
+                select e.created_at, e.user_id, e.api_key_id, e.kind, e.model, e.tokens
+                  from usage_events e
+                 where e.tenant_id = $1 and ($2::uuid is null or e.user_id = $2)
+                   and e.created_at >= greatest(b.th, b.fh) and e.created_at < b.t
+           ) r
+          group by 1, 2, 3"
+    );
+    let rows: Vec<SumRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(q.tenant)
+        .bind(q.user)
+        .bind(q.range.map(|r| r.0))
+        .bind(q.range.map(|r| r.1))
+        .fetch_all(db)
+        .await?;
+    let mut sums = UsageSums::default();
+    for (window, key, kind, tokens, as_of) in rows {
+        sums.as_of = Some(as_of);
+        match window {
+            1 => sums.last_24h.add(&kind, tokens),
+            2 => sums.last_7d.add(&kind, tokens),
+            _ => {
+                sums.range.add(&kind, tokens);
+                if let Some(key) = key {
+                    sums.buckets.entry(key).or_default().add(&kind, tokens);
+                }
+            }
+        }
+    }
+    Ok(sums)
+}
+
+#[derive(Deserialize)]
+struct Params {
+    from: Option<String>,
+    to: Option<String>,
+    group_by: Option<String>,
+}
+
+fn parse_time(name: &str, raw: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw.trim()).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_timestamp",
+            format!("`{name}` must be an RFC 3339 time such as 2026-11-01T00:00:00Z"),
+        )
+    })
+}
+
+/// Reads the range parameters: `to` defaults to now, `from` to 7 days before `to`.
+fn parse_range(p: &Params, now: DateTime<Utc>) -> ApiResult<RangeAsked> {
+    let group_by = match p.group_by.as_deref() {
+        None => None,
+        Some("day") => Some(GroupBy::Day),
+        Some("user") => Some(GroupBy::User),
+        Some("model") => Some(GroupBy::Model),
+        Some(_) => return Err(ApiError::bad_request("invalid_group_by", "group_by is day, user or model")),
+    };
+    if p.from.is_none() && p.to.is_none() && group_by.is_none() {
+        return Ok((None, None));
+    }
+    let to = p.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now);
+    let from = p.from.as_deref().map(|f| parse_time("from", f)).transpose()?.unwrap_or(to - Duration::days(7));
+    if from >= to {
+        return Err(ApiError::bad_request("invalid_range", "`from` must be before `to`"));
+    }
+    if to - from > Duration::days(MAX_RANGE_DAYS) {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            format!("a range is at most {MAX_RANGE_DAYS} days: ask for longer periods in parts"),
+        ));
+    }
+    Ok((Some((from, to)), group_by))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require(Scope::UsageRead)?;
+    let Query(params) = params.map_err(|_| ApiError::bad_request("invalid_query", "use ?from=&to=&group_by="))?;
+    let (range, group_by) = parse_range(&params, Utc::now())?;
+    let tenant = principal.tenant_id();
+    let user = if principal.is_tenant_wide() { None } else { principal.user_id() };
+    let sums = sum(&state.db, &UsageQuery { tenant, user, range, group_by }).await?;
+
+    let mut body = json!({
+        "tenant_id": tenant,
+        "scope": if user.is_some() { "user" } else { "tenant" },
+        "as_of": rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
+        "last_24h": sums.last_24h,
+        "last_7d": sums.last_7d,
+    });
+    if let Some(user) = user {
+        body["user_id"] = json!(user);
+    }
+    if let Some((from, to)) = range {
+        let buckets = match group_by {
+            None => None,
+            Some(group) => Some(buckets(&state.db, tenant, group, sums.buckets).await?),
+        };
+        body["range"] = json!({
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "totals": sums.range,
+            "group_by": group_by.map(|g| match g { GroupBy::Day => "day", GroupBy::User => "user", GroupBy::Model => "model" }),
+            "buckets": buckets,
+        });
+    }
+    Ok(Json(body))
+}
+
+/// Bucket keys as objects: days and models as they are; users with their e-mail, keys with their
+/// name.
+async fn buckets(
+    db: &sqlx::PgPool,
+    tenant: Uuid,
+    group: GroupBy,
+    sums: BTreeMap<String, Totals>,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let totals = |t: &Totals| serde_json::to_value(t).unwrap_or_default();
+    let mut out = Vec::with_capacity(sums.len());
+    match group {
+        GroupBy::Day => {
+            for (day, t) in &sums {
+                out.push(json!({ "day": day, "totals": totals(t) }));
+            }
+        }
+        GroupBy::Model => {
+            for (model, t) in &sums {
+                out.push(json!({ "model": model, "totals": totals(t) }));
+            }
+        }
+        GroupBy::User => {
+            let ids: Vec<Uuid> =
+                sums.keys().filter_map(|k| k.get(1..).and_then(|id| Uuid::try_parse(id).ok())).collect();
+            let names: Vec<(Uuid, String)> = sqlx::query_as(
+                "select id, email from users where tenant_id = $1 and id = any($2)
+                 union all
+                 select id, name from api_keys where tenant_id = $1 and id = any($2)",
+            )
+            .bind(tenant)
+            .bind(&ids)
+            .fetch_all(db)
+            .await?;
+            let name = |id: Uuid| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone());
+            for (key, t) in &sums {
+                let id = key.get(1..).and_then(|id| Uuid::try_parse(id).ok());
+                let entry = match (key.as_bytes().first(), id) {
+                    (Some(b'u'), Some(id)) => json!({ "user_id": id, "email": name(id), "totals": totals(t) }),
+                    (Some(b'k'), Some(id)) => {
+                        json!({ "api_key_id": id, "api_key_name": name(id), "totals": totals(t) })
+                    }
+                    _ => json!({ "user_id": null, "totals": totals(t) }),
+                };
+                out.push(entry);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(from: Option<&str>, to: Option<&str>, group_by: Option<&str>) -> Params {
+        Params { from: from.map(Into::into), to: to.map(Into::into), group_by: group_by.map(Into::into) }
+    }
+
+    #[test]
+    fn range_defaults_and_refusals() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(parse_range(&params(None, None, None), now).unwrap(), (None, None));
+        let (range, group) = parse_range(&params(None, None, Some("day")), now).unwrap();
+        assert_eq!(range, Some((now - Duration::days(7), now)));
+        assert_eq!(group, Some(GroupBy::Day));
+        let (range, _) = parse_range(&params(Some("2026-11-01T00:00:00+03:30"), None, None), now).unwrap();
+        assert_eq!(range.unwrap().0.to_rfc3339(), "2026-10-31T20:30:00+00:00");
+        let code = |p: Params| parse_range(&p, now).unwrap_err().code();
+        assert_eq!(code(params(Some("yesterday"), None, None)), "invalid_timestamp");
+        assert_eq!(code(params(Some("2026-11-22T10:00:00Z"), Some("2026-11-22T10:00:00Z"), None)), "invalid_range");
+        assert_eq!(code(params(Some("2024-01-01T00:00:00Z"), None, None)), "invalid_range");
+        assert_eq!(code(params(None, None, Some("week"))), "invalid_group_by");
+    }
+}
