@@ -37,10 +37,19 @@ create trigger usage_events_no_truncate before truncate on usage_events
 drop index usage_events_tenant_time;
 create index usage_events_tenant_time on usage_events (tenant_id, created_at)
     include (user_id, api_key_id, kind, model, tokens);
+create index usage_events_tenant_user_time on usage_events (tenant_id, user_id, created_at)
+    include (api_key_id, kind, model, tokens);
 
--- Hourly rollup of the ledger, kept by a trigger in the same transaction as every ledger insert,
--- so it always equals the ledger summed by hour. A window [from, to) is answered from the rollup's
--- whole hours plus the ledger's rows in the partial hours at either end.
+-- Rollups of the ledger, kept by a trigger in the same transaction as every ledger insert, so they
+-- always equal the ledger summed by their keys:
+--   usage_hourly        per hour and (user, API key, kind, model): members' own usage, group_by
+--                       user or model, per-user quotas;
+--   usage_tenant_hourly per hour and kind, and
+--   usage_tenant_daily  per UTC day and kind: a tenant's totals and days, tenant quotas.
+-- A window [from, to) is summed from whole days, then whole hours, then the ledger's own rows in
+-- the partial hours at either end, each read through an index.
+-- Every ledger write is one statement per transaction (a message's rows, a document's row), and the
+-- trigger locks rollup rows in key order, so concurrent writers queue rather than deadlock.
 create table usage_hourly (
     tenant_id  uuid not null,
     hour       timestamptz not null check (hour = date_trunc('hour', hour, 'UTC')),
@@ -52,10 +61,30 @@ create table usage_hourly (
     events     bigint not null,
     unique nulls not distinct (tenant_id, hour, user_id, api_key_id, kind, model)
 ) with (fillfactor = 80);
+-- one user's hours (members reading their own usage, per-user quotas)
+create index usage_hourly_user on usage_hourly (tenant_id, user_id, hour);
+
+create table usage_tenant_hourly (
+    tenant_id uuid not null,
+    hour      timestamptz not null check (hour = date_trunc('hour', hour, 'UTC')),
+    kind      text not null,
+    tokens    bigint not null,
+    events    bigint not null,
+    primary key (tenant_id, hour, kind)
+) with (fillfactor = 80);
+
+create table usage_tenant_daily (
+    tenant_id uuid not null,
+    day       timestamptz not null check (day = date_trunc('day', day, 'UTC')),
+    kind      text not null,
+    tokens    bigint not null,
+    events    bigint not null,
+    primary key (tenant_id, day, kind)
+) with (fillfactor = 80);
 
 create function usage_events_rollup() returns trigger language plpgsql as $$
 begin
-    -- one upsert per statement, rows in key order: concurrent writers lock them in the same order
+    -- one upsert per rollup and statement, rows in key order
     insert into usage_hourly as h (tenant_id, hour, user_id, api_key_id, kind, model, tokens, events)
     select tenant_id, date_trunc('hour', created_at, 'UTC'), user_id, api_key_id, kind, model, sum(tokens), count(*)
       from new_rows
@@ -63,6 +92,22 @@ begin
      order by 1, 2, 3, 4, 5, 6
     on conflict (tenant_id, hour, user_id, api_key_id, kind, model)
     do update set tokens = h.tokens + excluded.tokens, events = h.events + excluded.events;
+
+    insert into usage_tenant_hourly as h (tenant_id, hour, kind, tokens, events)
+    select tenant_id, date_trunc('hour', created_at, 'UTC'), kind, sum(tokens), count(*)
+      from new_rows
+     group by 1, 2, 3
+     order by 1, 2, 3
+    on conflict (tenant_id, hour, kind)
+    do update set tokens = h.tokens + excluded.tokens, events = h.events + excluded.events;
+
+    insert into usage_tenant_daily as d (tenant_id, day, kind, tokens, events)
+    select tenant_id, date_trunc('day', created_at, 'UTC'), kind, sum(tokens), count(*)
+      from new_rows
+     group by 1, 2, 3
+     order by 1, 2, 3
+    on conflict (tenant_id, day, kind)
+    do update set tokens = d.tokens + excluded.tokens, events = d.events + excluded.events;
     return null;
 end $$;
 create trigger usage_events_rollup after insert on usage_events
@@ -93,6 +138,12 @@ create table quota_holds (
     expires_at timestamptz not null
 );
 create index quota_holds_tenant on quota_holds (tenant_id, expires_at);
+
+-- When the current period ends: the next UTC midnight or first of the month, whatever the
+-- session's time zone.
+create function quota_reset(p_period text) returns timestamptz language sql stable as $$
+    select ((date_trunc(p_period, now(), 'UTC') at time zone 'UTC') + ('1 ' || p_period)::interval) at time zone 'UTC'
+$$;
 
 -- The quotas that apply to one user of a tenant: the tenant's own, and the user's (their own row,
 -- else the tenant's default for users).
@@ -134,17 +185,19 @@ begin
         v_start := date_trunc(q.period, now(), 'UTC');
         -- one statement, one snapshot: a request that finishes meanwhile releases its hold and
         -- writes its ledger rows in one transaction, so it is counted exactly once either way
-        select (select coalesce(sum(u.tokens), 0)
-                  from usage_hourly u
-                 where u.tenant_id = p_tenant and u.hour >= v_start
-                   and (q.scope = 'tenant' or u.user_id = p_user)),
+        select (case when q.scope = 'tenant' then
+                    (select coalesce(sum(d.tokens), 0) from usage_tenant_daily d
+                      where d.tenant_id = p_tenant and d.day >= v_start)
+                else
+                    (select coalesce(sum(u.tokens), 0) from usage_hourly u
+                      where u.tenant_id = p_tenant and u.hour >= v_start and u.user_id = p_user)
+                end),
                (select coalesce(sum(h.tokens), 0)
                   from quota_holds h
                  where h.tenant_id = p_tenant and (q.scope = 'tenant' or h.user_id = p_user))
           into v_used, v_held;
         if v_used + v_held >= q.token_limit then
-            return query select false, false, q.scope, q.period, q.token_limit, v_used,
-                                v_start + ('1 ' || q.period)::interval;
+            return query select false, false, q.scope, q.period, q.token_limit, v_used, quota_reset(q.period);
             return;
         end if;
     end loop;

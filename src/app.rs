@@ -19,6 +19,7 @@ use crate::{
     llm::{self, ChatModel, offline},
     ratelimit::Limiter,
     redis::Redis,
+    tenants,
 };
 
 /// Everything a handler may need; cheap to clone.
@@ -31,6 +32,7 @@ pub struct AppState {
     pub codes: CodeStore,
     pub mailer: Mailer,
     pub limits: Arc<Limiter>,
+    pub tenants: Arc<tenants::TenantCache>,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
@@ -62,6 +64,7 @@ impl AppState {
             codes,
             mailer,
             limits,
+            tenants: Arc::new(tenants::TenantCache::default()),
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
             chat: Arc::new(OnceLock::new()),

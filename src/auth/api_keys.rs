@@ -87,24 +87,28 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
     if secret.len() != KEY_PREFIX.len() + 64 {
         return Err(invalid());
     }
-    // the last-used stamp is written at most once a minute per key
-    let row: Option<(Uuid, Uuid, Vec<String>, bool)> = sqlx::query_as(
-        "with k as (select id, tenant_id, scopes, revoked_at is not null as revoked from api_keys where secret_hash = $1),
-              touch as (update api_keys a set last_used_at = now()
-                          from k where a.id = k.id and not k.revoked
-                           and (a.last_used_at is null or a.last_used_at < now() - interval '1 minute'))
-         select id, tenant_id, scopes, revoked from k",
+    let row: Option<(Uuid, Uuid, Vec<String>, bool, bool)> = sqlx::query_as(
+        "select id, tenant_id, scopes, revoked_at is not null,
+                last_used_at is null or last_used_at < now() - interval '1 minute'
+           from api_keys where secret_hash = $1",
     )
     .bind(&hash(secret)[..])
     .fetch_optional(db)
     .await?;
-    let Some((id, key_tenant, scopes, revoked)) = row else { return Err(invalid()) };
+    let Some((id, key_tenant, scopes, revoked, stale)) = row else { return Err(invalid()) };
     if key_tenant != tenant_id {
         tracing::debug!(key_id = %id, "API key used with another tenant");
         return Err(invalid());
     }
     if revoked {
         return Err(super::unauthorized("api_key_revoked", "the API key has been revoked"));
+    }
+    if stale {
+        // the last-used stamp is written at most once a minute per key, off the request's path
+        let db = db.clone();
+        tokio::spawn(async move {
+            let _ = sqlx::query("update api_keys set last_used_at = now() where id = $1").bind(id).execute(&db).await;
+        });
     }
     Ok(KeyCaller { id, scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect() })
 }

@@ -43,7 +43,7 @@ use crate::{
     ingestion::chunk::count_tokens,
     llm::{ChatModel, Usage, offline},
     retrieval::{self, Params},
-    tenants::{self, TENANT_HEADER, Tenant},
+    tenants::{TENANT_HEADER, Tenant},
     usage::quota,
 };
 
@@ -80,11 +80,13 @@ async fn authenticate(state: &AppState, query: &WsQuery, headers: &HeaderMap) ->
         TokenError::Expired => auth::unauthorized("token_expired", "the token has expired: log in again"),
         TokenError::Invalid => auth::unauthorized("invalid_token", "the token is not valid"),
     })?;
-    let tenant = tenants::resolve(&state.db, &claims.tid.to_string())
+    let tenant = state
+        .tenants
+        .resolve(&state.db, &claims.tid.to_string())
         .await?
         .ok_or_else(|| auth::unauthorized("invalid_token", "the token is not valid"))?;
     if let Some(value) = headers.get(TENANT_HEADER) {
-        let named = tenants::resolve(&state.db, value.to_str().unwrap_or("").trim()).await?;
+        let named = state.tenants.resolve(&state.db, value.to_str().unwrap_or("").trim()).await?;
         if named.map(|t| t.id) != Some(tenant.id) {
             return Err(auth::unauthorized("invalid_token", "the token is not valid for this tenant"));
         }

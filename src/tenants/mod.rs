@@ -1,6 +1,12 @@
 //! Tenants: creation (CLI), lookup, and the `X-Tenant-ID` resolver every tenant-scoped request
 //! goes through.
 
+use std::{
+    collections::HashMap,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
 use axum::{extract::FromRequestParts, http::request::Parts};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -90,6 +96,44 @@ pub async fn resolve(db: impl PgExecutor<'_>, id_or_slug: &str) -> Result<Option
     find_by_slug(db, id_or_slug).await
 }
 
+/// Recently resolved `X-Tenant-ID` values, so most requests skip a query. Tenants are never
+/// renamed or removed while the service runs, so an entry can only be stale by being absent
+/// (unknown values are never cached); entries still expire, to bound the memory.
+pub struct TenantCache {
+    entries: RwLock<HashMap<String, (Tenant, Instant)>>,
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(300);
+const CACHE_MAX: usize = 10_000;
+
+impl Default for TenantCache {
+    fn default() -> Self {
+        Self { entries: RwLock::new(HashMap::new()) }
+    }
+}
+
+impl TenantCache {
+    pub async fn resolve(&self, db: &sqlx::PgPool, id_or_slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
+        if let Some((tenant, at)) = self.entries.read().unwrap_or_else(|e| e.into_inner()).get(id_or_slug)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(Some(tenant.clone()));
+        }
+        let found = resolve(db, id_or_slug).await?;
+        if let Some(tenant) = &found {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            if entries.len() >= CACHE_MAX {
+                entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+                if entries.len() >= CACHE_MAX {
+                    entries.clear();
+                }
+            }
+            entries.insert(id_or_slug.to_owned(), (tenant.clone(), Instant::now()));
+        }
+        Ok(found)
+    }
+}
+
 /// The tenant named by the request's `X-Tenant-ID` header.
 #[derive(Clone, Debug)]
 pub struct TenantCtx(pub Tenant);
@@ -106,7 +150,7 @@ impl FromRequestParts<AppState> for TenantCtx {
         })?;
         let not_found = || ApiError::not_found("tenant_not_found", "no tenant matches the X-Tenant-ID header");
         let value = raw.to_str().map_err(|_| not_found())?.trim();
-        let tenant = resolve(&state.db, value).await?.ok_or_else(not_found)?;
+        let tenant = state.tenants.resolve(&state.db, value).await?.ok_or_else(not_found)?;
         let ctx = TenantCtx(tenant);
         parts.extensions.insert(ctx.clone());
         Ok(ctx)
