@@ -146,6 +146,8 @@ async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Resu
         .env("OPENAI_API_KEY", "bench")
         .env("CHAT_MODEL", "bench-chat")
         .env("INGEST_WORKERS", "0")
+        // one user asks thousands of questions a minute here: no rate limit
+        .env("RATE_LIMIT_CHAT_PER_MINUTE", "0")
         .env("REDIS_KEY_PREFIX", format!("bench:{}:", Uuid::new_v4()))
         .env("RUST_LOG", "error")
         .current_dir(std::env::temp_dir())
@@ -164,16 +166,25 @@ async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Resu
     println!("server pid {pid}, RSS at start {} MiB", rss_kib(pid) / 1024);
 
     // (b) time to first token
-    for (sessions, asks) in [(1usize, 200usize), (100, 10), (1000, 3)] {
+    // closed loop (each session asks again as soon as its answer is done: the machine saturates),
+    // then people: a pause of 1–3 s between a session's questions
+    for (sessions, asks, think) in
+        [(1usize, 200usize, false), (100, 10, false), (1000, 3, false), (100, 10, true), (1000, 3, true)]
+    {
         let ws_url = Arc::new(ws_url.clone());
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..sessions {
+        for session in 0..sessions {
             let ws_url = ws_url.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut ws, _) = connect_async(ws_url.as_str()).await?;
                 let mut ttft = Vec::new();
-                for _ in 0..asks {
+                for q in 0..asks {
+                    if think {
+                        // spread over 1–3 s, the same for every run
+                        let pause = 1000 + (session * 7919 + q * 104_729) as u64 % 2000;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
                     let sent = Instant::now();
                     ws.send(Message::Text(
                         json!({"type": "ask", "session_id": null, "content": "What does the bench topic say?"})
@@ -204,7 +215,8 @@ async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Resu
         }
         all.sort_by(f64::total_cmp);
         println!(
-            "(b) {sessions:>4} concurrent sessions, {} questions in {:.1} s: time to first token p50 {:.1} ms, p99 {:.1} ms",
+            "(b) {sessions:>4} concurrent sessions{}, {} questions in {:.1} s: time to first token p50 {:.1} ms, p99 {:.1} ms",
+            if think { " pausing 1–3 s" } else { "" },
             all.len(),
             start.elapsed().as_secs_f64(),
             percentile(&all, 0.5),

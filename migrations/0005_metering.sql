@@ -49,7 +49,10 @@ create index usage_events_tenant_user_time on usage_events (tenant_id, user_id, 
 -- A window [from, to) is summed from whole days, then whole hours, then the ledger's own rows in
 -- the partial hours at either end, each read through an index.
 -- Every ledger write is one statement per transaction (a message's rows, a document's row), and the
--- trigger locks rollup rows in key order, so concurrent writers queue rather than deadlock.
+-- trigger locks rollup rows in key order, so concurrent writers queue rather than deadlock. Rows are
+-- striped by `slot` (the writing connection's process id modulo 16): a row stays locked until its
+-- transaction commits, and without stripes every answer of a busy tenant would wait for the commit
+-- of the one before it. Readers sum over the slots.
 create table usage_hourly (
     tenant_id  uuid not null,
     hour       timestamptz not null check (hour = date_trunc('hour', hour, 'UTC')),
@@ -57,9 +60,10 @@ create table usage_hourly (
     api_key_id uuid,
     kind       text not null,
     model      text not null,
+    slot       smallint not null,
     tokens     bigint not null,
     events     bigint not null,
-    unique nulls not distinct (tenant_id, hour, user_id, api_key_id, kind, model)
+    unique nulls not distinct (tenant_id, hour, user_id, api_key_id, kind, model, slot)
 ) with (fillfactor = 80);
 -- one user's hours (members reading their own usage, per-user quotas)
 create index usage_hourly_user on usage_hourly (tenant_id, user_id, hour);
@@ -68,45 +72,50 @@ create table usage_tenant_hourly (
     tenant_id uuid not null,
     hour      timestamptz not null check (hour = date_trunc('hour', hour, 'UTC')),
     kind      text not null,
+    slot      smallint not null,
     tokens    bigint not null,
     events    bigint not null,
-    primary key (tenant_id, hour, kind)
+    primary key (tenant_id, hour, kind, slot)
 ) with (fillfactor = 80);
 
 create table usage_tenant_daily (
     tenant_id uuid not null,
     day       timestamptz not null check (day = date_trunc('day', day, 'UTC')),
     kind      text not null,
+    slot      smallint not null,
     tokens    bigint not null,
     events    bigint not null,
-    primary key (tenant_id, day, kind)
+    primary key (tenant_id, day, kind, slot)
 ) with (fillfactor = 80);
 
 create function usage_events_rollup() returns trigger language plpgsql as $$
+declare
+    v_slot smallint := (pg_backend_pid() % 16)::smallint;
 begin
     -- one upsert per rollup and statement, rows in key order
-    insert into usage_hourly as h (tenant_id, hour, user_id, api_key_id, kind, model, tokens, events)
-    select tenant_id, date_trunc('hour', created_at, 'UTC'), user_id, api_key_id, kind, model, sum(tokens), count(*)
+    insert into usage_hourly as h (tenant_id, hour, user_id, api_key_id, kind, model, slot, tokens, events)
+    select tenant_id, date_trunc('hour', created_at, 'UTC'), user_id, api_key_id, kind, model, v_slot,
+           sum(tokens), count(*)
       from new_rows
      group by 1, 2, 3, 4, 5, 6
      order by 1, 2, 3, 4, 5, 6
-    on conflict (tenant_id, hour, user_id, api_key_id, kind, model)
+    on conflict (tenant_id, hour, user_id, api_key_id, kind, model, slot)
     do update set tokens = h.tokens + excluded.tokens, events = h.events + excluded.events;
 
-    insert into usage_tenant_hourly as h (tenant_id, hour, kind, tokens, events)
-    select tenant_id, date_trunc('hour', created_at, 'UTC'), kind, sum(tokens), count(*)
+    insert into usage_tenant_hourly as h (tenant_id, hour, kind, slot, tokens, events)
+    select tenant_id, date_trunc('hour', created_at, 'UTC'), kind, v_slot, sum(tokens), count(*)
       from new_rows
      group by 1, 2, 3
      order by 1, 2, 3
-    on conflict (tenant_id, hour, kind)
+    on conflict (tenant_id, hour, kind, slot)
     do update set tokens = h.tokens + excluded.tokens, events = h.events + excluded.events;
 
-    insert into usage_tenant_daily as d (tenant_id, day, kind, tokens, events)
-    select tenant_id, date_trunc('day', created_at, 'UTC'), kind, sum(tokens), count(*)
+    insert into usage_tenant_daily as d (tenant_id, day, kind, slot, tokens, events)
+    select tenant_id, date_trunc('day', created_at, 'UTC'), kind, v_slot, sum(tokens), count(*)
       from new_rows
      group by 1, 2, 3
      order by 1, 2, 3
-    on conflict (tenant_id, day, kind)
+    on conflict (tenant_id, day, kind, slot)
     do update set tokens = d.tokens + excluded.tokens, events = d.events + excluded.events;
     return null;
 end $$;

@@ -93,19 +93,22 @@ async fn assert_rollup_equals_ledger(db: &PgPool) {
             "usage_hourly",
             "select tenant_id, date_trunc('hour', created_at, 'UTC'), user_id, api_key_id, kind, model,
                     sum(tokens)::bigint, count(*) from usage_events group by 1, 2, 3, 4, 5, 6",
-            "select tenant_id, hour, user_id, api_key_id, kind, model, tokens, events from usage_hourly",
+            "select tenant_id, hour, user_id, api_key_id, kind, model, sum(tokens)::bigint, sum(events)::bigint
+               from usage_hourly group by 1, 2, 3, 4, 5, 6",
         ),
         (
             "usage_tenant_hourly",
             "select tenant_id, date_trunc('hour', created_at, 'UTC'), kind, sum(tokens)::bigint, count(*)
                from usage_events group by 1, 2, 3",
-            "select tenant_id, hour, kind, tokens, events from usage_tenant_hourly",
+            "select tenant_id, hour, kind, sum(tokens)::bigint, sum(events)::bigint from usage_tenant_hourly
+              group by 1, 2, 3",
         ),
         (
             "usage_tenant_daily",
             "select tenant_id, date_trunc('day', created_at, 'UTC'), kind, sum(tokens)::bigint, count(*)
                from usage_events group by 1, 2, 3",
-            "select tenant_id, day, kind, tokens, events from usage_tenant_daily",
+            "select tenant_id, day, kind, sum(tokens)::bigint, sum(events)::bigint from usage_tenant_daily
+              group by 1, 2, 3",
         ),
     ];
     for (name, ledger, rollup) in pairs {
