@@ -107,13 +107,17 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
     }
     let loaded = load.elapsed().as_secs_f64();
     let t = Instant::now();
-    sqlx::query("set maintenance_work_mem = '1GB'").execute(&pool).await?;
+    // on one connection: the settings must apply to the build (the graph fits in memory)
+    let mut conn = pool.acquire().await?;
+    sqlx::query("set maintenance_work_mem = '8GB'").execute(&mut *conn).await?;
+    sqlx::query("set max_parallel_maintenance_workers = 1").execute(&mut *conn).await?;
     sqlx::query(
         "create index chunks_embedding_minilm on chunks using hnsw ((embedding::vector(384)) vector_cosine_ops)
          where embedding_model = 'all-MiniLM-L6-v2'",
     )
-    .execute(&pool)
+    .execute(&mut *conn)
     .await?;
+    drop(conn);
     sqlx::query("analyze").execute(&pool).await?;
     let built = t.elapsed().as_secs_f64();
     let real_total: usize = sizes.iter().sum();
