@@ -34,6 +34,151 @@ const TEXT_MATCHES: usize = 2000;
 /// Reciprocal rank fusion constant (the usual 60).
 const RRF_K: f32 = 60.0;
 
+/// Words too common to tell passages apart (English and Persian). They stay in the index (the
+/// `simple` configuration knows no language) but are left out of the full-text query: each would
+/// match nearly every chunk of a tenant — slow to collect, and noise in the ranking.
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "after",
+    "all",
+    "also",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "been",
+    "being",
+    "but",
+    "by",
+    "can",
+    "could",
+    "did",
+    "do",
+    "does",
+    "for",
+    "from",
+    "had",
+    "has",
+    "have",
+    "he",
+    "her",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "me",
+    "more",
+    "most",
+    "my",
+    "no",
+    "not",
+    "of",
+    "on",
+    "or",
+    "our",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "them",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "to",
+    "us",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+    "و",
+    "در",
+    "به",
+    "از",
+    "که",
+    "این",
+    "آن",
+    "را",
+    "با",
+    "است",
+    "برای",
+    "یک",
+    "تا",
+    "بر",
+    "هم",
+    "نیز",
+    "چه",
+    "چیست",
+    "چیه",
+    "کدام",
+    "می",
+    "ها",
+    "های",
+    "هست",
+    "هستند",
+    "بود",
+    "شود",
+    "کند",
+    "کرد",
+    "شد",
+    "اند",
+    "ای",
+    "ما",
+    "من",
+    "شما",
+    "او",
+    "آنها",
+    "یا",
+    "اگر",
+    "پس",
+    "چون",
+    "باید",
+    "دارد",
+    "داشت",
+    "چگونه",
+    "چطور",
+    "کجا",
+    "کی",
+    "آیا",
+];
+
+/// The question as a full-text query: its words without the stop words (all of them if nothing
+/// else is left).
+pub fn text_query(question: &str) -> String {
+    let words: Vec<&str> =
+        question.split(|c: char| !c.is_alphanumeric() && c != '\u{200c}').filter(|w| !w.is_empty()).collect();
+    let kept: Vec<&str> = words.iter().copied().filter(|w| !STOP_WORDS.contains(&w.to_lowercase().as_str())).collect();
+    if kept.is_empty() { words.join(" ") } else { kept.join(" ") }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Source {
     pub document_id: Uuid,
@@ -197,7 +342,7 @@ pub async fn search(
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
         .bind(params.candidates as i64)
-        .bind(query_text)
+        .bind(text_query(query_text))
         .fetch_all(db)
         .await?;
     let (mut by_vector, mut by_text): (Vec<ListedRow>, Vec<ListedRow>) = rows.into_iter().partition(|r| r.list == 0);
@@ -274,6 +419,14 @@ mod tests {
         // 2 is in both lists; 3 is below the similarity floor
         assert_eq!(ids, vec![2, 1, 4]);
         assert!(fused[0].score > fused[1].score);
+    }
+
+    #[test]
+    fn stop_words_are_left_out_of_the_text_query() {
+        assert_eq!(text_query("What are the standard packages supplied with R?"), "standard packages supplied R");
+        assert_eq!(text_query("مدل‌های زبانی در این سند چیست؟"), "مدل‌های زبانی سند");
+        // nothing but stop words: keep them rather than search for nothing
+        assert_eq!(text_query("What is it?"), "What is it");
     }
 
     #[test]
