@@ -10,8 +10,10 @@
 //!
 //! Works in a database of its own, created and dropped here.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,7 +31,8 @@ use docuchat::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+use support::percentile;
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 use uuid::Uuid;
 
@@ -82,30 +85,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     docuchat::install_crypto_provider();
     let idle: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
-    let name = format!("docuchat_bench_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&base).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let mut server: Option<Child> = None;
-    let result = run(&url, idle, &mut server).await;
-    if let Some(mut s) = server {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
-    result
+    support::with_scratch_database(|url| async move { run(&url, idle).await }).await
 }
 
-async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Result<()> {
+async fn run(url: &str, idle: usize) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
     let email = Email::parse("bench@bench.example").unwrap();
@@ -132,37 +119,22 @@ async fn run(url: &str, idle: usize, server: &mut Option<Child>) -> anyhow::Resu
     let token = JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin)?;
 
     let upstream = fake_openai().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")))
-        .arg("serve")
-        .env("DATABASE_URL", url)
-        .env("DATABASE_MAX_CONNECTIONS", "40")
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", SECRET)
-        .env("EMBEDDING_PROVIDER", "openai")
-        .env("EMBEDDING_MODEL", "bench-embed")
-        .env("EMBEDDING_DIMENSIONS", DIMS.to_string())
-        .env("OPENAI_BASE_URL", format!("http://{upstream}/v1"))
-        .env("OPENAI_API_KEY", "bench")
-        .env("CHAT_MODEL", "bench-chat")
-        .env("INGEST_WORKERS", "0")
+    let server = support::Server::start(&[
+        ("DATABASE_URL", url.to_owned()),
+        ("DATABASE_MAX_CONNECTIONS", "40".to_owned()),
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("EMBEDDING_PROVIDER", "openai".to_owned()),
+        ("EMBEDDING_MODEL", "bench-embed".to_owned()),
+        ("EMBEDDING_DIMENSIONS", DIMS.to_string()),
+        ("OPENAI_BASE_URL", format!("http://{upstream}/v1")),
+        ("OPENAI_API_KEY", "bench".to_owned()),
+        ("CHAT_MODEL", "bench-chat".to_owned()),
         // one user asks thousands of questions a minute here: no rate limit
-        .env("RATE_LIMIT_CHAT_PER_MINUTE", "0")
-        .env("REDIS_KEY_PREFIX", format!("bench:{}:", Uuid::new_v4()))
-        .env("RUST_LOG", "error")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
-    *server = Some(child);
+        ("RATE_LIMIT_CHAT_PER_MINUTE", "0".to_owned()),
+    ])
+    .await?;
+    let (port, pid) = (server.port, server.pid());
     let ws_url = format!("ws://127.0.0.1:{port}/ws/chat?token={token}");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     println!("server pid {pid}, RSS at start {} MiB", rss_kib(pid) / 1024);
 
     // (b) time to first token

@@ -8,6 +8,9 @@
 //!
 //! It works in a database of its own, created and dropped here.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use docuchat::{
@@ -23,11 +26,8 @@ use docuchat::{
     tenants,
 };
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use sqlx::postgres::PgPoolOptions;
+use support::percentile;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,14 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let insert_rows: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let pdf = std::fs::read(pdf_path)?;
 
-    let base_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
-    let name = format!("docuchat_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&base_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
-    let url = format!("{}/{name}", base_url.rsplit_once('/').unwrap().0);
-    let result = run(&url, &pdf, uploads, insert_rows).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
-    result
+    support::with_scratch_database(|url| async move { run(&url, &pdf, uploads, insert_rows).await }).await
 }
 
 async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyhow::Result<()> {

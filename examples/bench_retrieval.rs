@@ -8,13 +8,17 @@
 //! full text + fusion), and recall@10 of the HNSW path against exact search, for all tenants and
 //! for the small ones. Works in a database of its own, created and dropped here.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::Instant;
+
+use support::percentile;
 
 use docuchat::{
     ingestion::{chunk::Chunk, store::insert_chunks},
     retrieval::{self, Params},
 };
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 const DIMS: usize = 384;
@@ -40,27 +44,12 @@ fn unit(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let total: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let queries: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300);
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
-    let name = format!("docuchat_bench_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&base).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let result = run(&url, total, queries).await;
-    if std::env::var_os("KEEP_DB").is_some() {
-        println!("kept database {name}");
-    } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
-    }
-    result
+    support::with_scratch_database(|url| async move { run(&url, total, queries).await }).await
 }
 
 async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {

@@ -10,8 +10,10 @@
 //! tenant's 24 h / 7 d totals, members reading their own, and API keys asking for 30 days by day.
 //! Works in a database of its own, created and dropped here.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::{
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,7 +25,8 @@ use docuchat::{
     auth::jwt::{JwtKeys, Role},
     config::Secret,
 };
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
+use support::percentile;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -31,31 +34,14 @@ const SECRET: &str = "bench-secret-that-is-long-enough-0123456789";
 const TENANTS: usize = 100;
 const USERS_PER_TENANT: usize = 20;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let arg = |i: usize, default: u64| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (rows, seconds, connections) = (arg(1, 1_000_000), arg(2, 10), arg(3, 32) as usize);
-    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
-    let name = format!("docuchat_bench_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&base).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let mut server: Option<Child> = None;
-    let result = run(&url, rows, Duration::from_secs(seconds), connections, &mut server).await;
-    if let Some(mut s) = server {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    if std::env::var_os("KEEP_DB").is_some() {
-        println!("kept database {name}");
-    } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!("drop database {name} with (force)"))).execute(&mut admin).await?;
-    }
-    result
+    support::with_scratch_database(
+        |url| async move { run(&url, rows, Duration::from_secs(seconds), connections).await },
+    )
+    .await
 }
 
 struct Caller {
@@ -63,13 +49,7 @@ struct Caller {
     bearer: String,
 }
 
-async fn run(
-    url: &str,
-    rows: u64,
-    duration: Duration,
-    connections: usize,
-    server: &mut Option<Child>,
-) -> anyhow::Result<()> {
+async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(2).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
 
@@ -156,27 +136,13 @@ async fn run(
         api_keys.push(Caller { slug: slug.clone(), bearer: secret });
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")))
-        .arg("serve")
-        .env("DATABASE_URL", url)
-        .env("DATABASE_MAX_CONNECTIONS", std::env::var("BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "8".into()))
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", SECRET)
-        .env("INGEST_WORKERS", "0")
-        .env("REDIS_KEY_PREFIX", format!("bench:{}:", Uuid::new_v4()))
-        .env("RUST_LOG", "error")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    *server = Some(child);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let server = support::Server::start(&[
+        ("DATABASE_URL", url.to_owned()),
+        ("DATABASE_MAX_CONNECTIONS", std::env::var("BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "8".into())),
+        ("JWT_SECRET", SECRET.to_owned()),
+    ])
+    .await?;
+    let port = server.port;
 
     let scenarios: [(&str, &[Caller], &str); 3] = [
         ("admins, 24 h + 7 d totals", &admins, "/v1/usage"),
