@@ -154,6 +154,20 @@ create function quota_reset(p_period text) returns timestamptz language sql stab
     select ((date_trunc(p_period, now(), 'UTC') at time zone 'UTC') + ('1 ' || p_period)::interval) at time zone 'UTC'
 $$;
 
+-- Tokens used so far this period under one quota: the tenant's (daily rollup) or one user's
+-- (hourly rollup). Stable, so it reads the snapshot of the statement that calls it.
+create function quota_used(p_tenant uuid, p_scope text, p_user uuid, p_period text)
+returns bigint language sql stable as $$
+    select case when p_scope = 'tenant' then
+               (select coalesce(sum(d.tokens), 0) from usage_tenant_daily d
+                 where d.tenant_id = p_tenant and d.day >= date_trunc(p_period, now(), 'UTC'))
+           else
+               (select coalesce(sum(u.tokens), 0) from usage_hourly u
+                 where u.tenant_id = p_tenant and u.hour >= date_trunc(p_period, now(), 'UTC')
+                   and u.user_id = p_user)
+           end::bigint
+$$;
+
 -- The quotas that apply to one user of a tenant: the tenant's own, and the user's (their own row,
 -- else the tenant's default for users).
 create function quotas_for(p_tenant uuid, p_user uuid)
@@ -179,7 +193,6 @@ returns table (admitted boolean, held boolean, scope text, period text, token_li
 language plpgsql as $$
 declare
     q record;
-    v_start timestamptz;
     v_used bigint;
     v_held bigint;
     v_any boolean := false;
@@ -191,16 +204,9 @@ begin
             delete from quota_holds h where h.tenant_id = p_tenant and h.expires_at < now();
             v_any := true;
         end if;
-        v_start := date_trunc(q.period, now(), 'UTC');
         -- one statement, one snapshot: a request that finishes meanwhile releases its hold and
         -- writes its ledger rows in one transaction, so it is counted exactly once either way
-        select (case when q.scope = 'tenant' then
-                    (select coalesce(sum(d.tokens), 0) from usage_tenant_daily d
-                      where d.tenant_id = p_tenant and d.day >= v_start)
-                else
-                    (select coalesce(sum(u.tokens), 0) from usage_hourly u
-                      where u.tenant_id = p_tenant and u.hour >= v_start and u.user_id = p_user)
-                end),
+        select quota_used(p_tenant, q.scope, p_user, q.period),
                (select coalesce(sum(h.tokens), 0)
                   from quota_holds h
                  where h.tenant_id = p_tenant and (q.scope = 'tenant' or h.user_id = p_user))

@@ -341,6 +341,16 @@ async fn windows_are_exact_at_their_edges(db: PgPool) {
     }
 }
 
+/// Tenants `acme` (admin boss@, member ann@) and `other` (admin root@): their tokens.
+async fn two_tenants(app: &TestApp) -> (String, String, String) {
+    app.create_tenant("acme", "boss@acme.example").await;
+    app.create_tenant("other", "root@other.example").await;
+    let admin = app.login("acme", "boss@acme.example").await;
+    let member = app.login("acme", "ann@acme.example").await;
+    let outsider = app.login("other", "root@other.example").await;
+    (admin, member, outsider)
+}
+
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
@@ -348,11 +358,7 @@ fn urlencode(s: &str) -> String {
 #[sqlx::test]
 async fn admins_see_the_tenant_and_members_only_themselves(db: PgPool) {
     let app = TestApp::spawn(db).await;
-    app.create_tenant("acme", "boss@acme.example").await;
-    app.create_tenant("other", "root@other.example").await;
-    let admin = app.login("acme", "boss@acme.example").await;
-    let member = app.login("acme", "ann@acme.example").await;
-    let outsider = app.login("other", "root@other.example").await;
+    let (admin, member, outsider) = two_tenants(&app).await;
     let (acme, other) = (tenant_id(&app.db, "acme").await, tenant_id(&app.db, "other").await);
     let (boss, ann) = (user_id(&app.db, "boss@acme.example").await, user_id(&app.db, "ann@acme.example").await);
     let now: String =
@@ -411,11 +417,7 @@ async fn create_key(app: &TestApp, tenant: &str, token: &str, scopes: &[&str]) -
 #[sqlx::test]
 async fn api_keys_work_within_their_scopes_until_revoked(db: PgPool) {
     let app = TestApp::spawn(db).await;
-    app.create_tenant("acme", "boss@acme.example").await;
-    app.create_tenant("other", "root@other.example").await;
-    let admin = app.login("acme", "boss@acme.example").await;
-    let member = app.login("acme", "ann@acme.example").await;
-    let outsider = app.login("other", "root@other.example").await;
+    let (admin, member, outsider) = two_tenants(&app).await;
 
     // only admins create keys, with known scopes
     assert_eq!(create_key(&app, "acme", &member, &["usage:read"]).await.status(), StatusCode::FORBIDDEN);

@@ -76,7 +76,7 @@ impl Totals {
     }
 }
 
-/// The windows to sum: the last 24 hours and 7 days up to `to`-less now, and an optional range.
+/// What to sum: always the last 24 hours and 7 days up to now, and a range when asked.
 pub struct UsageQuery {
     pub tenant: Uuid,
     /// only this user's usage

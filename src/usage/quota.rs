@@ -181,13 +181,8 @@ pub struct QuotaView {
 }
 
 const VIEW: &str = "select q.scope, q.user_id, q.period, q.token_limit,
-        case when q.scope = 'tenant' then
-            (select coalesce(sum(d.tokens), 0)::bigint from usage_tenant_daily d
-              where d.tenant_id = q.tenant_id and d.day >= date_trunc(q.period, now(), 'UTC'))
-        when q.user_id is not null then
-            (select coalesce(sum(u.tokens), 0)::bigint from usage_hourly u
-              where u.tenant_id = q.tenant_id and u.hour >= date_trunc(q.period, now(), 'UTC')
-                and u.user_id = q.user_id) end as used,
+        case when q.scope = 'tenant' or q.user_id is not null
+             then quota_used(q.tenant_id, q.scope, q.user_id, q.period) end as used,
         quota_reset(q.period) as resets_at,
         q.updated_at
    from quotas q";
@@ -267,13 +262,7 @@ async fn show(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Jso
         sqlx::query_as(
             "with mine as (select * from quotas_for($1, $2))
              select m.scope, case when m.scope = 'user' then $2 end as user_id, m.period, m.token_limit,
-                    case when m.scope = 'tenant' then
-                        (select coalesce(sum(d.tokens), 0)::bigint from usage_tenant_daily d
-                          where d.tenant_id = $1 and d.day >= date_trunc(m.period, now(), 'UTC'))
-                    else
-                        (select coalesce(sum(u.tokens), 0)::bigint from usage_hourly u
-                          where u.tenant_id = $1 and u.hour >= date_trunc(m.period, now(), 'UTC')
-                            and u.user_id = $2) end as used,
+                    quota_used($1, m.scope, $2, m.period) as used,
                     quota_reset(m.period) as resets_at,
                     now() as updated_at
                from mine m order by m.scope, m.period",
