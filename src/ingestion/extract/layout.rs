@@ -49,13 +49,13 @@ fn upright(g: &Glyph, quarter: u8) -> (f32, f32) {
 fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> {
     let mut words: Vec<Word> = Vec::new();
     let mut current: Option<Word> = None;
+    // a space glyph came after the current word's last glyph
+    let mut spaced = false;
     for g in glyphs {
         let (x, y) = upright(g, quarter);
         let size = g.size.max(0.1);
         if g.space {
-            if let Some(w) = current.take() {
-                words.push(w);
-            }
+            spaced = current.is_some();
             continue;
         }
         let x1 = x + g.width;
@@ -64,19 +64,34 @@ fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> 
             // continues to the right (normal), or to the left (right-to-left drawing)
             let gap_right = x - w.x1;
             let gap_left = w.x0 - x1;
-            let tol = 0.12 * size.min(w.size).max(size * 0.5);
-            if same_line && gap_right > -0.25 * size && gap_right < tol {
-                w.x1 = w.x1.max(x1);
-                w.text.push_str(&g.text);
-                continue;
+            // Persian and Arabic fonts map the zero-width non-joiner ("می‌شود") to a space glyph
+            // that does not advance: between two letters of that script it joins, as a ZWNJ
+            let joiner = spaced
+                && (joins_arabic(w.text.chars().last(), g.text.chars().next())
+                    || joins_arabic(g.text.chars().last(), w.text.chars().next()));
+            if spaced && !joiner {
+                words.push(current.take().expect("checked above"));
+            } else {
+                let tol = if spaced { 0.1 * size.min(w.size) } else { 0.12 * size.min(w.size).max(size * 0.5) };
+                let mark = if spaced { "\u{200C}" } else { "" };
+                if same_line && gap_right > -0.25 * size && gap_right < tol {
+                    w.x1 = w.x1.max(x1);
+                    w.text.push_str(mark);
+                    w.text.push_str(&g.text);
+                    spaced = false;
+                    continue;
+                }
+                if same_line && gap_left > -0.25 * size && gap_left < tol && gap_right < 0.0 {
+                    w.x0 = w.x0.min(x);
+                    w.text.insert_str(0, mark);
+                    w.text.insert_str(0, &g.text);
+                    spaced = false;
+                    continue;
+                }
+                words.push(current.take().expect("checked above"));
             }
-            if same_line && gap_left > -0.25 * size && gap_left < tol && gap_right < 0.0 {
-                w.x0 = w.x0.min(x);
-                w.text.insert_str(0, &g.text);
-                continue;
-            }
-            words.push(current.take().expect("checked above"));
         }
+        spaced = false;
         current = Some(Word { x0: x, x1: x1.max(x), y, size, text: g.text.clone() });
     }
     if let Some(w) = current {
@@ -84,6 +99,13 @@ fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> 
     }
     words.retain(|w| !w.text.trim().is_empty());
     words
+}
+
+/// Two letters of the Arabic script, which a zero-width non-joiner may stand between.
+fn joins_arabic(a: Option<char>, b: Option<char>) -> bool {
+    let arabic =
+        |c: char| c.is_alphabetic() && is_rtl_char(c) && !matches!(c as u32, 0x0590..=0x05FF | 0xFB1D..=0xFB4F);
+    a.is_some_and(arabic) && b.is_some_and(arabic)
 }
 
 fn median(mut v: Vec<f32>) -> f32 {
@@ -179,18 +201,23 @@ fn widest_gap(spans: impl Iterator<Item = (f32, f32)>, min: f32) -> Option<f32> 
     best.map(|(_, mid)| mid)
 }
 
+/// A character of a right-to-left script. Digits are not: numbers read left to right in
+/// Persian and Arabic text too.
 fn is_rtl_char(c: char) -> bool {
     matches!(c as u32, 0x0590..=0x08FF | 0xFB1D..=0xFDFF | 0xFE70..=0xFEFF)
+        && !matches!(c as u32, 0x0660..=0x0669 | 0x06F0..=0x06F9)
 }
 
 fn is_rtl<'s>(texts: impl Iterator<Item = &'s str>) -> bool {
     let (mut rtl, mut ltr) = (0usize, 0usize);
     for t in texts {
         for c in t.chars() {
-            if is_rtl_char(c) {
-                rtl += 1;
-            } else if c.is_alphabetic() {
-                ltr += 1;
+            if c.is_alphabetic() {
+                if is_rtl_char(c) {
+                    rtl += 1;
+                } else {
+                    ltr += 1;
+                }
             }
         }
     }
@@ -342,6 +369,31 @@ mod tests {
         let mut g = glyphs("ایند", 100.0, 700.0, 10.0);
         g.extend(glyphs("مالس", 125.0, 700.0, 10.0));
         assert_eq!(page_text(&g), "سلام دنیا");
+    }
+
+    #[test]
+    fn numbers_in_rtl_lines_read_left_to_right() {
+        // "صفحه ۱۲۳" drawn visually: the number leftmost, its digits in reading order
+        let mut g = glyphs("۱۲۳", 100.0, 700.0, 10.0);
+        g.extend(glyphs("هحفص", 125.0, 700.0, 10.0));
+        assert_eq!(page_text(&g), "صفحه ۱۲۳");
+        // a line without right-to-left letters stays as drawn
+        assert_eq!(page_text(&glyphs("۱۱۵ ،۱۰۱ ،\\rule", 100.0, 700.0, 10.0)), "۱۱۵ ،۱۰۱ ،\\rule");
+    }
+
+    #[test]
+    fn a_space_glyph_that_does_not_advance_between_persian_letters_is_a_non_joiner() {
+        // "کتاب‌ها" drawn visually: "اه", a space glyph with no advance, "باتک"
+        let mut g = glyphs("اه", 100.0, 700.0, 10.0);
+        let x = g.last().map(|l| l.x + l.width).unwrap_or_default();
+        g.push(Glyph { x, y: 700.0, width: 2.0, size: 10.0, quarter: 0, text: " ".into(), space: true });
+        g.extend(glyphs("باتک", x, 700.0, 10.0));
+        assert_eq!(page_text(&g), "کتاب\u{200C}ها");
+        // a real gap stays a space
+        let mut g = glyphs("اه", 100.0, 700.0, 10.0);
+        g.push(Glyph { x: 110.0, y: 700.0, width: 2.5, size: 10.0, quarter: 0, text: " ".into(), space: true });
+        g.extend(glyphs("باتک", 112.5, 700.0, 10.0));
+        assert_eq!(page_text(&g), "کتاب ها");
     }
 
     #[test]
