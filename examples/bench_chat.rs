@@ -6,7 +6,10 @@
 //!
 //!     cargo build --release --bin docuchat
 //!     eval "$(infra/dev.sh env)"; ulimit -n 65536
-//!     cargo run --release --example bench_chat -- [idle sockets]
+//!     cargo run --release --example bench_chat -- [idle sockets] [phases]
+//!
+//! `phases` picks the time-to-first-token runs, comma-separated: `1`, `100`, `1000` (asking again
+//! at once) and `100p`, `1000p` (pausing 1–3 s between questions); all of them by default.
 //!
 //! Works in a database of its own, created and dropped here.
 
@@ -89,10 +92,20 @@ fn rss_kib(pid: u32) -> u64 {
 async fn main() -> anyhow::Result<()> {
     docuchat::install_crypto_provider();
     let idle: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    support::with_scratch_database(|url| async move { run(&url, idle).await }).await
+    let phases = std::env::args().nth(2).unwrap_or_else(|| "1,100,1000,100p,1000p".to_owned());
+    let phases: Vec<(usize, usize, bool)> = phases
+        .split(',')
+        .filter_map(|p| {
+            let (n, think) = p.strip_suffix('p').map_or((p, false), |n| (n, true));
+            let sessions: usize = n.parse().ok()?;
+            // about a thousand questions at small concurrency, three a session at large
+            Some((sessions, (1000 / sessions).clamp(3, 200), think))
+        })
+        .collect();
+    support::with_scratch_database(|url| async move { run(&url, idle, &phases).await }).await
 }
 
-async fn run(url: &str, idle: usize) -> anyhow::Result<()> {
+async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
     let email = Email::parse("bench@bench.example").unwrap();
@@ -140,9 +153,7 @@ async fn run(url: &str, idle: usize) -> anyhow::Result<()> {
     // (b) time to first token
     // closed loop (each session asks again as soon as its answer is done: the machine saturates),
     // then people: a pause of 1–3 s between a session's questions
-    for (sessions, asks, think) in
-        [(1usize, 200usize, false), (100, 10, false), (1000, 3, false), (100, 10, true), (1000, 3, true)]
-    {
+    for &(sessions, asks, think) in phases {
         let ws_url = Arc::new(ws_url.clone());
         let start = Instant::now();
         let mut tasks = Vec::new();

@@ -16,6 +16,10 @@ const SYSTEM_FA: &str = "شما فقط با استفاده از بخش‌های 
 هر بخشی را که استفاده می‌کنید بلافاصله پس از جمله‌ی مربوط با [1]، [2]، … ارجاع دهید. اگر پاسخ در این بخش‌ها \
 نیست، بگویید که اسناد در این باره چیزی نمی‌گویند و حدس نزنید. به زبان فارسی پاسخ دهید.";
 
+/// The system prompts' token counts, counted once.
+static SYSTEM_TOKENS: std::sync::LazyLock<[usize; 2]> =
+    std::sync::LazyLock::new(|| [count_tokens(SYSTEM_EN), count_tokens(SYSTEM_FA)]);
+
 /// Whether a text is mostly in Arabic script (Persian questions get the Persian prompt).
 pub fn is_persian(text: &str) -> bool {
     let (mut arabic, mut other) = (0usize, 0usize);
@@ -49,7 +53,7 @@ pub fn build(
 ) -> ChatRequest {
     let persian = is_persian(question);
     let system = if persian { SYSTEM_FA } else { SYSTEM_EN }.to_owned();
-    let mut used = count_tokens(&system) + count_tokens(question) + 16;
+    let mut used = SYSTEM_TOKENS[usize::from(persian)] + count_tokens(question) + 16;
     let mut kept = Vec::new();
     let mut context = String::new();
     for source in sources {

@@ -162,10 +162,17 @@ struct Running {
 async fn run(socket: WebSocket, state: AppState, caller: Arc<Caller>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+    // frames waiting in the outbox go out together: one flush (one write) for a burst of tokens
     let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            let close = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || close {
+        let mut batch = Vec::new();
+        'write: while outbox.recv_many(&mut batch, OUTBOX).await > 0 {
+            for message in batch.drain(..) {
+                let close = matches!(message, Message::Close(_));
+                if sink.feed(message).await.is_err() || close {
+                    break 'write;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
@@ -471,13 +478,14 @@ impl Answer {
                     }
                 }
             }
-            let counted = Usage {
-                prompt_tokens: prompt::prompt_tokens(&request),
-                completion_tokens: count_tokens(&answer) as u32,
-            };
             let usage = match reported {
                 Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
-                _ => counted,
+                // counted here only when the model reported nothing (cancelled, failed, or a
+                // server without usage chunks)
+                _ => Usage {
+                    prompt_tokens: prompt::prompt_tokens(&request),
+                    completion_tokens: count_tokens(&answer) as u32,
+                },
             };
             (self.model_name.clone(), usage)
         };
