@@ -1,71 +1,79 @@
 //! Retrieval latency and recall over a shared index: N chunks of 384 dimensions spread over 100
-//! tenants of very different sizes (sizes ∝ 1/rank), clustered like real embeddings.
+//! tenants of very different sizes (sizes ∝ 1/rank), each tenant's vectors around 20 topics of
+//! its own (`support/vectors.rs`: `VECTORS=manifold`, the default, shaped like real embeddings;
+//! `VECTORS=isotropic`, the hardest case).
 //!
 //!     eval "$(infra/dev.sh env)"
 //!     cargo run --release --example bench_retrieval -- [chunks] [queries]
 //!
-//! Prints p50/p99 of the HNSW top-10 (the production path), of the full hybrid search (vector +
+//! Prints p50/p99 of the HNSW top-10 (the production path; `EF_SEARCH=40,400` adds search widths
+//! beside the service's default), of the full hybrid search (vector +
 //! full text + fusion), and recall@10 of the HNSW path against exact search, for all tenants and
-//! for the small ones. Works in a database of its own, created and dropped here.
+//! for the small ones. Works in a database of its own, created and dropped here; `KEEP_DB=1` keeps
+//! it, and `REUSE_DB=<name>` measures again in a kept one (same arguments) without loading it.
 
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/vectors.rs"]
+mod vectors;
 
 use std::time::Instant;
 
 use support::percentile;
 
 use docuchat::{
+    config::DEFAULT_EF_SEARCH,
     ingestion::{chunk::Chunk, store::insert_chunks},
     retrieval::{self, Params},
 };
 use uuid::Uuid;
+use vectors::{Model, Rng, TOPICS, Tenant};
 
 const DIMS: usize = 384;
 const TENANTS: usize = 100;
 const MODEL: &str = "all-MiniLM-L6-v2";
 const SPACE: retrieval::Space<'static> = retrieval::Space { model: MODEL, dims: DIMS };
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
-
-    fn gaussian(&mut self) -> f32 {
-        (0..6).map(|_| self.next()).sum::<f32>()
-    }
-}
-
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    docuchat::embed::normalize(&mut v);
-    v
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let total: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let queries: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300);
-    support::with_scratch_database(|url| async move { run(&url, total, queries).await }).await
+    if let Ok(name) = std::env::var("REUSE_DB") {
+        return run(&support::database_url(&name), total, queries, true).await;
+    }
+    support::with_scratch_database(|url| async move { run(&url, total, queries, false).await }).await
 }
 
-async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
-    let pool = docuchat::db::pool_options().max_connections(8).connect(url).await?;
+async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Result<()> {
+    let pool = docuchat::db::pool_options(DEFAULT_EF_SEARCH).max_connections(8).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
     let mut rng = Rng(42);
+    let model = Model::from_env();
+    println!("vectors: {} model", model.name());
 
-    // tenant sizes ∝ 1/rank; each tenant's vectors around 20 topic centres of its own
+    // tenant sizes ∝ 1/rank
     let weights: Vec<f64> = (0..TENANTS).map(|i| 1.0 / (i as f64 + 1.0)).collect();
     let sum: f64 = weights.iter().sum();
     let sizes: Vec<usize> = weights.iter().map(|w| ((w / sum) * total as f64).max(20.0) as usize).collect();
     let mut tenants = Vec::new();
     let load = Instant::now();
     // load without the vector index, then build it (far faster than inserting into it)
-    sqlx::query("drop index chunks_embedding_minilm").execute(&pool).await?;
+    if !reuse {
+        sqlx::query("drop index chunks_embedding_minilm").execute(&pool).await?;
+    }
     for (t, &size) in sizes.iter().enumerate() {
+        if reuse {
+            // the same topics, drawn from the same sequence as when the database was loaded
+            let topics = Tenant::new(&mut rng, model, DIMS);
+            for i in 0..size {
+                topics.sample(&mut rng, i);
+            }
+            let (tenant,): (Uuid,) =
+                sqlx::query_as("select id from tenants where slug = $1").bind(format!("t{t}")).fetch_one(&pool).await?;
+            tenants.push((tenant, size, topics));
+            continue;
+        }
         let tenant = Uuid::now_v7();
         sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $3, 'a@b.example')")
             .bind(tenant)
@@ -80,12 +88,11 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
             .bind(doc.as_bytes().repeat(2))
             .execute(&pool)
             .await?;
-        let centres: Vec<Vec<f32>> = (0..20).map(|_| unit((0..DIMS).map(|_| rng.gaussian()).collect())).collect();
+        let topics = Tenant::new(&mut rng, model, DIMS);
         let mut vectors = Vec::with_capacity(size);
         let mut chunks = Vec::with_capacity(size);
         for i in 0..size {
-            let c = &centres[i % centres.len()];
-            vectors.push(unit(c.iter().map(|x| x + 0.08 * rng.gaussian()).collect()));
+            vectors.push(topics.sample(&mut rng, i));
             chunks.push(Chunk {
                 ordinal: i as i32,
                 page_from: 1,
@@ -96,22 +103,24 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
         }
         let mut conn = pool.acquire().await?;
         insert_chunks(&mut conn, tenant, doc, MODEL, &chunks, &vectors).await?;
-        tenants.push((tenant, size, centres));
+        tenants.push((tenant, size, topics));
     }
     let loaded = load.elapsed().as_secs_f64();
     let t = Instant::now();
-    // on one connection: the settings must apply to the build (the graph fits in memory)
-    let mut conn = pool.acquire().await?;
-    sqlx::query("set maintenance_work_mem = '8GB'").execute(&mut *conn).await?;
-    sqlx::query("set max_parallel_maintenance_workers = 1").execute(&mut *conn).await?;
-    sqlx::query(
-        "create index chunks_embedding_minilm on chunks using hnsw ((embedding::vector(384)) vector_cosine_ops)
-         where embedding_model = 'all-MiniLM-L6-v2'",
-    )
-    .execute(&mut *conn)
-    .await?;
-    drop(conn);
-    sqlx::query("analyze").execute(&pool).await?;
+    if !reuse {
+        // on one connection: the settings must apply to the build (the graph fits in memory)
+        let mut conn = pool.acquire().await?;
+        sqlx::query("set maintenance_work_mem = '8GB'").execute(&mut *conn).await?;
+        sqlx::query("set max_parallel_maintenance_workers = 1").execute(&mut *conn).await?;
+        sqlx::query(
+            "create index chunks_embedding_minilm on chunks using hnsw ((embedding::vector(384)) vector_cosine_ops)
+             where embedding_model = 'all-MiniLM-L6-v2'",
+        )
+        .execute(&mut *conn)
+        .await?;
+        drop(conn);
+        sqlx::query("analyze").execute(&pool).await?;
+    }
     let built = t.elapsed().as_secs_f64();
     let real_total: usize = sizes.iter().sum();
     println!(
@@ -123,9 +132,9 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
     // the queries: a point of one of the tenant's topics, as a question about it would be
     let mut rng = Rng(99);
     let pick = |rng: &mut Rng, ti: usize| {
-        let (tenant, _, centres) = &tenants[ti];
-        let c = &centres[(rng.next().abs() * 20.0) as usize % 20];
-        (*tenant, unit(c.iter().map(|x| x + 0.08 * rng.gaussian()).collect::<Vec<f32>>()))
+        let (tenant, _, topics) = &tenants[ti];
+        let topic = (rng.next().abs() * TOPICS as f32) as usize % TOPICS;
+        (*tenant, topics.sample(rng, topic))
     };
     let all: Vec<(Uuid, Vec<f32>)> = (0..queries)
         .map(|_| {
@@ -136,13 +145,17 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
     let small: Vec<(Uuid, Vec<f32>)> = (0..queries / 3).map(|i| pick(&mut rng, TENANTS - 1 - (i % 20))).collect();
 
     // exact answers first (they also warm the caches), then timed passes over the HNSW index
-    let widths: Vec<u32> = std::iter::once(100)
+    let widths: Vec<u32> = std::iter::once(DEFAULT_EF_SEARCH)
         .chain(std::env::var("EF_SEARCH").unwrap_or_default().split(',').filter_map(|v| v.trim().parse().ok()))
         .collect();
     for (label, picks) in [("random tenants", &all), ("the 20 smallest tenants", &small)] {
         let mut exact = Vec::with_capacity(picks.len());
         for (tenant, q) in picks.iter() {
             exact.push(retrieval::nearest(&pool, *tenant, SPACE, q, 10, 100, true).await?);
+        }
+        // an untimed pass brings the index into memory, as it is in a running service
+        for (tenant, q) in picks.iter() {
+            retrieval::nearest(&pool, *tenant, SPACE, q, 10, DEFAULT_EF_SEARCH, false).await?;
         }
         for &ef in &widths {
             let (mut hnsw_ms, mut recall_sum) = (Vec::new(), 0.0);
@@ -176,10 +189,10 @@ async fn run(url: &str, total: usize, queries: usize) -> anyhow::Result<()> {
         );
     }
     if std::env::var_os("EXPLAIN").is_some() {
-        let (tenant, _, centres) = &tenants[0];
+        let (tenant, _, topics) = &tenants[0];
         let sql = format!("explain analyze {}", retrieval::text_query_sql(MODEL, DIMS));
         let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(pgvector::Vector::from(centres[0].clone()))
+            .bind(pgvector::Vector::from(topics.sample(&mut Rng(1), 0)))
             .bind(*tenant)
             .bind(30i64)
             .bind("retrieval documents topic3")

@@ -143,6 +143,10 @@ pub struct IngestionConfig {
     pub extract_budget: Duration,
 }
 
+/// The HNSW search breadth unless `RETRIEVAL_EF_SEARCH` says otherwise (measured at 1M chunks:
+/// docs/BENCHMARKS.md).
+pub const DEFAULT_EF_SEARCH: u32 = 200;
+
 /// Retrieval and the chat socket.
 #[derive(Clone, Debug)]
 pub struct ChatConfig {
@@ -152,6 +156,8 @@ pub struct ChatConfig {
     pub k: usize,
     /// Minimum cosine similarity of a passage to count as relevant.
     pub min_similarity: f32,
+    /// HNSW search breadth (`hnsw.ef_search`): recall against latency in big tenants.
+    pub ef_search: u32,
     pub max_question_chars: usize,
     /// A socket with no frame from the client for this long is closed.
     pub idle_timeout: Duration,
@@ -308,6 +314,7 @@ impl Config {
             context_tokens: parse_u64("CHAT_CONTEXT_TOKENS", 3000)?.clamp(200, 100_000) as usize,
             k: parse_u64("RETRIEVAL_K", 6)?.clamp(1, 50) as usize,
             min_similarity,
+            ef_search: parse_u64("RETRIEVAL_EF_SEARCH", u64::from(DEFAULT_EF_SEARCH))?.clamp(10, 1000) as u32,
             max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
             idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
             upstream_timeout: Duration::from_millis(parse_u64("CHAT_TIMEOUT_MS", 60_000)?.max(100)),
@@ -426,6 +433,15 @@ mod tests {
             assert!(!printed.contains(secret), "{secret} leaked in {printed}");
         }
         assert!(printed.contains("postgres://app:***@db:5432/app"), "{printed}");
+    }
+
+    #[test]
+    fn search_breadth_defaults_and_bounds() {
+        assert_eq!(config(&[]).unwrap().chat.ef_search, DEFAULT_EF_SEARCH);
+        assert_eq!(config(&[("RETRIEVAL_EF_SEARCH", "3")]).unwrap().chat.ef_search, 10);
+        assert_eq!(config(&[("RETRIEVAL_EF_SEARCH", "400")]).unwrap().chat.ef_search, 400);
+        let err = config(&[("RETRIEVAL_EF_SEARCH", "wide")]).unwrap_err();
+        assert!(err.to_string().contains("RETRIEVAL_EF_SEARCH"), "{err}");
     }
 
     #[test]

@@ -273,3 +273,22 @@ async fn an_idle_socket_is_closed(db: PgPool) {
         }
     }
 }
+
+#[sqlx::test]
+async fn every_pooled_connection_searches_with_the_configured_breadth(db: PgPool) {
+    let pool =
+        docuchat::db::pool_options(37).max_connections(3).connect_with((*db.connect_options()).clone()).await.unwrap();
+    // several connections at once, so that each is set up, not just the first
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in conns.iter_mut() {
+        let (ef, scan): (String, String) =
+            sqlx::query_as("select current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+        assert_eq!((ef.as_str(), scan.as_str()), ("37", "relaxed_order"));
+    }
+}

@@ -16,6 +16,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// The URL of database `name` on the server of `DATABASE_URL`.
+pub fn database_url(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| docuchat::config::DEFAULT_DATABASE_URL.into());
+    format!("{}/{name}", base.rsplit_once('/').map_or(base.as_str(), |(head, _)| head))
+}
+
 /// Runs `bench` against a database of its own, created on the server of `DATABASE_URL` and dropped
 /// afterwards (kept, and named, when `KEEP_DB` is set).
 pub async fn with_scratch_database<F, Fut>(bench: F) -> anyhow::Result<()>
@@ -27,8 +33,7 @@ where
     let name = format!("docuchat_bench_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&base).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await?;
-    let url = format!("{}/{name}", base.rsplit_once('/').map_or(base.as_str(), |(head, _)| head));
-    let result = bench(url).await;
+    let result = bench(database_url(&name)).await;
     if std::env::var_os("KEEP_DB").is_some() {
         println!("kept database {name}");
     } else {
