@@ -118,6 +118,7 @@ async fn malformed_frames_get_errors_and_the_socket_stays_usable(db: PgPool) {
         (Message::Text(json!({"type": "dance"}).to_string().into()), "unknown_type"),
         (Message::Text(json!({"type": "ask"}).to_string().into()), "malformed_frame"),
         (Message::Text(json!({"type": "ask", "content": "  "}).to_string().into()), "empty_question"),
+        (Message::Text(json!({"type": "ask", "content": "\u{0}\u{7} \u{0}"}).to_string().into()), "empty_question"),
         (Message::Text(json!({"type": "ask", "content": "x".repeat(5000)}).to_string().into()), "question_too_long"),
         (
             Message::Text(json!({"type": "ask", "content": "hi", "model": "gpt-nope"}).to_string().into()),
@@ -142,6 +143,9 @@ async fn malformed_frames_get_errors_and_the_socket_stays_usable(db: PgPool) {
     }
     let frames = ask(&mut ws, None, "What is R?").await;
     assert_eq!(frames.last().unwrap()["type"], "done");
+    // control characters (NUL cannot be stored) are left out, not an internal error
+    let frames = ask(&mut ws, None, "What\u{0} is\u{1b} R?").await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
 }
 
 #[sqlx::test]

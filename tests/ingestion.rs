@@ -473,3 +473,75 @@ async fn reindex_re_embeds_documents_of_another_model(db: PgPool) {
     .unwrap();
     assert_eq!((after, old), (before, 0));
 }
+
+#[sqlx::test]
+async fn binary_copy_writes_the_same_rows_as_parameterised_inserts(db: PgPool) {
+    use docuchat::ingestion::{
+        chunk::Chunk,
+        store::{insert_chunks, insert_chunks_unnest},
+    };
+    let tenant = Uuid::now_v7();
+    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, 'T', 't', 'a@t.example')")
+        .bind(tenant)
+        .execute(&db)
+        .await
+        .unwrap();
+    let chunks: Vec<Chunk> = (0..1200)
+        .map(|i| Chunk {
+            ordinal: i,
+            page_from: i / 7 + 1,
+            page_to: i / 7 + 1 + i % 2,
+            // Persian, quotes, backslashes and tabs: nothing may be escaped or lost
+            text: format!(
+                "چانک {i}: «متن» with \\backslash, 'quotes' and\ttabs; ünïcödé {}",
+                "x".repeat(i as usize % 50)
+            ),
+            token_count: 10 + i,
+        })
+        .collect();
+    let vectors: Vec<Vec<f32>> =
+        (0..chunks.len()).map(|i| (0..384).map(|d| ((i * 13 + d * 7) % 101) as f32 / 101.0 - 0.5).collect()).collect();
+    let mut documents = Vec::new();
+    for copy in [true, false] {
+        let doc = Uuid::now_v7();
+        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total) values ($1, $2, 'd.pdf', $3, 1, 1)")
+            .bind(doc)
+            .bind(tenant)
+            .bind(doc.as_bytes().repeat(2))
+            .execute(&db)
+            .await
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        if copy {
+            insert_chunks(&mut tx, tenant, doc, "all-MiniLM-L6-v2", &chunks, &vectors).await.unwrap();
+        } else {
+            insert_chunks_unnest(&mut tx, tenant, doc, "all-MiniLM-L6-v2", &chunks, &vectors).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        documents.push(doc);
+    }
+    let rows = |doc: Uuid| {
+        let db = db.clone();
+        async move {
+            sqlx::query_as::<_, (i32, i32, i32, String, i32, String, String, String)>(
+                "select ordinal, page_from, page_to, text, token_count, embedding::text, embedding_model, tsv::text
+                   from chunks where document_id = $1 order by ordinal",
+            )
+            .bind(doc)
+            .fetch_all(&db)
+            .await
+            .unwrap()
+        }
+    };
+    let (copied, inserted) = (rows(documents[0]).await, rows(documents[1]).await);
+    assert_eq!(copied.len(), chunks.len());
+    assert_eq!(copied, inserted);
+    assert_eq!(copied[5].3, chunks[5].text);
+    // a copy that fails leaves the transaction usable for a clean rollback, and writes nothing
+    let mut tx = db.begin().await.unwrap();
+    let err = insert_chunks(&mut tx, tenant, Uuid::now_v7(), "all-MiniLM-L6-v2", &chunks[..1], &vectors[..1]).await;
+    assert!(err.is_err(), "a chunk of an unknown document is refused");
+    tx.rollback().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("select count(*) from chunks").fetch_one(&db).await.unwrap();
+    assert_eq!(n, 2 * chunks.len() as i64);
+}

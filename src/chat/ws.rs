@@ -273,7 +273,13 @@ async fn handle_text(
                     return;
                 }
             }
-            let question = content.trim().to_owned();
+            // control characters carry no meaning in a question (and Postgres text cannot hold NUL)
+            let question: String = content
+                .chars()
+                .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+                .collect::<String>()
+                .trim()
+                .to_owned();
             if question.is_empty() {
                 let _ = out.send(error_frame("empty_question", "the question is empty")).await;
                 return;

@@ -8,10 +8,17 @@ pub fn is_bidi_control(c: char) -> bool {
 }
 
 /// NFKC (Persian and Arabic presentation forms become base letters, ligatures split), without
-/// bidi controls, with words hyphenated across lines joined, and runs of spaces collapsed.
+/// bidi controls or other control characters, with words hyphenated across lines joined, and runs of spaces collapsed.
 /// Line breaks and blank lines (paragraphs) are kept.
 pub fn normalize_page(raw: &str) -> String {
-    let nfkc: String = raw.nfkc().filter(|c| !is_bidi_control(*c) && *c != '\u{FEFF}' && *c != '\u{AD}').collect();
+    // control characters (a broken ToUnicode map can yield NUL, which Postgres text cannot hold)
+    // go, except the line breaks and tabs that layout wrote
+    let nfkc: String = raw
+        .nfkc()
+        .filter(|c| {
+            !is_bidi_control(*c) && *c != '\u{FEFF}' && *c != '\u{AD}' && (!c.is_control() || matches!(c, '\n' | '\t'))
+        })
+        .collect();
     let lines: Vec<String> = nfkc.split('\n').map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     let mut out = String::with_capacity(nfkc.len());
     let mut i = 0;
@@ -78,6 +85,11 @@ mod tests {
     fn hyphenation_lines_and_paragraphs() {
         let raw = "A long exam-\nple of text   with  spaces\n\n\n\nNext para-\nGraph keeps case";
         assert_eq!(normalize_page(raw), "A long example\nof text with spaces\n\nNext para-\nGraph keeps case");
+    }
+
+    #[test]
+    fn control_characters_are_dropped() {
+        assert_eq!(normalize_page("a\u{0}b\u{7}c\r\nnext\tline"), "abc\nnext line");
     }
 
     #[test]
