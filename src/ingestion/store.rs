@@ -32,11 +32,11 @@ pub async fn insert_chunks(
     buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
     for (chunk, vector) in chunks.iter().zip(vectors) {
         encode_row(&mut buf, tenant_id, document_id, model, chunk, vector);
-        if buf.len() >= 1 << 20 {
-            if let Err(e) = copy.send(std::mem::take(&mut buf)).await {
-                let _ = copy.abort("a write failed").await;
-                return Err(e);
-            }
+        if buf.len() >= 1 << 20
+            && let Err(e) = copy.send(std::mem::take(&mut buf)).await
+        {
+            let _ = copy.abort("a write failed").await;
+            return Err(e);
         }
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
