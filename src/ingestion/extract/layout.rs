@@ -15,6 +15,8 @@ struct Word {
     y: f32,
     size: f32,
     text: String,
+    /// a space glyph came before it (a word break the content says, not only the geometry)
+    after_space: bool,
 }
 
 /// Lays out one page. Glyphs of other orientations are read after the upright ones.
@@ -91,8 +93,8 @@ fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> 
                 words.push(current.take().expect("checked above"));
             }
         }
+        current = Some(Word { x0: x, x1: x1.max(x), y, size, text: g.text.clone(), after_space: spaced });
         spaced = false;
-        current = Some(Word { x0: x, x1: x1.max(x), y, size, text: g.text.clone() });
     }
     if let Some(w) = current {
         words.push(w);
@@ -263,7 +265,11 @@ fn line_text(line: &[Word]) -> String {
     let visual = {
         let mut s = String::new();
         for (i, w) in line.iter().enumerate() {
-            if i > 0 {
+            // Pieces that touch are one word although they were cut apart by a change of size or
+            // baseline or by a kern back over the previous letter (the raised, smaller A of the
+            // LaTeX logo); a space glyph always separates.
+            let touches = i > 0 && !w.after_space && w.x0 - line[i - 1].x1 < 0.1 * w.size.min(line[i - 1].size);
+            if i > 0 && !touches {
                 s.push(' ');
             }
             s.push_str(&w.text);
@@ -394,6 +400,35 @@ mod tests {
         g.push(Glyph { x: 110.0, y: 700.0, width: 2.5, size: 10.0, quarter: 0, text: " ".into(), space: true });
         g.extend(glyphs("باتک", 112.5, 700.0, 10.0));
         assert_eq!(page_text(&g), "کتاب ها");
+    }
+
+    #[test]
+    fn pieces_that_touch_are_one_word() {
+        // the LaTeX logo as TeX draws it: a smaller, raised A kerned back over the L, a lowered E
+        let g = |text: &str, x: f32, y: f32, width: f32, size: f32| Glyph {
+            x,
+            y,
+            width,
+            size,
+            quarter: 0,
+            text: text.into(),
+            space: false,
+        };
+        let mut glyphs = vec![
+            g("L", 169.6, 557.0, 6.8, 10.9),
+            g("A", 172.5, 558.7, 6.0, 8.0),
+            g("T", 176.9, 557.0, 7.9, 10.9),
+            g("E", 182.9, 554.7, 7.4, 10.9),
+            g("X", 189.0, 557.0, 8.2, 10.9),
+        ];
+        glyphs.push(Glyph { x: 197.2, y: 557.0, width: 3.6, size: 10.9, quarter: 0, text: " ".into(), space: true });
+        glyphs.push(g("is", 200.8, 557.0, 7.0, 10.9));
+        assert_eq!(page_text(&glyphs), "LATEX is");
+        // a space glyph separates even when the next word starts right away
+        let mut glyphs = vec![g("a", 100.0, 700.0, 5.0, 10.0)];
+        glyphs.push(Glyph { x: 105.0, y: 700.0, width: 0.0, size: 10.0, quarter: 0, text: " ".into(), space: true });
+        glyphs.push(g("b", 105.0, 700.0, 5.0, 10.0));
+        assert_eq!(page_text(&glyphs), "a b");
     }
 
     #[test]
