@@ -16,11 +16,18 @@ pub struct Font<'a> {
     two_byte: bool,
     to_unicode: Option<Cow<'static, HashMap<u32, String>>>,
     encoding: Option<Encoding<'a>>,
-    /// code → text from a Type1 program's own encoding
-    builtin: Option<HashMap<u32, String>>,
+    /// code → text from the font program's own encoding
+    builtin: Option<Builtin>,
     widths: Widths,
     /// text-space units per glyph-space unit (1/1000, or from a Type3 FontMatrix)
     scale: f32,
+}
+
+struct Builtin {
+    map: HashMap<u32, String>,
+    /// A Type1 program's encoding is the whole of it; a CFF program's map holds only the glyphs
+    /// with names of their own, and the standard encoding answers for the rest.
+    whole: bool,
 }
 
 enum Widths {
@@ -97,8 +104,11 @@ impl<'a> Font<'a> {
         {
             return Some(s.clone());
         }
-        if let Some(map) = &self.builtin {
-            return map.get(&code).cloned();
+        if let Some(builtin) = &self.builtin {
+            let text = builtin.map.get(&code).cloned();
+            if text.is_some() || builtin.whole {
+                return text;
+            }
         }
         let encoding = self.encoding.as_ref()?;
         let byte = u8::try_from(code).ok()?;
@@ -154,26 +164,40 @@ fn collection_map(doc: &Document, dict: &Dictionary) -> Option<&'static HashMap<
     maps.iter().find(|(name, _)| *name == ordering).map(|(_, map)| map)
 }
 
-/// The code → text map of a Type1 font program's built-in encoding, if it has one.
-fn builtin_encoding(doc: &Document, dict: &Dictionary) -> Option<HashMap<u32, String>> {
+/// The code → text map of a font program's built-in encoding, if it has one: a Type1 program
+/// (`FontFile`) or a CFF one (`FontFile3` of subtype Type1C).
+fn builtin_encoding(doc: &Document, dict: &Dictionary) -> Option<Builtin> {
     let descriptor = dict.get(b"FontDescriptor").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_dict().ok())?;
-    let program = descriptor.get(b"FontFile").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_stream().ok())?;
-    let data = if program.dict.get(b"Filter").is_ok() {
-        program.decompressed_content().ok()?
-    } else {
-        program.content.clone()
+    let stream = |key: &[u8]| descriptor.get(key).ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_stream().ok());
+    let content = |program: &lopdf::Stream| {
+        let data = if program.dict.get(b"Filter").is_ok() {
+            program.decompressed_content().ok()?
+        } else {
+            program.content.clone()
+        };
+        (data.len() <= MAX_CMAP_BYTES * 4).then_some(data)
     };
-    if data.len() > MAX_CMAP_BYTES * 4 {
-        return None;
-    }
-    let clear_len =
-        program.dict.get(b"Length1").ok().and_then(num).map_or(data.len(), |l| (l.max(0.0) as usize).min(data.len()));
-    let entries = super::glyphs::type1_encoding(&data[..clear_len])?;
+    let (entries, whole) = if let Some(program) = stream(b"FontFile") {
+        let data = content(program)?;
+        let clear_len = program
+            .dict
+            .get(b"Length1")
+            .ok()
+            .and_then(num)
+            .map_or(data.len(), |l| (l.max(0.0) as usize).min(data.len()));
+        (super::glyphs::type1_encoding(&data[..clear_len])?, true)
+    } else {
+        let program = stream(b"FontFile3")?;
+        if program.dict.get(b"Subtype").and_then(Object::as_name).ok() != Some(b"Type1C".as_slice()) {
+            return None;
+        }
+        (super::glyphs::cff_encoding(&content(program)?)?, false)
+    };
     let map: HashMap<u32, String> = entries
         .into_iter()
         .filter_map(|(code, name)| super::glyphs::to_unicode(&name).map(|t| (u32::from(code), t)))
         .collect();
-    (!map.is_empty()).then_some(map)
+    (!map.is_empty()).then_some(Builtin { map, whole })
 }
 
 fn simple_widths(doc: &Document, dict: &Dictionary) -> Widths {
