@@ -190,7 +190,7 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
     }
     if std::env::var_os("EXPLAIN").is_some() {
         let (tenant, _, topics) = &tenants[0];
-        let sql = format!("explain analyze {}", retrieval::text_query_sql(MODEL, DIMS));
+        let sql = format!("explain (analyze, costs off) {}", retrieval::hybrid_sql(MODEL, DIMS));
         let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(pgvector::Vector::from(topics.sample(&mut Rng(1), 0)))
             .bind(*tenant)

@@ -243,19 +243,29 @@ fn text_ctes(model: &str) -> String {
     )
 }
 
-/// The full-text candidate query alone ($1 query vector, $2 tenant, $3 limit, $4 question text).
-pub fn text_query_sql(model: &str, dims: usize) -> String {
+/// The hybrid statement ($1 query vector, $2 tenant, $3 candidates per list, $4 question text):
+/// `list` 0 holds the vector candidates, 1 the full-text ones with their rank. The model and
+/// dimension are written into the SQL so that the planner can match the partial HNSW index of
+/// this model (a bound parameter would not prove the index's predicate).
+pub fn hybrid_sql(model: &str, dims: usize) -> String {
     let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
     format!(
         "{ctes}
-         select c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
-                (1 - ({distance}))::real as similarity
-           from ranked r
-           join chunks c on c.id = r.id
-           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-          where d.status = 'ready'
-          order by r.rank desc limit $3",
-        ctes = text_ctes(model)
+         (select 0 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
+                 (1 - ({distance}))::real as similarity, 0::real as rank
+            from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+           where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+           order by {distance} limit $3)
+         union all
+         (select 1 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
+                 (1 - ({distance}))::real as similarity, r.rank
+            from ranked r
+            join chunks c on c.id = r.id
+            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+           where d.status = 'ready'
+           order by r.rank desc limit $3)",
+        ctes = text_ctes(model),
+        model = literal(model)
     )
 }
 
@@ -315,29 +325,7 @@ pub async fn search(
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
-    let (model, dims) = (space.model, space.dims);
-    // The model and dimension are written into the SQL so that the planner can match the partial
-    // HNSW index of this model (a bound parameter would not prove the index's predicate).
-    // `list` 0 holds the vector candidates, 1 the full-text ones with their rank.
-    let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
-    let sql = format!(
-        "{ctes}
-         (select 0 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
-                 (1 - ({distance}))::real as similarity, 0::real as rank
-            from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-           where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
-           order by {distance} limit $3)
-         union all
-         (select 1 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
-                 (1 - ({distance}))::real as similarity, r.rank
-            from ranked r
-            join chunks c on c.id = r.id
-            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-           where d.status = 'ready'
-           order by r.rank desc limit $3)",
-        ctes = text_ctes(model),
-        model = literal(model)
-    );
+    let sql = hybrid_sql(space.model, space.dims);
     let rows: Vec<ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
