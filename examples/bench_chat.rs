@@ -153,7 +153,8 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
     // (b) time to first token
     // closed loop (each session asks again as soon as its answer is done: the machine saturates),
     // then people: a pause of 1–3 s between a session's questions
-    for &(sessions, asks, think) in phases {
+    // an untimed burst first fills the server's connection pool, as in a running service
+    for (run, &(sessions, asks, think)) in std::iter::once(&(100, 3, false)).chain(phases).enumerate() {
         let ws_url = Arc::new(ws_url.clone());
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -197,6 +198,9 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
             all.extend(t.await??);
         }
         all.sort_by(f64::total_cmp);
+        if run == 0 {
+            continue;
+        }
         println!(
             "(b) {sessions:>4} concurrent sessions{}, {} questions in {:.1} s: time to first token p50 {:.1} ms, p99 {:.1} ms",
             if think { " pausing 1–3 s" } else { "" },
