@@ -299,9 +299,26 @@ fn line_text(line: &[Word]) -> String {
         kinds[i] = match strong[i] {
             Some(k) => k,
             None => {
-                let before = strong[..i].iter().rev().find_map(|s| *s);
-                let after = strong[i + 1..].iter().find_map(|s| *s);
-                !(before == Some(false) && after == Some(false))
+                // A neutral inside a word goes with that word's letters when they all run one way
+                // (the backslash of `\section`, the dollars of `$x$`); otherwise it reads
+                // left to right only between two left-to-right letters.
+                let token_start = chars[..i].iter().rposition(|c| c.is_whitespace()).map_or(0, |p| p + 1);
+                let token_end = chars[i..].iter().position(|c| c.is_whitespace()).map_or(chars.len(), |p| i + p);
+                let in_token = || strong[token_start..token_end].iter().flatten();
+                let word = if chars[i].is_whitespace() {
+                    None
+                } else if in_token().all(|k| !*k) && in_token().next().is_some() {
+                    Some(false)
+                } else if in_token().all(|k| *k) && in_token().next().is_some() {
+                    Some(true)
+                } else {
+                    None
+                };
+                word.unwrap_or_else(|| {
+                    let before = strong[..i].iter().rev().find_map(|s| *s);
+                    let after = strong[i + 1..].iter().find_map(|s| *s);
+                    !(before == Some(false) && after == Some(false))
+                })
             }
         };
     }
@@ -385,6 +402,13 @@ mod tests {
         assert_eq!(page_text(&g), "صفحه ۱۲۳");
         // a line without right-to-left letters stays as drawn
         assert_eq!(page_text(&glyphs("۱۱۵ ،۱۰۱ ،\\rule", 100.0, 700.0, 10.0)), "۱۱۵ ،۱۰۱ ،\\rule");
+    }
+
+    #[test]
+    fn punctuation_inside_a_latin_word_stays_with_it_in_rtl_lines() {
+        // logical: "از \section استفاده" drawn visually: "هدافتسا \section زا"
+        let g = glyphs("هدافتسا \\section زا", 100.0, 700.0, 10.0);
+        assert_eq!(page_text(&g), "از \\section استفاده");
     }
 
     #[test]
