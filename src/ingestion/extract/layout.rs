@@ -66,32 +66,30 @@ fn words<'g>(glyphs: impl Iterator<Item = &'g Glyph>, quarter: u8) -> Vec<Word> 
             // continues to the right (normal), or to the left (right-to-left drawing)
             let gap_right = x - w.x1;
             let gap_left = w.x0 - x1;
-            // Persian and Arabic fonts map the zero-width non-joiner ("می‌شود") to a space glyph
-            // that does not advance: between two letters of that script it joins, as a ZWNJ
+            // A space glyph that does not advance is no word break: Persian and Arabic fonts draw
+            // the zero-width non-joiner ("می‌شود") that way — between two letters of that
+            // script it is kept, as U+200C — and some typesetters (groff) put a kerned-back
+            // space inside a word ("hav e").
             let joiner = spaced
                 && (joins_arabic(w.text.chars().last(), g.text.chars().next())
                     || joins_arabic(g.text.chars().last(), w.text.chars().next()));
-            if spaced && !joiner {
-                words.push(current.take().expect("checked above"));
-            } else {
-                let tol = if spaced { 0.1 * size.min(w.size) } else { 0.12 * size.min(w.size).max(size * 0.5) };
-                let mark = if spaced { "\u{200C}" } else { "" };
-                if same_line && gap_right > -0.25 * size && gap_right < tol {
-                    w.x1 = w.x1.max(x1);
-                    w.text.push_str(mark);
-                    w.text.push_str(&g.text);
-                    spaced = false;
-                    continue;
-                }
-                if same_line && gap_left > -0.25 * size && gap_left < tol && gap_right < 0.0 {
-                    w.x0 = w.x0.min(x);
-                    w.text.insert_str(0, mark);
-                    w.text.insert_str(0, &g.text);
-                    spaced = false;
-                    continue;
-                }
-                words.push(current.take().expect("checked above"));
+            let tol = if spaced { 0.1 * size.min(w.size) } else { 0.12 * size.min(w.size).max(size * 0.5) };
+            let mark = if joiner { "\u{200C}" } else { "" };
+            if same_line && gap_right > -0.25 * size && gap_right < tol {
+                w.x1 = w.x1.max(x1);
+                w.text.push_str(mark);
+                w.text.push_str(&g.text);
+                spaced = false;
+                continue;
             }
+            if same_line && gap_left > -0.25 * size && gap_left < tol && gap_right < 0.0 {
+                w.x0 = w.x0.min(x);
+                w.text.insert_str(0, mark);
+                w.text.insert_str(0, &g.text);
+                spaced = false;
+                continue;
+            }
+            words.push(current.take().expect("checked above"));
         }
         current = Some(Word { x0: x, x1: x1.max(x), y, size, text: g.text.clone(), after_space: spaced });
         spaced = false;
@@ -448,11 +446,14 @@ mod tests {
         glyphs.push(Glyph { x: 197.2, y: 557.0, width: 3.6, size: 10.9, quarter: 0, text: " ".into(), space: true });
         glyphs.push(g("is", 200.8, 557.0, 7.0, 10.9));
         assert_eq!(page_text(&glyphs), "LATEX is");
-        // a space glyph separates even when the next word starts right away
-        let mut glyphs = vec![g("a", 100.0, 700.0, 5.0, 10.0)];
-        glyphs.push(Glyph { x: 105.0, y: 700.0, width: 0.0, size: 10.0, quarter: 0, text: " ".into(), space: true });
-        glyphs.push(g("b", 105.0, 700.0, 5.0, 10.0));
-        assert_eq!(page_text(&glyphs), "a b");
+        // a space glyph kerned back inside a word (groff's "hav e") is no break; one that
+        // advances is
+        let mut glyphs = vec![g("hav", 104.2, 479.4, 14.8, 10.0)];
+        glyphs.push(Glyph { x: 119.0, y: 479.4, width: 2.7, size: 10.0, quarter: 0, text: " ".into(), space: true });
+        glyphs.push(g("e", 119.0, 479.4, 4.4, 10.0));
+        glyphs.push(Glyph { x: 123.4, y: 479.4, width: 2.7, size: 10.0, quarter: 0, text: " ".into(), space: true });
+        glyphs.push(g("kept", 126.1, 479.4, 17.0, 10.0));
+        assert_eq!(page_text(&glyphs), "have kept");
     }
 
     #[test]
