@@ -63,46 +63,41 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
         sqlx::query("drop index chunks_embedding_minilm").execute(&pool).await?;
     }
     for (t, &size) in sizes.iter().enumerate() {
-        if reuse {
-            // the same topics, drawn from the same sequence as when the database was loaded
-            let topics = Tenant::new(&mut rng, model, DIMS);
-            for i in 0..size {
-                topics.sample(&mut rng, i);
-            }
-            let (tenant,): (Uuid,) =
-                sqlx::query_as("select id from tenants where slug = $1").bind(format!("t{t}")).fetch_one(&pool).await?;
-            tenants.push((tenant, size, topics));
-            continue;
-        }
-        let tenant = Uuid::now_v7();
-        sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $3, 'a@b.example')")
-            .bind(tenant)
-            .bind(format!("Tenant {t}"))
-            .bind(format!("t{t}"))
-            .execute(&pool)
-            .await?;
-        let doc = Uuid::now_v7();
-        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
-            .bind(doc)
-            .bind(tenant)
-            .bind(doc.as_bytes().repeat(2))
-            .execute(&pool)
-            .await?;
+        // the same sequence on every run, so a reused database holds exactly these vectors
         let topics = Tenant::new(&mut rng, model, DIMS);
-        let mut vectors = Vec::with_capacity(size);
-        let mut chunks = Vec::with_capacity(size);
-        for i in 0..size {
-            vectors.push(topics.sample(&mut rng, i));
-            chunks.push(Chunk {
-                ordinal: i as i32,
-                page_from: 1,
-                page_to: 1,
-                text: format!("topic{} passage {i} of tenant {t} about retrieval and documents", i % 20),
-                token_count: 12,
-            });
-        }
-        let mut conn = pool.acquire().await?;
-        insert_chunks(&mut conn, tenant, doc, MODEL, &chunks, &vectors).await?;
+        let vectors: Vec<Vec<f32>> = (0..size).map(|i| topics.sample(&mut rng, i)).collect();
+        let tenant = if reuse {
+            let (id,): (Uuid,) =
+                sqlx::query_as("select id from tenants where slug = $1").bind(format!("t{t}")).fetch_one(&pool).await?;
+            id
+        } else {
+            let tenant = Uuid::now_v7();
+            sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $3, 'a@b.example')")
+                .bind(tenant)
+                .bind(format!("Tenant {t}"))
+                .bind(format!("t{t}"))
+                .execute(&pool)
+                .await?;
+            let doc = Uuid::now_v7();
+            sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
+                .bind(doc)
+                .bind(tenant)
+                .bind(doc.as_bytes().repeat(2))
+                .execute(&pool)
+                .await?;
+            let chunks: Vec<Chunk> = (0..size)
+                .map(|i| Chunk {
+                    ordinal: i as i32,
+                    page_from: 1,
+                    page_to: 1,
+                    text: format!("topic{} passage {i} of tenant {t} about retrieval and documents", i % 20),
+                    token_count: 12,
+                })
+                .collect();
+            let mut conn = pool.acquire().await?;
+            insert_chunks(&mut conn, tenant, doc, MODEL, &chunks, &vectors).await?;
+            tenant
+        };
         tenants.push((tenant, size, topics));
     }
     let loaded = load.elapsed().as_secs_f64();

@@ -40,7 +40,7 @@ use crate::{
     app::AppState,
     auth::{self, jwt::TokenError, users::User},
     error::ApiError,
-    ingestion::chunk::count_tokens,
+    ingestion::{chunk::count_tokens, normalize::is_stray_control},
     llm::{ChatModel, Usage, offline},
     retrieval::{self, Params},
     tenants::{TENANT_HEADER, Tenant},
@@ -274,12 +274,8 @@ async fn handle_text(
                 }
             }
             // control characters carry no meaning in a question (and Postgres text cannot hold NUL)
-            let question: String = content
-                .chars()
-                .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
-                .collect::<String>()
-                .trim()
-                .to_owned();
+            let question: String =
+                content.chars().filter(|c| !is_stray_control(*c)).collect::<String>().trim().to_owned();
             if question.is_empty() {
                 let _ = out.send(error_frame("empty_question", "the question is empty")).await;
                 return;

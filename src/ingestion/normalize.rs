@@ -7,17 +7,19 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A control character that carries no text: everything but line breaks and tabs (a broken
+/// ToUnicode map can yield NUL, which Postgres text cannot hold).
+pub fn is_stray_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\n' | '\t')
+}
+
 /// NFKC (Persian and Arabic presentation forms become base letters, ligatures split), without
-/// bidi controls or other control characters, with words hyphenated across lines joined, and runs of spaces collapsed.
-/// Line breaks and blank lines (paragraphs) are kept.
+/// bidi controls or other control characters, with words hyphenated across lines joined, and runs
+/// of spaces collapsed. Line breaks and blank lines (paragraphs) are kept.
 pub fn normalize_page(raw: &str) -> String {
-    // control characters (a broken ToUnicode map can yield NUL, which Postgres text cannot hold)
-    // go, except the line breaks and tabs that layout wrote
     let nfkc: String = raw
         .nfkc()
-        .filter(|c| {
-            !is_bidi_control(*c) && *c != '\u{FEFF}' && *c != '\u{AD}' && (!c.is_control() || matches!(c, '\n' | '\t'))
-        })
+        .filter(|c| !is_bidi_control(*c) && !is_stray_control(*c) && *c != '\u{FEFF}' && *c != '\u{AD}')
         .collect();
     let lines: Vec<String> = nfkc.split('\n').map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
     let mut out = String::with_capacity(nfkc.len());

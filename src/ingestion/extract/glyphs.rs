@@ -490,16 +490,14 @@ pub fn cff_encoding(data: &[u8]) -> Option<Vec<(u8, String)>> {
     if encoding <= 1 || charset <= 2 {
         return None;
     }
-    let glyphs = usize::from(u16::from_be_bytes([
-        *data.get(usize::try_from(charstrings).ok()?)?,
-        *data.get(usize::try_from(charstrings).ok()? + 1)?,
-    ]));
+    let u16_at = |i: usize| Some(u16::from_be_bytes([*data.get(i)?, *data.get(i + 1)?]));
+    // the CharStrings INDEX starts with its count: the number of glyphs
+    let glyphs = usize::from(u16_at(usize::try_from(charstrings).ok()?)?);
     // charset: the string id of each glyph after .notdef
     let mut sids = vec![0u16];
     let mut at = usize::try_from(charset).ok()?;
     let format = *data.get(at)?;
     at += 1;
-    let u16_at = |i: usize| Some(u16::from_be_bytes([*data.get(i)?, *data.get(i + 1)?]));
     while sids.len() < glyphs {
         match format {
             0 => {

@@ -265,7 +265,7 @@ fn line_text(line: &[Word]) -> String {
         for (i, w) in line.iter().enumerate() {
             // Pieces that touch are one word although they were cut apart by a change of size or
             // baseline or by a kern back over the previous letter (the raised, smaller A of the
-            // LaTeX logo); a space glyph always separates.
+            // LaTeX logo); a space glyph that words() did not join across separates.
             let touches = i > 0 && !w.after_space && w.x0 - line[i - 1].x1 < 0.1 * w.size.min(line[i - 1].size);
             if i > 0 && !touches {
                 s.push(' ');
@@ -300,17 +300,13 @@ fn line_text(line: &[Word]) -> String {
                 // A neutral inside a word goes with that word's letters when they all run one way
                 // (the backslash of `\section`, the dollars of `$x$`); otherwise it reads
                 // left to right only between two left-to-right letters.
-                let token_start = chars[..i].iter().rposition(|c| c.is_whitespace()).map_or(0, |p| p + 1);
-                let token_end = chars[i..].iter().position(|c| c.is_whitespace()).map_or(chars.len(), |p| i + p);
-                let in_token = || strong[token_start..token_end].iter().flatten();
                 let word = if chars[i].is_whitespace() {
                     None
-                } else if in_token().all(|k| !*k) && in_token().next().is_some() {
-                    Some(false)
-                } else if in_token().all(|k| *k) && in_token().next().is_some() {
-                    Some(true)
                 } else {
-                    None
+                    let start = chars[..i].iter().rposition(|c| c.is_whitespace()).map_or(0, |p| p + 1);
+                    let end = chars[i..].iter().position(|c| c.is_whitespace()).map_or(chars.len(), |p| i + p);
+                    let mut letters = strong[start..end].iter().flatten();
+                    letters.next().copied().filter(|first| letters.all(|k| k == first))
                 };
                 word.unwrap_or_else(|| {
                     let before = strong[..i].iter().rev().find_map(|s| *s);
