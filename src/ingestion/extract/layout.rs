@@ -1,22 +1,24 @@
 //! From placed glyphs to text in reading order.
 //!
-//! Glyphs become words (runs without a gap), words are cut into blocks by recursive XY-cuts
-//! (a vertical gutter that runs through the whole region splits it into columns; otherwise the
-//! widest horizontal gap splits it into bands), and each block is read line by line. Lines whose
-//! letters are mostly right-to-left are put back into logical order. Paragraphs (blank lines)
-//! are kept: chunking cuts on them.
+//! Glyphs become words (runs without a gap), words grow into blocks which are put in reading
+//! order (see [`order`]), and each block is read line by line. Lines whose letters are mostly
+//! right-to-left are put back into logical order. Paragraphs (blank lines) are kept: chunking
+//! cuts on them.
 
-use super::interp::Glyph;
+use super::{
+    interp::Glyph,
+    order::{self, Block},
+};
 
 #[derive(Clone, Debug)]
-struct Word {
-    x0: f32,
-    x1: f32,
-    y: f32,
-    size: f32,
-    text: String,
+pub(super) struct Word {
+    pub x0: f32,
+    pub x1: f32,
+    pub y: f32,
+    pub size: f32,
+    pub text: String,
     /// a space glyph came before it (a word break the content says, not only the geometry)
-    after_space: bool,
+    pub after_space: bool,
 }
 
 /// Lays out one page. Glyphs of other orientations are read after the upright ones.
@@ -117,88 +119,24 @@ fn median(mut v: Vec<f32>) -> f32 {
 }
 
 fn read_region(words: Vec<Word>) -> String {
-    let mut blocks = Vec::new();
-    cut(words, &mut blocks, 0);
+    if words.len() > order::MAX_BLOCK_WORDS {
+        return read_block(&words);
+    }
+    let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
     let mut out = String::new();
-    for block in blocks {
-        let text = read_block(block);
+    let mut prev: Option<Block> = None;
+    for block in order::order(order::blocks(words), rtl) {
+        let text = read_block(&block.words);
         if text.is_empty() {
             continue;
         }
-        if !out.is_empty() {
-            out.push_str("\n\n");
+        if let Some(p) = &prev {
+            out.push_str(order::separator(p, &block));
         }
         out.push_str(&text);
+        prev = Some(block);
     }
     out
-}
-
-/// Distinct baselines in a set of words.
-fn line_count(words: &[Word], em: f32) -> usize {
-    let mut ys: Vec<f32> = words.iter().map(|w| w.y).collect();
-    ys.sort_by(f32::total_cmp);
-    let mut n = 0;
-    let mut last = f32::NEG_INFINITY;
-    for y in ys {
-        if y - last > 0.5 * em {
-            n += 1;
-            last = y;
-        }
-    }
-    n
-}
-
-fn cut(words: Vec<Word>, blocks: &mut Vec<Vec<Word>>, depth: u32) {
-    if words.len() < 2 || depth > 40 {
-        blocks.push(words);
-        return;
-    }
-    let em = median(words.iter().map(|w| w.size).collect());
-
-    let top = |w: &Word| w.y + 0.8 * w.size;
-    let bottom = |w: &Word| w.y - 0.25 * w.size;
-    let band_gap = |min: f32, words: &[Word]| widest_gap(words.iter().map(|w| (bottom(w), top(w))), min);
-
-    // 1. a wide horizontal gap (title and abstract over columns, a figure) splits into bands
-    // 2. a vertical gutter through the whole region splits into columns, read left to right
-    //    (right to left when the region's text is mostly right-to-left)
-    // 3. a horizontal gap clearly wider than the line spacing splits into bands
-    let split_y = band_gap(1.5 * em, &words);
-    let split_x = if split_y.is_none() && line_count(&words, em) >= 3 {
-        widest_gap(words.iter().map(|w| (w.x0, w.x1)), em)
-    } else {
-        None
-    };
-    if let Some(x) = split_x {
-        let (left, right): (Vec<Word>, Vec<Word>) = words.into_iter().partition(|w| (w.x0 + w.x1) / 2.0 < x);
-        let rtl = is_rtl(left.iter().chain(right.iter()).map(|w| w.text.as_str()));
-        let (first, second) = if rtl { (right, left) } else { (left, right) };
-        cut(first, blocks, depth + 1);
-        cut(second, blocks, depth + 1);
-        return;
-    }
-    if let Some(y) = split_y.or_else(|| band_gap(0.9 * em, &words)) {
-        let (upper, lower): (Vec<Word>, Vec<Word>) = words.into_iter().partition(|w| w.y > y);
-        cut(upper, blocks, depth + 1);
-        cut(lower, blocks, depth + 1);
-        return;
-    }
-    blocks.push(words);
-}
-
-/// The middle of the widest empty interval between the given spans, if one is at least `min`.
-fn widest_gap(spans: impl Iterator<Item = (f32, f32)>, min: f32) -> Option<f32> {
-    let mut spans: Vec<(f32, f32)> = spans.collect();
-    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut best: Option<(f32, f32)> = None;
-    let mut reach = f32::NEG_INFINITY;
-    for (lo, hi) in spans {
-        if reach.is_finite() && lo - reach >= min && best.is_none_or(|(w, _)| lo - reach > w) {
-            best = Some((lo - reach, (lo + reach) / 2.0));
-        }
-        reach = reach.max(hi);
-    }
-    best.map(|(_, mid)| mid)
 }
 
 /// A character of a right-to-left script. Digits are not: numbers read left to right in
@@ -224,10 +162,11 @@ fn is_rtl<'s>(texts: impl Iterator<Item = &'s str>) -> bool {
     rtl > ltr
 }
 
-fn read_block(mut words: Vec<Word>) -> String {
+fn read_block(words: &[Word]) -> String {
     if words.is_empty() {
         return String::new();
     }
+    let mut words = words.to_vec();
     let em = median(words.iter().map(|w| w.size).collect());
     words.sort_by(|a, b| b.y.total_cmp(&a.y));
     // group into lines by baseline
@@ -378,6 +317,42 @@ mod tests {
         assert_eq!(lines[0], "A Title Across The Page");
         assert_eq!(lines[1], "alpha 0");
         assert_eq!(lines[5], "omega 0");
+    }
+
+    #[test]
+    fn each_column_is_read_under_its_own_heading() {
+        let mut g = glyphs("Left heading", 50.0, 730.0, 10.0);
+        g.extend(glyphs("Right heading", 320.0, 730.0, 10.0));
+        for i in 0..4 {
+            let y = 712.0 - 12.0 * i as f32;
+            g.extend(glyphs(&format!("alpha {i}"), 50.0, y, 10.0));
+            g.extend(glyphs(&format!("omega {i}"), 320.0, y, 10.0));
+        }
+        let text = page_text(&g);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines[..3], ["Left heading", "alpha 0", "alpha 1"]);
+        assert_eq!(lines[5..7], ["Right heading", "omega 0"]);
+    }
+
+    #[test]
+    fn a_page_of_scattered_words_is_read_whole() {
+        // single words far apart: every one a block of its own, too many to order; then more
+        // words than blocks are grown from
+        for (rows, cols) in [(40, 50), (100, 60)] {
+            let mut g = Vec::new();
+            for r in 0..rows {
+                for c in 0..cols {
+                    g.extend(glyphs(&format!("w{r}x{c}"), 10.0 + 40.0 * c as f32, 800.0 - 8.0 * r as f32, 4.0));
+                }
+            }
+            let text = page_text(&g);
+            let words: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(words.len(), rows * cols);
+            // top to bottom, left to right
+            assert_eq!(words[0], "w0x0");
+            assert_eq!(words[1], "w0x1");
+            assert_eq!(words[cols], "w1x0");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod fonts;
 mod glyphs;
 mod interp;
 mod layout;
+mod order;
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
