@@ -120,13 +120,14 @@ fn median(mut v: Vec<f32>) -> f32 {
 
 fn read_region(words: Vec<Word>) -> String {
     if words.len() > order::MAX_BLOCK_WORDS {
-        return read_block(&words);
+        let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
+        return read_block(&words, rtl);
     }
     let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
     let mut out = String::new();
     let mut prev: Option<Block> = None;
     for block in order::order(order::blocks(words), rtl) {
-        let text = read_block(&block.words);
+        let text = read_block(&block.words, rtl);
         if text.is_empty() {
             continue;
         }
@@ -162,7 +163,7 @@ fn is_rtl<'s>(texts: impl Iterator<Item = &'s str>) -> bool {
     rtl > ltr
 }
 
-fn read_block(words: &[Word]) -> String {
+fn read_block(words: &[Word], rtl_page: bool) -> String {
     if words.is_empty() {
         return String::new();
     }
@@ -191,14 +192,14 @@ fn read_block(words: &[Word]) -> String {
         }
         prev_y = Some(y);
         line.sort_by(|a, b| a.x0.total_cmp(&b.x0));
-        out.push_str(&line_text(&line));
+        out.push_str(&line_text(&line, rtl_page));
     }
     out
 }
 
 /// Joins a line's words, left to right on the page; a mostly right-to-left line is then put into
 /// logical order: its runs are reversed, and so are the letters of its right-to-left runs.
-fn line_text(line: &[Word]) -> String {
+fn line_text(line: &[Word], rtl_page: bool) -> String {
     let visual = {
         let mut s = String::new();
         for (i, w) in line.iter().enumerate() {
@@ -213,8 +214,11 @@ fn line_text(line: &[Word]) -> String {
         }
         s
     };
-    if !is_rtl(line.iter().map(|w| w.text.as_str())) {
-        return visual;
+    // a line reads right to left when most of its letters do, or, on a right-to-left page,
+    // when it begins (at its right end) with a right-to-left letter
+    let begins_rtl = || visual.chars().rev().find(|c| c.is_alphabetic()).is_some_and(is_rtl_char);
+    if !(is_rtl(line.iter().map(|w| w.text.as_str())) || (rtl_page && begins_rtl())) {
+        return embedded_rtl_in_logical_order(&visual);
     }
     // Split the visual string into runs of RTL and non-RTL characters (neutrals such as spaces
     // and punctuation go with the surrounding RTL text unless between two LTR letters).
@@ -264,6 +268,39 @@ fn line_text(line: &[Word]) -> String {
     }
     runs.reverse();
     runs.into_iter().map(|(rtl, s)| if rtl { s.chars().rev().collect() } else { s }).collect()
+}
+
+/// A left-to-right line with right-to-left words in it: the letters of each right-to-left run
+/// (with the spaces and punctuation between its words) are put into logical order; the runs stay
+/// where they are.
+fn embedded_rtl_in_logical_order(visual: &str) -> String {
+    if !visual.chars().any(is_rtl_char) {
+        return visual.to_owned();
+    }
+    let chars: Vec<char> = visual.chars().collect();
+    let strong: Vec<Option<bool>> =
+        chars.iter().map(|c| if is_rtl_char(*c) { Some(true) } else { c.is_alphanumeric().then_some(false) }).collect();
+    let mut out = String::with_capacity(visual.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if strong[i] != Some(true) {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // the run reaches the last right-to-left letter before the next left-to-right one
+        let mut end = i + 1;
+        let mut j = i + 1;
+        while j < chars.len() && strong[j] != Some(false) {
+            if strong[j] == Some(true) {
+                end = j + 1;
+            }
+            j += 1;
+        }
+        out.extend(chars[i..end].iter().rev());
+        i = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -361,6 +398,26 @@ mod tests {
         let mut g = glyphs("ایند", 100.0, 700.0, 10.0);
         g.extend(glyphs("مالس", 125.0, 700.0, 10.0));
         assert_eq!(page_text(&g), "سلام دنیا");
+    }
+
+    #[test]
+    fn on_a_rtl_page_a_line_that_begins_with_a_rtl_word_reads_right_to_left() {
+        // "سلام دنیا" over "بستۀ Verbatim", both drawn visually; the second line has more Latin
+        // letters than Persian ones, but begins (at its right end) with a Persian word
+        let mut g = glyphs("ایند", 100.0, 712.0, 10.0);
+        g.extend(glyphs("مالس", 125.0, 712.0, 10.0));
+        g.extend(glyphs("Verbatim", 100.0, 700.0, 10.0));
+        g.extend(glyphs("ۀتسب", 145.0, 700.0, 10.0));
+        assert_eq!(page_text(&g), "سلام دنیا\nبستۀ Verbatim");
+        // on a left-to-right page the line reads left to right, the Persian word in logical order
+        let mut g = glyphs("Some English text above it", 100.0, 712.0, 10.0);
+        g.extend(glyphs("Verbatim", 100.0, 700.0, 10.0));
+        g.extend(glyphs("ۀتسب", 145.0, 700.0, 10.0));
+        assert_eq!(page_text(&g), "Some English text above it\nVerbatim بستۀ");
+        // two Persian words in an English line: one run, read right to left
+        let mut g = glyphs("See ایند مالس here and there in this line", 100.0, 700.0, 10.0);
+        g.extend(glyphs("Another English line of text", 100.0, 712.0, 10.0));
+        assert_eq!(page_text(&g), "Another English line of text\nSee سلام دنیا here and there in this line");
     }
 
     #[test]
