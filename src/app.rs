@@ -13,6 +13,7 @@ use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{
     auth::{codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
+    chat::record::Recorder,
     config::Config,
     db, embed, http,
     ingestion::worker::{Pipeline, ShutdownFlag},
@@ -38,6 +39,8 @@ pub struct AppState {
     /// The configured embedder, loaded on first use (the local model takes a moment).
     embedder: Arc<OnceLock<Result<Arc<dyn embed::Embedder>, String>>>,
     chat: Arc<OnceLock<Result<Arc<dyn ChatModel>, String>>>,
+    /// Writes answers, started on first use.
+    recorder: Arc<OnceLock<Recorder>>,
 }
 
 impl AppState {
@@ -68,7 +71,13 @@ impl AppState {
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
             chat: Arc::new(OnceLock::new()),
+            recorder: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// The writer of answers (started on first use, on the current Tokio runtime).
+    pub fn recorder(&self) -> &Recorder {
+        self.recorder.get_or_init(|| Recorder::start(self.db.clone()))
     }
 
     /// The configured embedder (loaded once per process state).

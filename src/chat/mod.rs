@@ -2,6 +2,7 @@
 //! A user sees only their own sessions.
 
 pub mod prompt;
+pub mod record;
 pub mod ws;
 
 use axum::{
@@ -78,7 +79,7 @@ pub async fn history(
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut rows: Vec<(String, String)> = sqlx::query_as(
         "select question, answer from messages where tenant_id = $1 and session_id = $2 and status = 'complete'
-         order by created_at desc limit $3",
+         order by created_at desc, id desc limit $3",
     )
     .bind(tenant)
     .bind(session)
@@ -114,7 +115,7 @@ async fn list_messages(
     find_session(&state.db, user.tenant.0.id, user.user.id, id).await?.ok_or_else(not_found)?;
     let messages: Vec<Message> = sqlx::query_as(
         "select id, question, answer, sources, model, prompt_tokens, completion_tokens, status, error_code, created_at
-           from messages where tenant_id = $1 and session_id = $2 order by created_at",
+           from messages where tenant_id = $1 and session_id = $2 order by created_at, id",
     )
     .bind(user.tenant.0.id)
     .bind(id)

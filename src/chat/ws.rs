@@ -35,7 +35,7 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::prompt;
+use super::{prompt, record::Record};
 use crate::{
     app::AppState,
     auth::{self, jwt::TokenError, users::User},
@@ -493,47 +493,28 @@ impl Answer {
         };
 
         // the session (when new), the message, its ledger rows and the session's time: one
-        // statement, so one transaction and one round trip
-        let sources_json = serde_json::to_value(&request.sources)?;
-        sqlx::query(
-            "with s as (
-                 insert into chat_sessions (id, tenant_id, user_id, title)
-                 select $3, $2, $12, $13 where $13::text is not null
-                 on conflict (id) do nothing
-             ),
-             m as (
-                 insert into messages (id, tenant_id, session_id, question, answer, sources, model, prompt_tokens,
-                                       completion_tokens, status, error_code)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ),
-             u as (
-                 insert into usage_events (tenant_id, user_id, kind, model, tokens, message_id)
-                 select $2, $12, k.kind, k.model, k.tokens, $1
-                   from (values ('embedding', $14, $15::bigint), ('prompt', $7, $8::bigint), ('completion', $7, $9::bigint))
-                        as k(kind, model, tokens)
-                  where k.tokens > 0
-             ),
-             h as (delete from quota_holds where id = $16)
-             update chat_sessions set updated_at = now() where tenant_id = $2 and id = $3 and $13::text is null",
-        )
-        .bind(message_id)
-        .bind(tenant)
-        .bind(session)
-        .bind(question)
-        .bind(&answer)
-        .bind(&sources_json)
-        .bind(&model_name)
-        .bind(usage.prompt_tokens as i32)
-        .bind(usage.completion_tokens as i32)
-        .bind(status)
-        .bind(failure.as_ref().map(|f| f.0))
-        .bind(user)
-        .bind(title.as_deref())
-        .bind(embedder.model())
-        .bind(embedded.tokens as i64)
-        .bind(*hold)
-        .execute(&state.db)
-        .await?;
+        // statement, written with other answers that end at the same time
+        state
+            .recorder()
+            .save(Record {
+                message_id,
+                tenant,
+                user,
+                session,
+                title,
+                question: question.to_owned(),
+                answer: answer.clone(),
+                sources: serde_json::to_value(&request.sources)?,
+                model: model_name.clone(),
+                prompt_tokens: usage.prompt_tokens as i32,
+                completion_tokens: usage.completion_tokens as i32,
+                status,
+                error_code: failure.as_ref().map(|f| f.0),
+                embedding_model: embedder.model().to_owned(),
+                embedding_tokens: embedded.tokens as i64,
+                hold: *hold,
+            })
+            .await?;
         *hold = None;
 
         if let Some((code, message)) = failure {
