@@ -21,6 +21,7 @@ use crate::{
     ratelimit::Limiter,
     redis::Redis,
     tenants,
+    usage::gate::QuotaGate,
 };
 
 /// Everything a handler may need; cheap to clone.
@@ -34,6 +35,8 @@ pub struct AppState {
     pub mailer: Mailer,
     pub limits: Arc<Limiter>,
     pub tenants: Arc<tenants::TenantCache>,
+    /// Which tenants have quotas (admission without a round trip for those without).
+    pub quotas: Arc<QuotaGate>,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
@@ -61,6 +64,7 @@ impl AppState {
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
         Ok(Self {
             config: Arc::new(config),
+            quotas: QuotaGate::new(db.clone()),
             db,
             redis,
             jwt,

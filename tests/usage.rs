@@ -805,3 +805,70 @@ async fn document(app: &TestApp, token: &str, uploaded: &Value) -> Value {
     let id = uploaded["document_id"].as_str().unwrap();
     app.get_as(&format!("/v1/documents/{id}"), "acme", token).await.json().await.unwrap()
 }
+
+/// Polls `f` every 10 ms until it holds, for at most `secs` seconds.
+async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+#[sqlx::test]
+async fn a_tenant_without_quotas_is_admitted_from_memory_until_a_quota_appears_anywhere(db: PgPool) {
+    let s = setup(db, |_| {}).await;
+    let app = &s.app;
+    let tenant = tenant_id(&app.db, "acme").await;
+    let gate = app.state.quotas.clone();
+    let mut ws = connect(app, &s.member).await;
+    // the first question starts listening for quota changes; from then on "no quota" is remembered
+    let mut remembered = false;
+    for _ in 0..50 {
+        assert_eq!(ask(&mut ws, None, QUESTION).await.last().unwrap()["type"], "done");
+        if gate.remembers(tenant) == Some(false) {
+            remembered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(remembered, "a tenant without quotas is remembered");
+
+    // a quota written by someone else (another server, a script), not through this process's API
+    sqlx::query("insert into quotas (tenant_id, scope, period, token_limit) values ($1, 'tenant', 'day', 0)")
+        .bind(tenant)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(eventually(5, || gate.remembers(tenant) != Some(false)).await, "the change's notification arrives");
+    let refused = ask(&mut ws, None, QUESTION).await;
+    assert_eq!(refused.last().unwrap()["code"], "quota_exceeded", "{refused:?}");
+    assert_eq!(gate.remembers(tenant), Some(true));
+
+    // the listening connection dies: nothing is remembered until it listens again, and a quota
+    // removed meanwhile is not missed
+    sqlx::query("delete from quotas where tenant_id = $1").bind(tenant).execute(&app.db).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+          where datname = current_database() and query ilike 'listen%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    assert!(eventually(5, || gate.remembers(tenant).is_none()).await);
+    let mut answered = false;
+    for _ in 0..50 {
+        let frames = ask(&mut ws, None, QUESTION).await;
+        assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+        if gate.remembers(tenant) == Some(false) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "listening again, the gate remembers again");
+}

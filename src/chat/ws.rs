@@ -376,7 +376,7 @@ impl Answer {
     ) -> anyhow::Result<()> {
         let state = &self.state;
         let (tenant, user) = (self.caller.tenant.id, self.caller.user.id);
-        match quota::admit(&state.db, tenant, Some(user), self.most_tokens(question), HOLD_FOR).await? {
+        match state.quotas.admit(tenant, Some(user), self.most_tokens(question), HOLD_FOR).await? {
             Ok(h) => *hold = h,
             Err(exceeded) => {
                 let mut value = json!({ "type": "error", "code": "quota_exceeded", "message": exceeded.message() });

@@ -59,7 +59,7 @@ pub async fn upload(
     user.require(Scope::DocumentsWrite)?;
     state.limits.check_upload(user.id()).await?;
     // refused before the body is read when a quota is already used up
-    crate::usage::quota::check(&state.db, user.tenant_id(), user.user_id()).await?;
+    state.quotas.check(user.tenant_id(), user.user_id()).await?;
     let max = state.config.ingestion.max_upload_bytes;
     // a declared length over the limit is refused before a byte is read
     if let Some(len) =

@@ -6,6 +6,7 @@
 //! rollup is written by a trigger in the same transaction as each ledger row, so the two always
 //! agree. Admins and API keys see the tenant; members see only their own usage.
 
+pub mod gate;
 pub mod quota;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,8 @@
 //! it adds the ledger's tokens for the period to the tokens *held* by requests in flight (the most
 //! each may spend) and refuses when a quota is used up; otherwise it records the new request's hold.
 //! The hold goes away in the same transaction as the request's ledger rows, so concurrent requests
-//! overshoot a quota by at most one request. Tenants without quotas skip all of it.
+//! overshoot a quota by at most one request. Tenants without quotas skip all of it, and their
+//! requests are admitted without a round trip (see [`super::gate`]).
 //!
 //! `GET /v1/quotas` (the quotas that apply to the caller; admins see all), `PUT /v1/quotas` and
 //! `DELETE /v1/quotas?scope=&period=&user_id=` (admins).
@@ -294,6 +295,8 @@ async fn put(
     user.require_admin()?;
     let tenant = user.tenant.0.id;
     set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit).await?;
+    // this process's questions see it at once; others when the change's notification arrives
+    state.quotas.forget();
     tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
     Ok(Json(json!({ "quotas": list(&state.db, tenant).await? })))
 }
@@ -315,9 +318,7 @@ async fn remove(
     let Query(q) = query.map_err(|_| {
         ApiError::bad_request("invalid_quota", "name the quota: ?scope=tenant|user&period=day|month[&user_id=…]")
     })?;
-    if set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("quota_not_found", "no such quota"))
-    }
+    let removed = set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None).await?;
+    state.quotas.forget();
+    if removed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("quota_not_found", "no such quota")) }
 }

@@ -1,0 +1,157 @@
+//! Which tenants have quotas, remembered per process so that the questions of a tenant without
+//! any are admitted without a round trip to Postgres (most tenants have none; admission had been a
+//! seventh of the database's work per question).
+//!
+//! Every change to `quotas` notifies the channel `docuchat_quotas` (a trigger, migration 0006,
+//! so changes made outside the API count too); a listener forgets everything it remembered on each
+//! notification, and on losing its connection. While it is not listening nothing is remembered
+//! and every admission asks Postgres. A lookup that overlapped a notification is not remembered
+//! (a generation count). A quota set through this process is forgotten at once; one set through
+//! another process, within the notification's delivery (milliseconds), during which that
+//! tenant's questions may be admitted without a hold.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Once,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{PgPool, postgres::PgListener};
+use uuid::Uuid;
+
+use super::quota::{self, Admission};
+use crate::error::ApiError;
+
+const CHANNEL: &str = "docuchat_quotas";
+
+#[derive(Default)]
+struct Known {
+    /// tenant → has at least one quota
+    tenants: HashMap<Uuid, bool>,
+    /// bumped whenever what is known may have gone stale
+    generation: u64,
+}
+
+pub struct QuotaGate {
+    db: PgPool,
+    known: Mutex<Known>,
+    /// the listener is subscribed, so what is remembered is kept current
+    live: AtomicBool,
+    listener: Once,
+}
+
+impl QuotaGate {
+    pub fn new(db: PgPool) -> Arc<Self> {
+        Arc::new(QuotaGate { db, known: Mutex::default(), live: AtomicBool::new(false), listener: Once::new() })
+    }
+
+    /// Forgets everything (a quota changed).
+    pub fn forget(&self) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.generation += 1;
+        known.tenants.clear();
+    }
+
+    /// What is remembered of a tenant: whether it has a quota; `None` when nothing is, or while
+    /// not listening.
+    pub fn remembers(&self, tenant: Uuid) -> Option<bool> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if self.live.load(Ordering::Acquire) { known.tenants.get(&tenant).copied() } else { None }
+    }
+
+    /// Whether the tenant has any quota.
+    async fn has_quotas(self: &Arc<Self>, tenant: Uuid) -> Result<bool, sqlx::Error> {
+        self.listener.call_once(|| {
+            tokio::spawn(listen(Arc::downgrade(self)));
+        });
+        let generation = {
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            if self.live.load(Ordering::Acquire)
+                && let Some(has) = known.tenants.get(&tenant)
+            {
+                return Ok(*has);
+            }
+            known.generation
+        };
+        let has: bool = sqlx::query_scalar("select exists (select 1 from quotas where tenant_id = $1)")
+            .bind(tenant)
+            .fetch_one(&self.db)
+            .await?;
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if self.live.load(Ordering::Acquire) && known.generation == generation {
+            known.tenants.insert(tenant, has);
+        }
+        Ok(has)
+    }
+
+    /// [`quota::admit`], without a round trip for a tenant known to have no quota.
+    pub async fn admit(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        user: Option<Uuid>,
+        tokens: i64,
+        hold_for: Duration,
+    ) -> Result<Admission, sqlx::Error> {
+        if !self.has_quotas(tenant).await? {
+            return Ok(Ok(None));
+        }
+        quota::admit(&self.db, tenant, user, tokens, hold_for).await
+    }
+
+    /// [`quota::check`], likewise.
+    pub async fn check(self: &Arc<Self>, tenant: Uuid, user: Option<Uuid>) -> Result<(), ApiError> {
+        if !self.has_quotas(tenant).await? {
+            return Ok(());
+        }
+        quota::check(&self.db, tenant, user).await
+    }
+
+    fn set_live(&self, live: bool) {
+        // either way what was known may have missed a change
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.generation += 1;
+        known.tenants.clear();
+        self.live.store(live, Ordering::Release);
+    }
+}
+
+/// Listens for quota changes until the gate is dropped; reconnects after a second when the
+/// connection is lost.
+async fn listen(gate: std::sync::Weak<QuotaGate>) {
+    loop {
+        let Some(db) = gate.upgrade().map(|g| g.db.clone()) else { return };
+        let listener = async {
+            let mut l = PgListener::connect_with(&db).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(mut l) => {
+                let Some(g) = gate.upgrade() else { return };
+                g.set_live(true);
+                drop(g);
+                // Ok(None) or an error: the connection was lost, notifications may have been missed
+                while let Ok(Some(_)) = l.try_recv().await {
+                    match gate.upgrade() {
+                        Some(g) => g.forget(),
+                        None => return,
+                    }
+                }
+                match gate.upgrade() {
+                    Some(g) => g.set_live(false),
+                    None => return,
+                }
+            }
+            Err(e) => {
+                if db.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "cannot listen for quota changes; every admission asks the database");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
