@@ -191,6 +191,10 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
             .bind(*tenant)
             .bind(30i64)
             .bind("retrieval documents topic3")
+            .bind(1.0f32)
+            .bind(0.5f32)
+            .bind(0.25f32)
+            .bind(6i64)
             .fetch_all(&pool)
             .await?;
         for (line,) in plan {

@@ -115,10 +115,11 @@ pub async fn upgrade(
         }
     };
     // small buffers: thousands of mostly idle sockets must stay cheap (the defaults are 128 KiB
-    // each way); frames are written out at once, so tokens are not held back
+    // each way). Frames are gathered in the write buffer and sent with one write when the writer
+    // flushes — after every burst it takes from the outbox, so tokens are not held back.
     ws.max_message_size(MAX_FRAME_BYTES * 4)
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run(socket, state, Arc::new(caller)))
 }
 

@@ -4,8 +4,6 @@
 //! Only chunks of ready documents of the caller's tenant, embedded with the current model, are
 //! ever considered; a similarity floor keeps unrelated text out.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -207,14 +205,7 @@ struct Row {
     text: String,
     token_count: i32,
     similarity: f32,
-}
-
-#[derive(sqlx::FromRow)]
-struct ListedRow {
-    list: i32,
-    #[sqlx(flatten)]
-    row: Row,
-    rank: f32,
+    score: f32,
 }
 
 /// SQL text for a model name (configuration, not user input; quoted all the same).
@@ -243,27 +234,49 @@ fn text_ctes(model: &str) -> String {
     )
 }
 
-/// The hybrid statement ($1 query vector, $2 tenant, $3 candidates per list, $4 question text):
-/// `list` 0 holds the vector candidates, 1 the full-text ones with their rank. The model and
-/// dimension are written into the SQL so that the planner can match the partial HNSW index of
-/// this model (a bound parameter would not prove the index's predicate).
+/// The hybrid statement ($1 query vector, $2 tenant, $3 candidates per list, $4 question text,
+/// $5 and $6 the weights of the vector and the full-text list, $7 the similarity floor, $8 how
+/// many to return): both candidate lists, fused by reciprocal rank fusion, in one statement; only
+/// the winners' texts leave the database. The model and dimension are written into the SQL so
+/// that the planner can match the partial HNSW index of this model (a bound parameter would not
+/// prove the index's predicate).
 pub fn hybrid_sql(model: &str, dims: usize) -> String {
     let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
     format!(
-        "{ctes}
-         (select 0 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
-                 (1 - ({distance}))::real as similarity, 0::real as rank
-            from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-           where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
-           order by {distance} limit $3)
-         union all
-         (select 1 as list, c.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count,
-                 (1 - ({distance}))::real as similarity, r.rank
-            from ranked r
-            join chunks c on c.id = r.id
-            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-           where d.status = 'ready'
-           order by r.rank desc limit $3)",
+        "{ctes},
+         by_vector as (
+             select c.id, (1 - ({distance}))::real as similarity
+               from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+              where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+              order by {distance} limit $3
+         ),
+         by_text as (
+             select c.id, (1 - ({distance}))::real as similarity, r.rank
+               from ranked r
+               join chunks c on c.id = r.id
+               join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+              where d.status = 'ready'
+              order by r.rank desc limit $3
+         ),
+         -- each list's rank counts every candidate, those under the floor too
+         listed as (
+             select id, similarity, $5::real / ({RRF_K} + row_number() over (order by similarity desc)) as part
+               from by_vector
+             union all
+             select id, similarity, $6::real / ({RRF_K} + row_number() over (order by rank desc)) as part
+               from by_text
+         ),
+         fused as (
+             select id, max(similarity) as similarity, sum(part)::real as score
+               from listed where similarity >= $7
+              group by id
+              order by score desc, similarity desc limit $8
+         )
+         select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
+           from fused f
+           join chunks c on c.id = f.id
+           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+          order by f.score desc, f.similarity desc",
         ctes = text_ctes(model),
         model = literal(model)
     )
@@ -326,48 +339,32 @@ pub async fn search(
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
     let sql = hybrid_sql(space.model, space.dims);
-    let rows: Vec<ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
         .bind(params.candidates as i64)
         .bind(text_query(query_text))
+        .bind(params.vector_weight)
+        .bind(params.text_weight)
+        .bind(params.min_similarity)
+        .bind(params.k as i64)
         .fetch_all(db)
         .await?;
-    let (mut by_vector, mut by_text): (Vec<ListedRow>, Vec<ListedRow>) = rows.into_iter().partition(|r| r.list == 0);
-    by_vector.sort_by(|a, b| b.row.similarity.total_cmp(&a.row.similarity));
-    by_text.sort_by(|a, b| b.rank.total_cmp(&a.rank));
-    Ok(fuse(by_vector.into_iter().map(|r| r.row).collect(), by_text.into_iter().map(|r| r.row).collect(), params))
-}
-
-fn fuse(by_vector: Vec<Row>, by_text: Vec<Row>, params: &Params) -> Vec<Source> {
-    let mut scores: HashMap<i64, (f32, Row)> = HashMap::new();
-    for (lists, weight) in [(by_vector, params.vector_weight), (by_text, params.text_weight)] {
-        for (rank, row) in lists.into_iter().enumerate() {
-            if row.similarity < params.min_similarity {
-                continue;
-            }
-            let add = weight / (RRF_K + rank as f32 + 1.0);
-            scores.entry(row.id).and_modify(|(s, _)| *s += add).or_insert((add, row));
-        }
-    }
-    let mut fused: Vec<(f32, Row)> = scores.into_values().collect();
-    fused.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.similarity.total_cmp(&a.1.similarity)));
-    fused
+    Ok(rows
         .into_iter()
-        .take(params.k)
-        .map(|(score, r)| Source {
+        .map(|r| Source {
             document_id: r.document_id,
             filename: r.filename,
             page: r.page_from,
             page_to: r.page_to,
-            score,
+            score: r.score,
             similarity: r.similarity,
             snippet: snippet(&r.text, 280),
             text: r.text,
             chunk_id: r.id,
             token_count: r.token_count,
         })
-        .collect()
+        .collect())
 }
 
 /// The start of a text, cut at a word boundary, with an ellipsis when cut.
@@ -384,30 +381,6 @@ pub fn snippet(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(id: i64, similarity: f32) -> Row {
-        Row {
-            id,
-            document_id: Uuid::nil(),
-            filename: "f.pdf".into(),
-            page_from: 1,
-            page_to: 1,
-            text: format!("chunk {id}"),
-            token_count: 2,
-            similarity,
-        }
-    }
-
-    #[test]
-    fn fusion_rewards_agreement_and_drops_the_irrelevant() {
-        let params = Params { k: 3, ..Params::default() };
-        let fused =
-            fuse(vec![row(1, 0.9), row(2, 0.8), row(3, 0.1)], vec![row(2, 0.8), row(4, 0.5), row(3, 0.1)], &params);
-        let ids: Vec<i64> = fused.iter().map(|s| s.chunk_id).collect();
-        // 2 is in both lists; 3 is below the similarity floor
-        assert_eq!(ids, vec![2, 1, 4]);
-        assert!(fused[0].score > fused[1].score);
-    }
 
     #[test]
     fn stop_words_are_left_out_of_the_text_query() {
