@@ -134,7 +134,6 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
     let upstream = fake_openai().await;
     let server = support::Server::start(&[
         ("DATABASE_URL", url.to_owned()),
-        ("DATABASE_MAX_CONNECTIONS", "40".to_owned()),
         ("JWT_SECRET", SECRET.to_owned()),
         ("EMBEDDING_PROVIDER", "openai".to_owned()),
         ("EMBEDDING_MODEL", "bench-embed".to_owned()),

@@ -285,7 +285,7 @@ impl Config {
             Some(other) => bail!("LOG_FORMAT must be `text` or `json`, not `{other}`"),
         };
 
-        let database_max_connections = parse_u64("DATABASE_MAX_CONNECTIONS", 20)?;
+        let database_max_connections = parse_u64("DATABASE_MAX_CONNECTIONS", 10)?;
         let database_max_connections = u32::try_from(database_max_connections)
             .ok()
             .filter(|n| *n > 0)
