@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, routing::post};
+use axum::{Router, routing::post};
 use docuchat::{
     auth::{
         email::Email,
@@ -46,36 +46,59 @@ fn unit() -> Vec<f32> {
     vec![(1.0 / DIMS as f32).sqrt(); DIMS]
 }
 
-/// Zero-latency OpenAI protocol: a constant embedding, and a 20-token streamed answer.
+/// Zero-latency OpenAI protocol: a constant embedding, and a 20-token streamed answer. The
+/// bodies are made once: this server shares the machine with the service, and the figure is meant
+/// to be the service's own cost.
 async fn fake_openai() -> std::net::SocketAddr {
-    async fn embeddings(Json(body): Json<Value>) -> Json<Value> {
-        let n = body["input"].as_array().map_or(1, Vec::len);
+    fn embeddings_body(n: usize) -> String {
         let data: Vec<Value> =
             (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": unit()})).collect();
-        Json(
-            json!({"object": "list", "model": body["model"], "data": data, "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
-        )
+        json!({"object": "list", "model": "bench-embed", "data": data, "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+            .to_string()
     }
-    async fn chat(Json(body): Json<Value>) -> axum::response::Response {
+    static ONE_EMBEDDING: std::sync::LazyLock<axum::body::Bytes> =
+        std::sync::LazyLock::new(|| embeddings_body(1).into());
+    static ANSWER: std::sync::LazyLock<axum::body::Bytes> = std::sync::LazyLock::new(|| {
         let mut out = String::new();
         for i in 0..20 {
-            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "bench-chat",
                 "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]});
             out.push_str(&format!("data: {chunk}\n\n"));
         }
-        let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"], "choices": [],
+        let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "bench-chat", "choices": [],
             "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}});
         out.push_str(&format!("data: {usage}\n\ndata: [DONE]\n\n"));
+        out.into()
+    });
+    fn response(content_type: &'static str, body: axum::body::Bytes) -> axum::response::Response {
         axum::response::Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(axum::body::Body::from(out))
-            .unwrap()
+            .header("content-type", content_type)
+            .body(axum::body::Body::from(body))
+            .expect("static response")
+    }
+    async fn embeddings(body: axum::body::Bytes) -> axum::response::Response {
+        // the service embeds one question at a time; anything else is answered in full
+        let n = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["input"].as_array().map(Vec::len));
+        match n {
+            None | Some(1) => response("application/json", ONE_EMBEDDING.clone()),
+            Some(n) => response("application/json", embeddings_body(n).into()),
+        }
+    }
+    async fn chat() -> axum::response::Response {
+        response("text/event-stream", ANSWER.clone())
     }
     let app = Router::new().route("/v1/embeddings", post(embeddings)).route("/v1/chat/completions", post(chat));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// A server frame's type (the rest of the frame is not read).
+#[derive(serde::Deserialize)]
+struct FrameType<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -179,11 +202,11 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
                     loop {
                         let Some(msg) = ws.next().await else { anyhow::bail!("closed") };
                         let Message::Text(t) = msg? else { continue };
-                        let v: Value = serde_json::from_str(t.as_str())?;
-                        match v["type"].as_str() {
-                            Some("token") if first.is_none() => first = Some(sent.elapsed()),
-                            Some("done") => break,
-                            Some("error") => anyhow::bail!("error frame {v}"),
+                        let kind: FrameType = serde_json::from_str(t.as_str())?;
+                        match kind.kind {
+                            "token" if first.is_none() => first = Some(sent.elapsed()),
+                            "done" => break,
+                            "error" => anyhow::bail!("error frame {}", t.as_str()),
                             _ => {}
                         }
                     }
