@@ -61,5 +61,31 @@ fn main() -> anyhow::Result<()> {
     embedder.embed_blocking(&chunks);
     let secs = t.elapsed().as_secs_f64();
     println!("{n} chunks of {pieces} word pieces in {secs:.2} s: {:.1} chunks/s ({threads} threads)", n as f64 / secs);
+
+    // a chat question is embedded on its own: what one costs before retrieval can start
+    let questions = [
+        "What are the standard and recommended packages supplied with R?",
+        "How do I install a package from a local file?",
+        "چگونه می‌توانم یک جدول در لاتک بسازم؟",
+        "Which options does the bzip2 command accept for the block size?",
+    ];
+    let mut ms = Vec::new();
+    for round in 0..50 {
+        for q in questions {
+            let t = Instant::now();
+            embedder.embed_blocking(&[q.to_owned()]);
+            if round > 0 {
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let pieces: Vec<usize> = questions.iter().map(|q| embedder.tokenizer().count(q)).collect();
+    println!(
+        "one question at a time ({:?} word pieces): p50 {:.2} ms, p99 {:.2} ms ({threads} threads)",
+        pieces,
+        ms[ms.len() / 2],
+        ms[(ms.len() * 99 / 100).min(ms.len() - 1)]
+    );
     Ok(())
 }
