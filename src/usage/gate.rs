@@ -8,7 +8,8 @@
 //! and every admission asks Postgres. A lookup that overlapped a notification is not remembered
 //! (a generation count). A quota set through this process is forgotten at once; one set through
 //! another process, within the notification's delivery (milliseconds), during which that
-//! tenant's questions may be admitted without a hold.
+//! tenant's questions may be admitted without a hold. Listening keeps one of the pool's
+//! connections; with a pool of fewer than four, nothing is remembered.
 
 use std::{
     collections::HashMap,
@@ -26,6 +27,8 @@ use super::quota::{self, Admission};
 use crate::error::ApiError;
 
 const CHANNEL: &str = "docuchat_quotas";
+/// The smallest pool that gives a connection to listening.
+const MIN_POOL_TO_LISTEN: u32 = 4;
 
 #[derive(Default)]
 struct Known {
@@ -65,7 +68,10 @@ impl QuotaGate {
     /// Whether the tenant has any quota.
     async fn has_quotas(self: &Arc<Self>, tenant: Uuid) -> Result<bool, sqlx::Error> {
         self.listener.call_once(|| {
-            tokio::spawn(listen(Arc::downgrade(self)));
+            // listening keeps one connection: not with a pool too small to spare it
+            if self.db.options().get_max_connections() >= MIN_POOL_TO_LISTEN {
+                tokio::spawn(listen(Arc::downgrade(self)));
+            }
         });
         let generation = {
             let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
