@@ -24,8 +24,10 @@ pub(super) struct Word {
 /// Lays out one page. Glyphs of other orientations are read after the upright ones.
 pub fn page_text(glyphs: &[Glyph]) -> String {
     let mut out = String::new();
+    // a hostile matrix can place a glyph at infinity: such glyphs have no place on the page
+    let placed = |g: &&Glyph| [g.x, g.y, g.width, g.size].iter().all(|v| v.is_finite() && v.abs() < 1e7);
     for quarter in 0..4u8 {
-        let words = words(glyphs.iter().filter(|g| g.quarter == quarter), quarter);
+        let words = words(glyphs.iter().filter(placed).filter(|g| g.quarter == quarter), quarter);
         if words.is_empty() {
             continue;
         }
@@ -369,6 +371,17 @@ mod tests {
         let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines[..3], ["Left heading", "alpha 0", "alpha 1"]);
         assert_eq!(lines[5..7], ["Right heading", "omega 0"]);
+    }
+
+    #[test]
+    fn glyphs_placed_at_infinity_are_left_out() {
+        let mut g = glyphs("Plain text here", 50.0, 700.0, 10.0);
+        for (x, y, size) in
+            [(f32::NAN, 700.0, 10.0), (60.0, f32::INFINITY, 10.0), (1e30, 1e30, 1e30), (70.0, 690.0, f32::NAN)]
+        {
+            g.push(Glyph { x, y, width: 5.0, size, quarter: 0, text: "x".into(), space: false });
+        }
+        assert_eq!(page_text(&g), "Plain text here");
     }
 
     #[test]
