@@ -360,17 +360,36 @@ mod tests {
 
     #[test]
     fn each_column_is_read_under_its_own_heading() {
+        // the right column's heading stands lower than the left one's: no grid, two columns
         let mut g = glyphs("Left heading", 50.0, 730.0, 10.0);
-        g.extend(glyphs("Right heading", 320.0, 730.0, 10.0));
-        for i in 0..4 {
+        for i in 0..6 {
             let y = 712.0 - 12.0 * i as f32;
             g.extend(glyphs(&format!("alpha {i}"), 50.0, y, 10.0));
-            g.extend(glyphs(&format!("omega {i}"), 320.0, y, 10.0));
+            if i > 1 {
+                g.extend(glyphs(&format!("omega {i}"), 320.0, y, 10.0));
+            }
         }
+        g.extend(glyphs("Right heading", 320.0, 700.0, 10.0));
         let text = page_text(&g);
         let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines[..3], ["Left heading", "alpha 0", "alpha 1"]);
-        assert_eq!(lines[5..7], ["Right heading", "omega 0"]);
+        assert_eq!(lines[7..9], ["Right heading", "omega 2"]);
+    }
+
+    #[test]
+    fn a_table_is_read_row_by_row() {
+        // symbols and their commands, three rows far enough apart to be blocks of their own
+        let rows = [("≤", "\\leq"), ("≥", "\\geq"), ("≠", "\\neq")];
+        let mut g = glyphs("Relations", 50.0, 760.0, 10.0);
+        for (i, (symbol, command)) in rows.iter().enumerate() {
+            let y = 730.0 - 20.0 * i as f32;
+            g.extend(glyphs(symbol, 60.0, y, 10.0));
+            g.extend(glyphs(command, 120.0, y, 10.0));
+        }
+        g.extend(glyphs("After the table.", 50.0, 650.0, 10.0));
+        let text = page_text(&g);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(words, ["Relations", "≤", "\\leq", "≥", "\\geq", "≠", "\\neq", "After", "the", "table."]);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! third block lies below the first and above the second. Each block is widened first to the
 //! blocks below it that it could head, up to its neighbours on either side, so a heading over a
 //! column is read before that column. Columns come out one after the other, a title over them
-//! first. This is the order poppler's `pdftotext` reads in, which the extraction is scored
-//! against (docs/BENCHMARKS.md).
+//! first. Blocks that line up in rows and columns (a block, its neighbours to the right and
+//! below, and the one diagonally between them) are cells of a table, read row by row, and the
+//! table is placed among the other blocks as a whole. This is the order poppler's `pdftotext`
+//! reads in, which the extraction is scored against (docs/BENCHMARKS.md).
 
 use super::layout::Word;
 
@@ -32,9 +34,13 @@ pub(super) struct Block {
     top: f32,
     bottom: f32,
     size: f32,
-    /// the box widened to the blocks below it that it could head
+    /// the box widened to the blocks below it that it could head (for a table's cell: the table)
     ex0: f32,
     ex1: f32,
+    /// the top that ordering compares: the block's own, or its table's
+    etop: f32,
+    /// the table the block is a cell of
+    table: Option<usize>,
 }
 
 /// A word's baseline, growing downwards.
@@ -53,6 +59,8 @@ impl Block {
             size: w.size,
             ex0: 0.0,
             ex1: 0.0,
+            etop: 0.0,
+            table: None,
         };
         b.add(w);
         b
@@ -214,6 +222,64 @@ impl Bits {
     }
 }
 
+/// Marks the cells of tables: a block, its nearest neighbours to the right and below, and the
+/// block below that neighbour and right of the other, lined up in both directions (centres,
+/// left or right edges within 0.7 em; centres, tops or bottoms within 0.5 em).
+fn find_tables(blocks: &mut [Block]) {
+    let n = blocks.len();
+    let mut tables = 0;
+    for i in 0..n {
+        let b1 = &blocks[i];
+        let (mut right, mut below, mut diagonal) = (None::<usize>, None::<usize>, None::<usize>);
+        let (mut right_x, mut below_y, mut diag_x, mut diag_y) = (f32::MAX, f32::MAX, f32::MAX, f32::MAX);
+        for (j, b) in blocks.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            if overlaps(b.top, b.bottom, b1.top, b1.bottom) && b.x0 > b1.x1 && b.x0 < right_x {
+                (right, right_x) = (Some(j), b.x0);
+            } else if overlaps(b.x0, b.x1, b1.x0, b1.x1) && b.top > b1.bottom && b.top < below_y {
+                (below, below_y) = (Some(j), b.top);
+            } else if b.x0 > b1.x1 && b.top > b1.bottom && b.x0 < diag_x && b.top < diag_y {
+                (diagonal, diag_x, diag_y) = (Some(j), b.x0, b.top);
+            }
+        }
+        let (Some(r), Some(d), Some(g)) = (right, below, diagonal) else { continue };
+        let (b2, b3, b4) = (&blocks[r], &blocks[d], &blocks[g]);
+        let x_overlap = |a: &Block, b: &Block| overlaps(a.x0, a.x1, b.x0, b.x1);
+        let y_overlap = |a: &Block, b: &Block| overlaps(a.top, a.bottom, b.top, b.bottom);
+        if x_overlap(b3, b4)
+            || y_overlap(b2, b4)
+            || x_overlap(b2, b3)
+            || y_overlap(b2, b3)
+            || !(x_overlap(b4, b2) && y_overlap(b4, b3))
+        {
+            continue;
+        }
+        let size = b1.size.min(b2.size).min(b3.size).min(b4.size);
+        let (dx, dy) = (0.7 * size, 0.5 * size);
+        let near = |a: f32, b: f32, d: f32| (a - b).abs() <= d;
+        let xc = |b: &Block| (b.x0 + b.x1) / 2.0;
+        let yc = |b: &Block| (b.top + b.bottom) / 2.0;
+        let columns = (near(xc(b1), xc(b3), dx) && near(xc(b2), xc(b4), dx))
+            || (near(b1.x0, b3.x0, dx) && near(b2.x0, b4.x0, dx))
+            || (near(b1.x1, b3.x1, dx) && near(b2.x1, b4.x1, dx));
+        let rows = (near(yc(b1), yc(b2), dy) && near(yc(b3), yc(b4), dy))
+            || (near(b1.top, b2.top, dy) && near(b3.top, b4.top, dy))
+            || (near(b1.bottom, b2.bottom, dy) && near(b3.bottom, b4.bottom, dy));
+        if !(columns && rows) {
+            continue;
+        }
+        let table = [i, r, d, g].iter().filter_map(|&k| blocks[k].table).max().unwrap_or_else(|| {
+            tables += 1;
+            tables - 1
+        });
+        for k in [i, r, d, g] {
+            blocks[k].table = Some(table);
+        }
+    }
+}
+
 /// Orders blocks for reading; `rtl` for a page whose text runs right to left.
 pub(super) fn order(mut blocks: Vec<Block>, rtl: bool) -> Vec<Block> {
     let n = blocks.len();
@@ -221,8 +287,13 @@ pub(super) fn order(mut blocks: Vec<Block>, rtl: bool) -> Vec<Block> {
         blocks.sort_by(|a, b| a.top.total_cmp(&b.top).then(a.x0.total_cmp(&b.x0)));
         return blocks;
     }
+    find_tables(&mut blocks);
     // widen each block to the blocks below it, up to its neighbours on either side
     for i in 0..n {
+        blocks[i].etop = blocks[i].top;
+        if blocks[i].table.is_some() {
+            continue;
+        }
         let (mut lo, mut hi) = (f32::MIN, f32::MAX);
         for (j, b) in blocks.iter().enumerate() {
             let a = &blocks[i];
@@ -248,11 +319,25 @@ pub(super) fn order(mut blocks: Vec<Block>, rtl: bool) -> Vec<Block> {
         }
         (blocks[i].ex0, blocks[i].ex1) = (ex0, ex1);
     }
+    // a table's cells compare with other blocks as the whole table
+    let tables = blocks.iter().filter_map(|b| b.table).max().map_or(0, |t| t + 1);
+    let mut envelopes = vec![(f32::MAX, f32::MIN, f32::MAX); tables];
+    for b in &blocks {
+        if let Some(t) = b.table {
+            let e = &mut envelopes[t];
+            *e = (e.0.min(b.x0), e.1.max(b.x1), e.2.min(b.top));
+        }
+    }
+    for b in blocks.iter_mut() {
+        if let Some(t) = b.table {
+            (b.ex0, b.ex1, b.etop) = envelopes[t];
+        }
+    }
     // above[a][b]: a overlaps b horizontally and is above it
     let mut above = Bits::new(n);
     for (a, ba) in blocks.iter().enumerate() {
         for (b, bb) in blocks.iter().enumerate() {
-            if overlaps(ba.ex0, ba.ex1, bb.ex0, bb.ex1) && ba.top < bb.top {
+            if overlaps(ba.ex0, ba.ex1, bb.ex0, bb.ex1) && ba.etop < bb.etop {
                 above.set(a, b);
             }
         }
@@ -262,6 +347,13 @@ pub(super) fn order(mut blocks: Vec<Block>, rtl: bool) -> Vec<Block> {
     // is block j read before block i? Above it, or beside it with nothing between (a block
     // below i and above j).
     let before = |j: usize, i: usize| {
+        let (bj, bi) = (&blocks[j], &blocks[i]);
+        if bj.table.is_some() && bj.table == bi.table {
+            // cells of one table: row by row, each row in reading direction
+            let same_row = overlaps(bj.top, bj.bottom, bi.top, bi.bottom);
+            let first_in_row = if rtl { bj.x0 >= bi.x1 } else { bj.x1 <= bi.x0 };
+            return (same_row && first_in_row) || bj.bottom <= bi.top;
+        }
         above.get(j, i)
             || (beside(&blocks[j], &blocks[i])
                 && !above.row(i).iter().zip(below.row(j)).any(|(under_i, over_j)| under_i & over_j != 0))
