@@ -116,11 +116,10 @@ impl QuotaGate {
     }
 
     fn set_live(&self, live: bool) {
-        // either way what was known may have missed a change
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.generation += 1;
-        known.tenants.clear();
+        // either way what was known may have missed a change; forgotten after the switch, so a
+        // lookup that raced it cannot leave an answer behind
         self.live.store(live, Ordering::Release);
+        self.forget();
     }
 }
 

@@ -121,11 +121,10 @@ fn median(mut v: Vec<f32>) -> f32 {
 }
 
 fn read_region(words: Vec<Word>) -> String {
+    let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
     if words.len() > order::MAX_BLOCK_WORDS {
-        let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
         return read_block(&words, rtl);
     }
-    let rtl = is_rtl(words.iter().map(|w| w.text.as_str()));
     let mut out = String::new();
     let mut prev: Option<Block> = None;
     for block in order::order(order::blocks(words), rtl) {
@@ -147,6 +146,12 @@ fn read_region(words: Vec<Word>) -> String {
 fn is_rtl_char(c: char) -> bool {
     matches!(c as u32, 0x0590..=0x08FF | 0xFB1D..=0xFDFF | 0xFE70..=0xFEFF)
         && !matches!(c as u32, 0x0660..=0x0669 | 0x06F0..=0x06F9)
+}
+
+/// A character's direction: right to left (`Some(true)`), a left-to-right letter or any digit
+/// (`Some(false)`), or neutral (spaces, punctuation: `None`).
+fn direction(c: char) -> Option<bool> {
+    if is_rtl_char(c) { Some(true) } else { c.is_alphanumeric().then_some(false) }
 }
 
 fn is_rtl<'s>(texts: impl Iterator<Item = &'s str>) -> bool {
@@ -225,18 +230,7 @@ fn line_text(line: &[Word], rtl_page: bool) -> String {
     // Split the visual string into runs of RTL and non-RTL characters (neutrals such as spaces
     // and punctuation go with the surrounding RTL text unless between two LTR letters).
     let chars: Vec<char> = visual.chars().collect();
-    let strong: Vec<Option<bool>> = chars
-        .iter()
-        .map(|c| {
-            if is_rtl_char(*c) {
-                Some(true)
-            } else if c.is_alphanumeric() {
-                Some(false)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let strong: Vec<Option<bool>> = chars.iter().map(|&c| direction(c)).collect();
     let mut kinds = vec![true; chars.len()];
     for i in 0..chars.len() {
         kinds[i] = match strong[i] {
@@ -280,8 +274,7 @@ fn embedded_rtl_in_logical_order(visual: &str) -> String {
         return visual.to_owned();
     }
     let chars: Vec<char> = visual.chars().collect();
-    let strong: Vec<Option<bool>> =
-        chars.iter().map(|c| if is_rtl_char(*c) { Some(true) } else { c.is_alphanumeric().then_some(false) }).collect();
+    let strong: Vec<Option<bool>> = chars.iter().map(|&c| direction(c)).collect();
     let mut out = String::with_capacity(visual.len());
     let mut i = 0;
     while i < chars.len() {
