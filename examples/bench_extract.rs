@@ -10,7 +10,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use docuchat::ingestion::{
     chunk::Chunker,
-    extract::{Limits, extract},
+    pdf::{Limits, extract},
 };
 
 fn main() {

@@ -20,7 +20,7 @@ use docuchat::{
     db,
     ingestion::{
         chunk::{Chunk, Chunker, SecondaryLimit},
-        extract::{Limits, extract},
+        pdf::{Limits, extract},
         store::{insert_chunks, insert_chunks_unnest},
     },
     tenants,
@@ -137,7 +137,7 @@ async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyho
     let vectors: Vec<Vec<f32>> = (0..insert_rows)
         .map(|i| {
             let mut v: Vec<f32> = (0..dims).map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5).collect();
-            docuchat::embed::normalize(&mut v);
+            docuchat::embed::to_unit_length(&mut v);
             v
         })
         .collect();

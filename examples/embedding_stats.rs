@@ -12,7 +12,7 @@ use docuchat::{
     embed::{local::LocalEmbedder, minilm::best_kernel},
     ingestion::{
         chunk::Chunker,
-        extract::{Limits, extract},
+        pdf::{Limits, extract},
     },
 };
 use vectors::{Model, Rng, Tenant, stats};

@@ -8,9 +8,9 @@
 
 use std::{collections::HashMap, path::Path, time::Instant};
 
-use docuchat::ingestion::{
-    extract::{Limits, extract},
-    normalize::for_comparison,
+use docuchat::{
+    ingestion::pdf::{Limits, extract},
+    text::for_comparison,
 };
 
 /// Length of the longest common subsequence of `a` and `b` (bit-parallel, Hyyrö 2004).

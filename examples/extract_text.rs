@@ -8,8 +8,8 @@ fn main() {
         std::process::exit(2);
     };
     let bytes = std::fs::read(&path).expect("read the file");
-    let limits = docuchat::ingestion::extract::Limits { max_pages: 100_000, ..Default::default() };
-    match docuchat::ingestion::extract::extract(&bytes, &limits, |_| {}) {
+    let limits = docuchat::ingestion::pdf::Limits { max_pages: 100_000, ..Default::default() };
+    match docuchat::ingestion::pdf::extract(&bytes, &limits, |_| {}) {
         Ok(pages) => {
             for p in pages {
                 println!("=== page {} ===\n{}", p.number, p.text);

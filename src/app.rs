@@ -4,20 +4,20 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
     chat::record::Recorder,
     config::Config,
     db, embed, http,
-    ingestion::worker::{Pipeline, ShutdownFlag},
-    llm::{self, ChatModel, offline},
+    ingestion::{pipeline::Pipeline, worker::Workers},
+    llm::Models,
     ratelimit::Limiter,
     redis::Redis,
     tenants,
@@ -35,13 +35,14 @@ pub struct AppState {
     pub mailer: Mailer,
     pub limits: Arc<Limiter>,
     pub tenants: Arc<tenants::TenantCache>,
+    /// The chat models and the allow-list.
+    pub models: Arc<Models>,
     /// Which tenants have quotas (admission without a round trip for those without).
     pub quotas: Arc<QuotaGate>,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
     embedder: Arc<OnceLock<Result<Arc<dyn embed::Embedder>, String>>>,
-    chat: Arc<OnceLock<Result<Arc<dyn ChatModel>, String>>>,
     /// Writes answers, started on first use.
     recorder: Arc<OnceLock<Recorder>>,
 }
@@ -62,8 +63,10 @@ impl AppState {
         let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
+        let config = Arc::new(config);
         Ok(Self {
-            config: Arc::new(config),
+            models: Arc::new(Models::new(config.clone())),
+            config,
             quotas: QuotaGate::new(db.clone()),
             db,
             redis,
@@ -74,7 +77,6 @@ impl AppState {
             tenants: Arc::new(tenants::TenantCache::default()),
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
-            chat: Arc::new(OnceLock::new()),
             recorder: Arc::new(OnceLock::new()),
         })
     }
@@ -92,74 +94,11 @@ impl AppState {
             .map_err(anyhow::Error::msg)
     }
 
-    /// The chat model for a question and the model name to ask for: a client may name one from
-    /// the allow-list. Without `OPENAI_API_KEY`, answers are extractive (offline).
-    pub fn chat_model(&self, requested: Option<&str>) -> Result<(Arc<dyn ChatModel>, String), ModelError> {
-        if let Some(name) = requested
-            && name != offline::NAME
-            && !self.config.chat_models_allowed.iter().any(|m| m == name)
-        {
-            return Err(ModelError::NotAllowed(name.to_owned()));
-        }
-        if self.config.openai_api_key.is_none() || requested == Some(offline::NAME) {
-            return Ok((Arc::new(offline::OfflineModel), offline::NAME.to_owned()));
-        }
-        let model = self
-            .chat
-            .get_or_init(|| {
-                llm::openai::OpenAiChat::from_config(&self.config)
-                    .map(|m| Arc::new(m) as Arc<dyn ChatModel>)
-                    .map_err(|e| format!("{e:#}"))
-            })
-            .clone()
-            .map_err(ModelError::Unavailable)?;
-        Ok((model, requested.unwrap_or(&self.config.chat_model).to_owned()))
-    }
-
-    /// The ingestion pipeline with the configured embedder.
-    pub fn pipeline(&self) -> anyhow::Result<Arc<Pipeline>> {
-        let embedder = self.embedder()?;
-        Ok(Arc::new(Pipeline {
-            db: self.db.clone(),
-            embedder,
-            config: self.config.ingestion.clone(),
-            wakeup: self.ingest_wakeup.clone(),
-        }))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("the model `{0}` is not allowed here")]
-    NotAllowed(String),
-    #[error("the chat model is not available")]
-    Unavailable(String),
-}
-
-impl ModelError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            ModelError::NotAllowed(_) => "model_not_allowed",
-            ModelError::Unavailable(_) => "upstream_unavailable",
-        }
-    }
-}
-
-/// Runs `workers` ingestion workers until `shutdown` resolves, then lets them finish their job.
-pub async fn run_workers(pipeline: Arc<Pipeline>, workers: usize, shutdown: impl Future<Output = ()>) {
-    let flag = Arc::new(ShutdownFlag::default());
-    let handles = pipeline.spawn_workers(workers, flag.clone());
-    shutdown.await;
-    flag.trigger();
-    let all = futures_join(handles);
-    if tokio::time::timeout(Duration::from_secs(30), all).await.is_err() {
-        tracing::warn!("ingestion workers did not stop within 30 s; their jobs will be taken again after the lease");
-    }
-}
-
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
+    /// The ingestion workers, with the pipeline of the configured embedder.
+    pub fn workers(&self) -> anyhow::Result<Arc<Workers>> {
+        let pipeline =
+            Pipeline { db: self.db.clone(), embedder: self.embedder()?, config: self.config.ingestion.clone() };
+        Ok(Workers::new(pipeline, self.ingest_wakeup.clone()))
     }
 }
 
@@ -171,37 +110,26 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mailer = state.mailer.describe(), "DocuChat listening");
-    // one shutdown signal for the server and the in-process workers
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let workers = match (state.config.ingestion.workers, state.pipeline()) {
+    // the in-process workers stop once the server has
+    let stop_workers = CancellationToken::new();
+    let workers = match (state.config.ingestion.workers, state.workers()) {
         (0, _) => None,
-        (n, Ok(pipeline)) => {
-            let mut rx = rx.clone();
-            Some(tokio::spawn(run_workers(pipeline, n, async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })))
-        }
+        (n, Ok(workers)) => Some(tokio::spawn(workers.run(n, stop_workers.clone()))),
         (_, Err(e)) => {
             tracing::warn!("ingestion is off in this process: {e:#}");
             None
         }
     };
     let app = http::router(state);
-    let mut server_rx = rx;
     // no Nagle delay on small writes (streamed tokens, WebSocket frames)
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => {}
-                _ = server_rx.wait_for(|stop| *stop) => {}
-            }
-        })
+        .with_graceful_shutdown(shutdown)
         .await
         .context("server error");
-    let _ = tx.send(true);
+    stop_workers.cancel();
     if let Some(w) = workers {
         let _ = w.await;
     }

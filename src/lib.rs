@@ -18,6 +18,7 @@ pub mod redis;
 pub mod retrieval;
 pub mod telemetry;
 pub mod tenants;
+pub mod text;
 pub mod usage;
 
 /// Selects ring as the process-wide TLS crypto provider (once; later calls do nothing).

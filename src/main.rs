@@ -139,9 +139,15 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Worker { concurrency } => {
             let n = concurrency.unwrap_or(config.ingestion.workers).max(1);
             let state = AppState::connect(config).await?;
-            let pipeline = state.pipeline()?;
+            let workers = state.workers()?;
             tracing::info!(workers = n, "ingestion workers starting");
-            app::run_workers(pipeline, n, app::shutdown_signal()).await;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signal = stop.clone();
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                signal.cancel();
+            });
+            workers.run(n, stop).await;
             Ok(())
         }
         Command::Reindex { tenant } => {

@@ -295,6 +295,22 @@ async fn embedding_server_errors_are_retried(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn an_embedding_request_that_cannot_succeed_fails_the_document_at_once(db: PgPool) {
+    let s = setup(db).await;
+    s.embeddings.control.reject_next.store(1, Ordering::SeqCst);
+    let id = upload_ok(&s, "two-column.pdf").await;
+    let outcomes = s.app.drain().await;
+    assert_eq!(outcomes, vec![(id, Outcome::Failed { code: "embedding_failed" })]);
+    // no second attempt, neither by the embedder's client nor by the queue
+    assert_eq!(s.embeddings.control.requests.load(Ordering::SeqCst), 1);
+    let doc = document(&s, id).await;
+    assert_eq!(doc["status"], "failed");
+    assert_eq!(doc["error"]["code"], "embedding_failed");
+    let jobs: i64 = sqlx::query_scalar("select count(*) from ingestion_jobs").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(jobs, 0);
+}
+
+#[sqlx::test]
 async fn documents_are_listed_newest_first_and_paginated(db: PgPool) {
     let s = setup(db).await;
     let a = upload_ok(&s, "english-2page.pdf").await;

@@ -35,7 +35,7 @@ impl Rng {
 }
 
 pub fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    docuchat::embed::normalize(&mut v);
+    docuchat::embed::to_unit_length(&mut v);
     v
 }
 

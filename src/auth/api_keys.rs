@@ -22,7 +22,7 @@ use super::CurrentUser;
 use crate::{
     app::AppState,
     error::{ApiError, ApiResult},
-    http::extract::AppJson,
+    http::extractors::AppJson,
 };
 
 /// Every key starts with this, so a leaked one is easy to recognise (and scan for).
@@ -83,7 +83,7 @@ fn hash(secret: &str) -> [u8; 32] {
 /// Finds the tenant's live key for a presented secret. A revoked key, another tenant's key and an
 /// unknown one are all refused the same way.
 pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> Result<KeyCaller, ApiError> {
-    let invalid = || super::unauthorized("invalid_api_key", "the API key is not valid");
+    let invalid = || super::extractors::unauthorized("invalid_api_key", "the API key is not valid");
     if secret.len() != KEY_PREFIX.len() + 64 {
         return Err(invalid());
     }
@@ -101,7 +101,7 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
         return Err(invalid());
     }
     if revoked {
-        return Err(super::unauthorized("api_key_revoked", "the API key has been revoked"));
+        return Err(super::extractors::unauthorized("api_key_revoked", "the API key has been revoked"));
     }
     if stale {
         // the last-used stamp is written at most once a minute per key, off the request's path

@@ -14,7 +14,7 @@ use super::{CurrentUser, email::Email, jwt::Role, users};
 use crate::{
     app::AppState,
     error::{ApiError, ApiResult},
-    http::extract::{AppJson, ClientIp},
+    http::extractors::{AppJson, ClientIp},
     tenants::TenantCtx,
 };
 

@@ -1,8 +1,8 @@
 //! Saving answers: the message, its session (when new), its ledger rows and the release of its
 //! quota hold, written together.
 //!
-//! Answers that end at about the same time are written in one statement — one transaction, one
-//! commit, one run of the ledger's rollup trigger for all of them — by a few writer tasks that
+//! Answers that end at about the same time are written together — one transaction, one commit,
+//! one run of the ledger's rollup trigger for all of them — by a few writer tasks that
 //! each take whatever has queued up while the previous write ran. A lone answer is written at
 //! once; under load the batches grow by themselves, with no timer. If a batch fails (a session
 //! deleted while its answer ran), its answers are written one by one, so one failure fails only
@@ -14,7 +14,9 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-/// Most answers written in one statement.
+use crate::usage::ledger::{self, AnswerCharge};
+
+/// Most answers written together.
 const MAX_BATCH: usize = 64;
 /// Statements in flight at once.
 const WRITERS: usize = 4;
@@ -105,68 +107,26 @@ async fn write(db: &PgPool, batch: Vec<Job>) {
     }
 }
 
-/// Writes answers in one statement: new sessions, the messages, their ledger rows (the
-/// embedding of the question, the prompt and the completion; rows of zero tokens are left
-/// out), the release of their holds, and the time of the sessions they continue.
+/// Writes answers in one transaction of two statements: new sessions, the messages and the time
+/// of the sessions they continue; then their ledger rows (the embedding of the question, the
+/// prompt and the completion), which settle their holds.
 pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
-    macro_rules! column {
-        ($f:expr) => {
-            records.iter().map($f).collect::<Vec<_>>()
-        };
-    }
-    sqlx::query(
-        "with input as (
-             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-                                  $7::text[], $8::jsonb[], $9::text[], $10::int[], $11::int[], $12::text[],
-                                  $13::text[], $14::text[], $15::bigint[], $16::uuid[])
-                 as t(id, tenant_id, user_id, session_id, title, question, answer, sources, model,
-                      prompt_tokens, completion_tokens, status, error_code, embedding_model,
-                      embedding_tokens, hold)
-         ),
-         s as (
-             insert into chat_sessions (id, tenant_id, user_id, title)
-             select session_id, tenant_id, user_id, title from input where title is not null
-             on conflict (id) do nothing
-         ),
-         m as (
-             insert into messages (id, tenant_id, session_id, question, answer, sources, model, prompt_tokens,
-                                   completion_tokens, status, error_code)
-             select id, tenant_id, session_id, question, answer, sources, model, prompt_tokens,
-                    completion_tokens, status, error_code
-               from input
-         ),
-         u as (
-             insert into usage_events (tenant_id, user_id, kind, model, tokens, message_id)
-             select i.tenant_id, i.user_id, k.kind, k.model, k.tokens, i.id
-               from input i
-              cross join lateral (values ('embedding', i.embedding_model, i.embedding_tokens),
-                                         ('prompt', i.model, i.prompt_tokens::bigint),
-                                         ('completion', i.model, i.completion_tokens::bigint))
-                    as k(kind, model, tokens)
-              where k.tokens > 0
-         ),
-         h as (delete from quota_holds where id in (select hold from input where hold is not null))
-         update chat_sessions c set updated_at = now()
-           from (select distinct tenant_id, session_id from input where title is null) i
-          where c.tenant_id = i.tenant_id and c.id = i.session_id",
-    )
-    .bind(column!(|r| r.message_id))
-    .bind(column!(|r| r.tenant))
-    .bind(column!(|r| r.user))
-    .bind(column!(|r| r.session))
-    .bind(column!(|r| r.title.clone()))
-    .bind(column!(|r| r.question.clone()))
-    .bind(column!(|r| r.answer.clone()))
-    .bind(column!(|r| r.sources.clone()))
-    .bind(column!(|r| r.model.clone()))
-    .bind(column!(|r| r.prompt_tokens))
-    .bind(column!(|r| r.completion_tokens))
-    .bind(column!(|r| r.status))
-    .bind(column!(|r| r.error_code))
-    .bind(column!(|r| r.embedding_model.clone()))
-    .bind(column!(|r| r.embedding_tokens))
-    .bind(column!(|r| r.hold))
-    .execute(db)
-    .await?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    super::store::insert_messages(&mut tx, records).await?;
+    let charges: Vec<AnswerCharge<'_>> = records
+        .iter()
+        .map(|r| AnswerCharge {
+            tenant: r.tenant,
+            user: r.user,
+            message: r.message_id,
+            embedding_model: &r.embedding_model,
+            embedding_tokens: r.embedding_tokens,
+            model: &r.model,
+            prompt_tokens: i64::from(r.prompt_tokens),
+            completion_tokens: i64::from(r.completion_tokens),
+            hold: r.hold,
+        })
+        .collect();
+    ledger::charge_answers(&mut tx, &charges).await?;
+    tx.commit().await
 }

@@ -1,13 +1,29 @@
-//! Documents: the rows, their original bytes, and the queue job created with them.
+//! Documents: the rows, their original bytes, and their status. This module is the only one that
+//! writes `documents` and `document_files`; the ingestion worker moves a document through its
+//! states with the functions of [`lifecycle`].
 
+pub mod lifecycle;
 pub mod routes;
-pub mod upload;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgExecutor, Postgres, Transaction};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
+
+use crate::ingestion::queue;
+
+/// Where a document is in the pipeline. `queued` → `processing` → `ready` | `failed`; a document
+/// may go back to `queued` (a retry, a quota wait, a re-upload of a failed file, a reindex).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum DocumentStatus {
+    Queued,
+    Processing,
+    Ready,
+    Failed,
+}
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Document {
@@ -18,7 +34,7 @@ pub struct Document {
     pub bytes: i64,
     pub pages_total: i32,
     pub pages_done: i32,
-    pub status: String,
+    pub status: DocumentStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub chunk_count: i32,
@@ -38,7 +54,7 @@ macro_rules! columns {
 pub struct DocumentView {
     pub id: Uuid,
     pub filename: String,
-    pub status: String,
+    pub status: DocumentStatus,
     pub progress: Value,
     pub pages_total: i32,
     pub chunk_count: i32,
@@ -81,12 +97,10 @@ pub struct NewDocument<'a> {
     pub max_attempts: i32,
 }
 
-/// Stores a document, its bytes and its job in one transaction. When the tenant already has
-/// these bytes, returns the existing document instead (`false`); a failed one is queued again.
-pub async fn create_with_job(
-    tx: &mut Transaction<'_, Postgres>,
-    new: NewDocument<'_>,
-) -> Result<(Document, bool), sqlx::Error> {
+/// Stores a document, its bytes and its job in one transaction (the caller's). When the tenant
+/// already has these bytes, returns the existing document instead (`false`); a failed one is
+/// queued again.
+pub async fn create_with_job(conn: &mut PgConnection, new: NewDocument<'_>) -> Result<(Document, bool), sqlx::Error> {
     let id = Uuid::now_v7();
     let inserted: Option<Document> = sqlx::query_as(concat!(
         "insert into documents (id, tenant_id, uploaded_by, filename, sha256, bytes, pages_total, uploaded_by_key)
@@ -103,7 +117,7 @@ pub async fn create_with_job(
     .bind(new.data.len() as i64)
     .bind(new.pages)
     .bind(new.uploaded_by_key)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
 
     if let Some(doc) = inserted {
@@ -111,9 +125,9 @@ pub async fn create_with_job(
             .bind(doc.id)
             .bind(doc.tenant_id)
             .bind(new.data)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
-        enqueue(tx, doc.tenant_id, doc.id, new.max_attempts).await?;
+        queue::enqueue(conn, doc.tenant_id, doc.id, new.max_attempts).await?;
         return Ok((doc, true));
     }
 
@@ -124,43 +138,24 @@ pub async fn create_with_job(
     ))
     .bind(new.tenant_id)
     .bind(new.sha256)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
-    if existing.status == "failed" {
+    if existing.status == DocumentStatus::Failed {
         // uploading the same file again is asking to try again
         let requeued: Document = sqlx::query_as(concat!(
             "update documents set status = 'queued', error_code = null, error_message = null, pages_done = 0,
                  updated_at = now()
-             where id = $1 returning ",
+             where tenant_id = $1 and id = $2 returning ",
             columns!()
         ))
+        .bind(existing.tenant_id)
         .bind(existing.id)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
-        enqueue(tx, requeued.tenant_id, requeued.id, new.max_attempts).await?;
+        queue::enqueue(conn, requeued.tenant_id, requeued.id, new.max_attempts).await?;
         return Ok((requeued, false));
     }
     Ok((existing, false))
-}
-
-async fn enqueue(
-    db: &mut sqlx::PgConnection,
-    tenant_id: Uuid,
-    document_id: Uuid,
-    max_attempts: i32,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into ingestion_jobs (document_id, tenant_id, max_attempts) values ($1, $2, $3)
-         on conflict (document_id) do update
-             set attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null",
-    )
-    .bind(document_id)
-    .bind(tenant_id)
-    .bind(max_attempts)
-    .execute(&mut *db)
-    .await?;
-    // wake idle workers at once (they poll anyway)
-    sqlx::query("select pg_notify('docuchat_ingest', '')").execute(db).await.map(|_| ())
 }
 
 pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
@@ -209,6 +204,7 @@ pub async fn requeue_for_model(
     max_attempts: i32,
 ) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
+    // every tenant's documents when no tenant is named: an operator's command, not a request
     let ids: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "update documents set status = 'queued', updated_at = now()
           where ($2::uuid is null or tenant_id = $2)
@@ -221,7 +217,7 @@ pub async fn requeue_for_model(
     .fetch_all(&mut *tx)
     .await?;
     for (tenant_id, id) in &ids {
-        enqueue(&mut tx, *tenant_id, *id, max_attempts).await?;
+        queue::enqueue(&mut tx, *tenant_id, *id, max_attempts).await?;
     }
     tx.commit().await?;
     Ok(ids.len() as u64)

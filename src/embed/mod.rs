@@ -62,7 +62,7 @@ pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
 }
 
 /// Scales a vector to unit length (cosine similarity becomes a dot product).
-pub fn normalize(v: &mut [f32]) {
+pub fn to_unit_length(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);

@@ -1,7 +1,7 @@
 //! The HTTP surface: one router per module, merged here, and the middleware every request
 //! passes through (request id, tracing span, CORS, body limit, panic guard).
 
-pub mod extract;
+pub mod extractors;
 pub mod health;
 
 use std::{any::Any, time::Duration};
@@ -34,7 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::api_keys::router())
         .merge(usage::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
-        .merge(chat::router())
+        .merge(chat::routes::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_json_bytes))

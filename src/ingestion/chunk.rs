@@ -9,7 +9,7 @@
 
 use tiktoken_rs::{CoreBPE, o200k_base_singleton};
 
-use super::extract::PageText;
+use super::pdf::PageText;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {

@@ -1,9 +1,10 @@
-//! The ingestion pipeline: extract → normalise → chunk → embed → store, driven by a job queue
-//! that lives in Postgres.
+//! Ingestion: a job queue in Postgres ([`queue`]), the worker runtime that runs it ([`worker`]),
+//! and the pipeline each job goes through ([`pipeline`]): PDF text ([`pdf`]) → chunks
+//! ([`chunk`]) → embeddings → stored chunks ([`store`]).
 
 pub mod chunk;
-pub mod extract;
-pub mod normalize;
+pub mod pdf;
+pub mod pipeline;
 pub mod queue;
 pub mod store;
 pub mod worker;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -19,6 +19,27 @@ pub struct Job {
 
 fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
+}
+
+/// Queues a document's job (again: a job that exists starts over with no attempts used) and
+/// wakes idle workers of every process at once (they poll anyway).
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    max_attempts: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into ingestion_jobs (document_id, tenant_id, max_attempts) values ($1, $2, $3)
+         on conflict (document_id) do update
+             set attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null",
+    )
+    .bind(document_id)
+    .bind(tenant_id)
+    .bind(max_attempts)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("select pg_notify('docuchat_ingest', '')").execute(conn).await.map(|_| ())
 }
 
 /// Claims the next due job (or one whose lease expired) for `worker`.
@@ -85,6 +106,39 @@ pub async fn retry_later(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Releases the job to run again after `delay` without using up an attempt (it waits for
+/// something that is not the document's fault, such as a quota's reset).
+pub async fn postpone(
+    db: impl PgExecutor<'_>,
+    job: i64,
+    worker: &str,
+    delay: Duration,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update ingestion_jobs
+            set locked_by = null, locked_until = null, run_at = now() + $3::interval, last_error = $4,
+                attempts = greatest(attempts - 1, 0)
+          where id = $1 and locked_by = $2",
+    )
+    .bind(job)
+    .bind(worker)
+    .bind(interval(delay))
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The error the job's last attempt ended with.
+pub async fn last_error(db: impl PgExecutor<'_>, job: i64) -> Result<Option<String>, sqlx::Error> {
+    Ok(sqlx::query_scalar("select last_error from ingestion_jobs where id = $1")
+        .bind(job)
+        .fetch_optional(db)
+        .await?
+        .flatten())
 }
 
 /// Backoff before the next attempt: 5 s, 10 s, 20 s, … capped at 10 minutes.

@@ -1,6 +1,6 @@
-//! Writing chunks, inside the caller's transaction: binary `COPY` (the default: the rows are
-//! encoded here, Postgres parses nothing), or `UNNEST` batches of 500 rows (one statement each).
-//! `bench_ingest` measures both.
+//! Writing chunks, inside the caller's transaction (the only writer of `chunks`; retrieval reads
+//! them): binary `COPY` (the default: the rows are encoded here, Postgres parses nothing), or
+//! `UNNEST` batches of 500 rows (one statement each). `bench_ingest` measures both.
 
 use pgvector::Vector;
 use sqlx::PgConnection;
@@ -9,6 +9,16 @@ use uuid::Uuid;
 use super::chunk::Chunk;
 
 const BATCH: usize = 500;
+
+/// Deletes a document's chunks (before its new ones are written).
+pub async fn delete_chunks(conn: &mut PgConnection, tenant_id: Uuid, document_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from chunks where tenant_id = $1 and document_id = $2")
+        .bind(tenant_id)
+        .bind(document_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// Writes the chunks of one document with their vectors (binary `COPY`).
 pub async fn insert_chunks(

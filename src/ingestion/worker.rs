@@ -1,6 +1,11 @@
-//! Ingestion workers: claim a job, extract, chunk, embed, store, in that order. Running a job
-//! twice never duplicates chunks: the chunks, the ledger row and the `ready` status are written
-//! in one transaction that also removes the job, and only if the job is still this worker's.
+//! The worker runtime: claims jobs from the queue, keeps their leases, publishes progress, wakes
+//! on notifications and stops on a cancellation token. What a job does is the
+//! [`Pipeline`]'s; this module decides what becomes of a job when it ends (stored, failed,
+//! retried later, or waiting for a quota).
+//!
+//! Running a job twice never duplicates chunks: the chunks, the ledger row and the `ready` status
+//! are written in one transaction that also removes the job, and only if the job is still this
+//! worker's.
 
 use std::{
     sync::{
@@ -10,23 +15,20 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::join_all;
 use sqlx::PgPool;
 use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    chunk::{Chunk, Chunker, SecondaryLimit},
-    extract::{self, ExtractError, Limits},
+    pipeline::{JobError, Pipeline},
     queue::{self, Job},
 };
-use crate::{config::IngestionConfig, embed::Embedder, usage::quota};
-
-pub struct Pipeline {
-    pub db: PgPool,
-    pub embedder: Arc<dyn Embedder>,
-    pub config: IngestionConfig,
-    pub wakeup: Arc<Notify>,
-}
+use crate::{
+    documents::lifecycle::{self, Uploader},
+    usage::quota,
+};
 
 /// How a job ended, for logs and tests.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,15 +45,44 @@ pub enum Outcome {
 }
 
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long a stopping process waits for the jobs in progress.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
-impl Pipeline {
-    /// Starts `n` workers that run until `shutdown` is notified (they finish their current job).
-    pub fn spawn_workers(self: &Arc<Self>, n: usize, shutdown: Arc<ShutdownFlag>) -> Vec<JoinHandle<()>> {
+pub struct Workers {
+    pipeline: Pipeline,
+    /// notified when a job is enqueued by this process or (through `LISTEN`) by any other
+    wakeup: Arc<Notify>,
+}
+
+impl Workers {
+    pub fn new(pipeline: Pipeline, wakeup: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Self { pipeline, wakeup })
+    }
+
+    fn db(&self) -> &PgPool {
+        &self.pipeline.db
+    }
+
+    /// Runs `n` workers until `shutdown` is cancelled, then waits for their jobs to finish (a
+    /// job still running after the grace period is taken again when its lease runs out).
+    pub async fn run(self: Arc<Self>, n: usize, shutdown: CancellationToken) {
+        let handles = self.spawn(n, shutdown.clone());
+        shutdown.cancelled().await;
+        if tokio::time::timeout(STOP_GRACE, join_all(handles)).await.is_err() {
+            tracing::warn!(
+                "ingestion workers did not stop within {STOP_GRACE:?}; their jobs will be taken again after the lease"
+            );
+        }
+    }
+
+    /// Starts `n` workers (and the listener that wakes them) that run until `shutdown` is
+    /// cancelled; each finishes its current job first.
+    pub fn spawn(self: &Arc<Self>, n: usize, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         let mut handles = Vec::new();
         if n == 0 {
             return handles;
         }
-        handles.push(tokio::spawn(listen(self.db.clone(), self.wakeup.clone(), shutdown.clone())));
+        handles.push(tokio::spawn(listen(self.db().clone(), self.wakeup.clone(), shutdown.clone())));
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         for i in 0..n {
             let me = self.clone();
@@ -62,10 +93,10 @@ impl Pipeline {
         handles
     }
 
-    async fn worker_loop(self: Arc<Self>, name: String, shutdown: Arc<ShutdownFlag>) {
+    async fn worker_loop(self: Arc<Self>, name: String, shutdown: CancellationToken) {
         tracing::info!(worker = %name, "ingestion worker started");
-        while !shutdown.is_set() {
-            match queue::claim(&self.db, &name, self.config.lease).await {
+        while !shutdown.is_cancelled() {
+            match queue::claim(self.db(), &name, self.pipeline.config.lease).await {
                 Ok(Some(job)) => {
                     let outcome = self.run_job(&job, &name).await;
                     tracing::info!(worker = %name, document_id = %job.document_id, attempt = job.attempts, ?outcome, "ingestion job done");
@@ -74,7 +105,7 @@ impl Pipeline {
                     tokio::select! {
                         () = self.wakeup.notified() => {}
                         () = tokio::time::sleep(IDLE_POLL) => {}
-                        () = shutdown.wait() => {}
+                        () = shutdown.cancelled() => {}
                     }
                 }
                 Err(e) => {
@@ -89,7 +120,7 @@ impl Pipeline {
     /// Runs every due job in this task until the queue is empty (tests and `reindex`).
     pub async fn drain(&self, name: &str) -> Result<Vec<(Uuid, Outcome)>, sqlx::Error> {
         let mut done = Vec::new();
-        while let Some(job) = queue::claim(&self.db, name, self.config.lease).await? {
+        while let Some(job) = queue::claim(self.db(), name, self.pipeline.config.lease).await? {
             let outcome = self.run_job(&job, name).await;
             done.push((job.document_id, outcome));
         }
@@ -103,19 +134,16 @@ impl Pipeline {
                 // database trouble: try again later
                 let delay = queue::backoff(job.attempts);
                 tracing::warn!(document_id = %job.document_id, error = %e, "ingestion failed, retrying in {delay:?}");
-                let _ = queue::retry_later(&self.db, job.id, worker, delay, &e.to_string()).await;
+                let _ = queue::retry_later(self.db(), job.id, worker, delay, &e.to_string()).await;
                 Outcome::Retry
             }
         }
     }
 
     async fn try_run(&self, job: &Job, worker: &str) -> Result<Outcome, sqlx::Error> {
+        let db = self.db();
         if job.attempts > job.max_attempts {
-            let last: Option<String> = sqlx::query_scalar("select last_error from ingestion_jobs where id = $1")
-                .bind(job.id)
-                .fetch_optional(&self.db)
-                .await?
-                .flatten();
+            let last = queue::last_error(db, job.id).await?;
             let message = format!(
                 "ingestion failed after {} attempts{}",
                 job.max_attempts,
@@ -123,25 +151,14 @@ impl Pipeline {
             );
             return self.fail(job, worker, "ingestion_failed", &message).await;
         }
-        let updated = sqlx::query(
-            "update documents set status = 'processing', pages_done = 0, updated_at = now()
-              where tenant_id = $1 and id = $2",
-        )
-        .bind(job.tenant_id)
-        .bind(job.document_id)
-        .execute(&self.db)
-        .await?;
-        let row: Option<(Vec<u8>, Option<Uuid>)> = sqlx::query_as(
-            "select f.data, d.uploaded_by from document_files f join documents d on d.id = f.document_id
-              where f.tenant_id = $1 and f.document_id = $2",
-        )
-        .bind(job.tenant_id)
-        .bind(job.document_id)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some((data, uploader)) = row.filter(|_| updated.rows_affected() == 1) else {
+        let upload = if lifecycle::start_processing(db, job.tenant_id, job.document_id).await? {
+            lifecycle::upload(db, job.tenant_id, job.document_id).await?
+        } else {
+            None
+        };
+        let Some(upload) = upload else {
             // the document was deleted
-            queue::finish(&self.db, job.id, worker).await?;
+            queue::finish(db, job.id, worker).await?;
             return Ok(Outcome::Lost);
         };
 
@@ -149,205 +166,77 @@ impl Pipeline {
         let progress = Arc::new(AtomicUsize::new(0));
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
-            self.db.clone(),
+            db.clone(),
             job.clone(),
             worker.to_owned(),
-            self.config.lease,
+            self.pipeline.config.lease,
             progress.clone(),
             lost.clone(),
         ));
-        let result = self.process(job, uploader, data, progress).await;
+        let by = upload.by;
+        let result = self.pipeline.prepare(job, upload.data, by, progress).await;
         heartbeat.abort();
         if lost.load(Ordering::SeqCst) {
-            if let Ok(Embedded { hold: Some(hold), .. }) = &result {
-                quota::release(&self.db, *hold).await?;
+            if let Ok(embedded) = &result
+                && let Some(hold) = embedded.hold
+            {
+                quota::release(db, hold).await?;
             }
             return Ok(Outcome::Lost);
         }
 
         match result {
-            Ok(embedded) => self.store(job, worker, embedded).await,
-            Err(JobError::Extract(e)) => self.fail(job, worker, e.code(), &e.to_string()).await,
+            Ok(embedded) => self.store(job, worker, by, embedded).await,
             Err(JobError::Database(e)) => Err(e),
             Err(JobError::Quota(exceeded)) => {
                 // not the document's fault: it waits, queued, until the quota resets
                 let message = format!("waiting for the token quota: {}", exceeded.message());
                 tracing::info!(document_id = %job.document_id, "{message}");
-                queue::retry_later(&self.db, job.id, worker, exceeded.retry_after(), &message).await?;
-                sqlx::query("update ingestion_jobs set attempts = greatest(attempts - 1, 0) where id = $1")
-                    .bind(job.id)
-                    .execute(&self.db)
-                    .await?;
-                sqlx::query(
-                    "update documents set status = 'queued', error_code = 'quota_exceeded', error_message = $3,
-                            updated_at = now()
-                      where tenant_id = $1 and id = $2",
-                )
-                .bind(job.tenant_id)
-                .bind(job.document_id)
-                .bind(&message)
-                .execute(&self.db)
-                .await?;
+                queue::postpone(db, job.id, worker, exceeded.retry_after(), &message).await?;
+                lifecycle::requeue(db, job.tenant_id, job.document_id, Some(("quota_exceeded", &message))).await?;
                 Ok(Outcome::Retry)
             }
-            Err(JobError::Embed(message)) => {
-                if job.attempts >= job.max_attempts {
-                    self.fail(job, worker, "embedding_failed", &message).await
-                } else {
-                    let delay = queue::backoff(job.attempts);
-                    tracing::warn!(document_id = %job.document_id, error = %message, "embedding failed, retrying in {delay:?}");
-                    queue::retry_later(&self.db, job.id, worker, delay, &message).await?;
-                    sqlx::query("update documents set status = 'queued', updated_at = now() where id = $1")
-                        .bind(job.document_id)
-                        .execute(&self.db)
-                        .await?;
-                    Ok(Outcome::Retry)
-                }
+            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {
+                let delay = queue::backoff(job.attempts);
+                tracing::warn!(document_id = %job.document_id, error = %e, "ingestion attempt failed, retrying in {delay:?}");
+                queue::retry_later(db, job.id, worker, delay, &e.to_string()).await?;
+                lifecycle::requeue(db, job.tenant_id, job.document_id, None).await?;
+                Ok(Outcome::Retry)
             }
+            Err(e) => self.fail(job, worker, e.code(), &e.to_string()).await,
         }
     }
 
-    async fn process(
+    /// Stores the document if the job is still this worker's, in the transaction that ends it.
+    async fn store(
         &self,
         job: &Job,
-        uploader: Option<Uuid>,
-        data: Vec<u8>,
-        progress: Arc<AtomicUsize>,
-    ) -> Result<Embedded, JobError> {
-        let limits =
-            Limits { max_pages: self.config.max_pages, time_budget: self.config.extract_budget, ..Limits::default() };
-        let pages = tokio::task::spawn_blocking(move || {
-            extract::extract(&data, &limits, |done| progress.store(done, Ordering::Relaxed))
-        })
-        .await
-        .map_err(|_| JobError::Extract(ExtractError::Invalid))?
-        .map_err(JobError::Extract)?;
-
-        let embedder = self.embedder.clone();
-        let (max_tokens, overlap) = (self.config.chunk_tokens, self.config.chunk_overlap);
-        let (chunks, most_tokens) = tokio::task::spawn_blocking(move || {
-            let mut chunker = Chunker::new(max_tokens, overlap);
-            let limit = embedder.input_limit();
-            chunker.secondary = limit.map(|(count, max)| SecondaryLimit { count, max });
-            let chunks = chunker.chunk(&pages);
-            // what embedding them may cost, by either tokenizer
-            let most: usize =
-                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum();
-            (chunks, most)
-        })
-        .await
-        .map_err(|_| JobError::Extract(ExtractError::Invalid))?;
-        if chunks.is_empty() {
-            return Err(JobError::Extract(ExtractError::NoText));
-        }
-
-        // the tenant's (and the uploader's) quota, checked now that the cost is known
-        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
-        let hold = quota::admit(&self.db, job.tenant_id, uploader, most_tokens as i64, hold_for)
-            .await
-            .map_err(JobError::Database)?
-            .map_err(JobError::Quota)?;
-
-        let mut vectors = Vec::with_capacity(chunks.len());
-        let mut tokens = 0;
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-        for batch in texts.chunks(self.embedder.batch_size().max(1)) {
-            match self.embedder.embed(batch).await {
-                Ok(out) => {
-                    tokens += out.tokens;
-                    vectors.extend(out.vectors);
-                }
-                Err(e) => {
-                    if let Some(hold) = hold {
-                        quota::release(&self.db, hold).await.map_err(JobError::Database)?;
-                    }
-                    return Err(JobError::Embed(e.to_string()));
-                }
-            }
-        }
-        Ok(Embedded { chunks, vectors, tokens, hold })
-    }
-
-    async fn store(&self, job: &Job, worker: &str, embedded: Embedded) -> Result<Outcome, sqlx::Error> {
-        let Embedded { chunks, vectors, tokens, hold } = embedded;
-        let mut tx = self.db.begin().await?;
+        worker: &str,
+        by: Uploader,
+        embedded: super::pipeline::Embedded,
+    ) -> Result<Outcome, sqlx::Error> {
+        let mut tx = self.db().begin().await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
             drop(tx);
-            if let Some(hold) = hold {
-                quota::release(&self.db, hold).await?;
+            if let Some(hold) = embedded.hold {
+                quota::release(self.db(), hold).await?;
             }
             return Ok(Outcome::Lost);
         }
-        if let Some(hold) = hold {
-            quota::release(&mut *tx, hold).await?;
-        }
-        sqlx::query("delete from chunks where tenant_id = $1 and document_id = $2")
-            .bind(job.tenant_id)
-            .bind(job.document_id)
-            .execute(&mut *tx)
-            .await?;
-        let model = self.embedder.model().to_owned();
-        super::store::insert_chunks(&mut tx, job.tenant_id, job.document_id, &model, &chunks, &vectors).await?;
-        sqlx::query(
-            "insert into usage_events (tenant_id, user_id, api_key_id, kind, model, tokens, document_id)
-             select tenant_id, uploaded_by, uploaded_by_key, 'embedding', $3, $4, id
-               from documents where tenant_id = $1 and id = $2",
-        )
-        .bind(job.tenant_id)
-        .bind(job.document_id)
-        .bind(&model)
-        .bind(tokens as i64)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "update documents set status = 'ready', chunk_count = $3, embedding_model = $4, pages_done = pages_total,
-                    error_code = null, error_message = null, updated_at = now()
-              where tenant_id = $1 and id = $2",
-        )
-        .bind(job.tenant_id)
-        .bind(job.document_id)
-        .bind(chunks.len() as i32)
-        .bind(&model)
-        .execute(&mut *tx)
-        .await?;
+        let chunks = self.pipeline.store(&mut tx, job, by, embedded).await?;
         tx.commit().await?;
-        Ok(Outcome::Ready { chunks: chunks.len() })
+        Ok(Outcome::Ready { chunks })
     }
 
     async fn fail(&self, job: &Job, worker: &str, code: &'static str, message: &str) -> Result<Outcome, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db().begin().await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
             return Ok(Outcome::Lost);
         }
-        sqlx::query(
-            "update documents set status = 'failed', error_code = $3, error_message = $4, updated_at = now()
-              where tenant_id = $1 and id = $2",
-        )
-        .bind(job.tenant_id)
-        .bind(job.document_id)
-        .bind(code)
-        .bind(message)
-        .execute(&mut *tx)
-        .await?;
+        lifecycle::mark_failed(&mut *tx, job.tenant_id, job.document_id, code, message).await?;
         tx.commit().await?;
         Ok(Outcome::Failed { code })
     }
-}
-
-enum JobError {
-    Extract(ExtractError),
-    Embed(String),
-    Quota(quota::Exceeded),
-    Database(sqlx::Error),
-}
-
-/// A document's chunks with their vectors, the tokens the embedder reported, and the quota hold
-/// to release with the ledger row.
-struct Embedded {
-    chunks: Vec<Chunk>,
-    vectors: Vec<Vec<f32>>,
-    tokens: u64,
-    hold: Option<Uuid>,
 }
 
 async fn heartbeat(
@@ -368,21 +257,14 @@ async fn heartbeat(
         let done = progress.load(Ordering::Relaxed);
         if done != last {
             last = done;
-            let _ = sqlx::query(
-                "update documents set pages_done = $3, updated_at = now() where tenant_id = $1 and id = $2",
-            )
-            .bind(job.tenant_id)
-            .bind(job.document_id)
-            .bind(done as i32)
-            .execute(&db)
-            .await;
+            let _ = lifecycle::set_progress(&db, job.tenant_id, job.document_id, done as i32).await;
         }
     }
 }
 
 /// Wakes idle workers when any process enqueues a job (`pg_notify('docuchat_ingest')`).
-async fn listen(db: PgPool, wakeup: Arc<Notify>, shutdown: Arc<ShutdownFlag>) {
-    while !shutdown.is_set() {
+async fn listen(db: PgPool, wakeup: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
             Ok(l) => l,
             Err(_) => {
@@ -400,34 +282,8 @@ async fn listen(db: PgPool, wakeup: Arc<Notify>, shutdown: Arc<ShutdownFlag>) {
                     Ok(_) => wakeup.notify_waiters(),
                     Err(_) => break,
                 },
-                () = shutdown.wait() => return,
+                () = shutdown.cancelled() => return,
             }
         }
-    }
-}
-
-/// A flag that is set once and can be awaited.
-#[derive(Default)]
-pub struct ShutdownFlag {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl ShutdownFlag {
-    pub fn trigger(&self) {
-        self.set.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.set.load(Ordering::SeqCst)
-    }
-
-    pub async fn wait(&self) {
-        let notified = self.notify.notified();
-        if self.is_set() {
-            return;
-        }
-        notified.await;
     }
 }

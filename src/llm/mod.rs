@@ -4,9 +4,11 @@
 pub mod offline;
 pub mod openai;
 
+use std::sync::{Arc, OnceLock};
+
 use tokio::sync::mpsc;
 
-use crate::{embed::BoxFuture, retrieval::Source};
+use crate::{config::Config, embed::BoxFuture, retrieval::Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Speaker {
@@ -68,4 +70,59 @@ pub trait ChatModel: Send + Sync {
         request: &'a ChatRequest,
         tokens: mpsc::Sender<String>,
     ) -> BoxFuture<'a, Result<Option<Usage>, ChatError>>;
+}
+
+/// The chat models this process may answer with: the OpenAI-compatible one when
+/// `OPENAI_API_KEY` is set (created on first use), the offline extractive one otherwise, and the
+/// allow-list of model names a client may ask for.
+pub struct Models {
+    config: Arc<Config>,
+    openai: OnceLock<Result<Arc<dyn ChatModel>, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model `{0}` is not allowed here")]
+    NotAllowed(String),
+    #[error("the chat model is not available")]
+    Unavailable(String),
+}
+
+impl ModelError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::NotAllowed(_) => "model_not_allowed",
+            ModelError::Unavailable(_) => "upstream_unavailable",
+        }
+    }
+}
+
+impl Models {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config, openai: OnceLock::new() }
+    }
+
+    /// The chat model for a question and the model name to ask for: a client may name one from
+    /// the allow-list. Without `OPENAI_API_KEY`, answers are extractive (offline).
+    pub fn select(&self, requested: Option<&str>) -> Result<(Arc<dyn ChatModel>, String), ModelError> {
+        if let Some(name) = requested
+            && name != offline::NAME
+            && !self.config.chat_models_allowed.iter().any(|m| m == name)
+        {
+            return Err(ModelError::NotAllowed(name.to_owned()));
+        }
+        if self.config.openai_api_key.is_none() || requested == Some(offline::NAME) {
+            return Ok((Arc::new(offline::OfflineModel), offline::NAME.to_owned()));
+        }
+        let model = self
+            .openai
+            .get_or_init(|| {
+                openai::OpenAiChat::from_config(&self.config)
+                    .map(|m| Arc::new(m) as Arc<dyn ChatModel>)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(ModelError::Unavailable)?;
+        Ok((model, requested.unwrap_or(&self.config.chat_model).to_owned()))
+    }
 }

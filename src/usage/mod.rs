@@ -7,6 +7,7 @@
 //! agree. Admins and API keys see the tenant; members see only their own usage.
 
 pub mod gate;
+pub mod ledger;
 pub mod quota;
 
 use std::collections::BTreeMap;

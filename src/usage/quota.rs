@@ -28,7 +28,7 @@ use crate::{
     app::AppState,
     auth::{CurrentUser, jwt::Role},
     error::{ApiError, ApiResult},
-    http::extract::AppJson,
+    http::extractors::AppJson,
 };
 
 /// A quota that is used up.

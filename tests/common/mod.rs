@@ -201,8 +201,8 @@ impl TestApp {
 
     /// Runs the ingestion queue dry in this task.
     pub async fn drain(&self) -> Vec<(uuid::Uuid, docuchat::ingestion::worker::Outcome)> {
-        let pipeline = self.state.pipeline().expect("pipeline");
-        pipeline.drain("test-drain").await.expect("drain")
+        let workers = self.state.workers().expect("ingestion workers");
+        workers.drain("test-drain").await.expect("drain")
     }
 
     pub async fn get_as(&self, path: &str, tenant: &str, token: &str) -> Response {

@@ -23,6 +23,8 @@ pub const KEY: &str = "sk-test-key";
 pub struct Control {
     /// answer this many requests with HTTP 500 before answering normally
     pub fail_next: AtomicUsize,
+    /// answer this many requests with HTTP 400 (a request that will never succeed)
+    pub reject_next: AtomicUsize,
     pub delay_ms: AtomicU64,
     pub requests: AtomicUsize,
     pub tokens: AtomicU64,
@@ -154,6 +156,15 @@ async fn embeddings(
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}})),
+        );
+    }
+    if control.reject_next.load(Ordering::SeqCst) > 0 {
+        control.reject_next.fetch_sub(1, Ordering::SeqCst);
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": {"message": "bad input", "type": "invalid_request_error", "param": null, "code": null}}),
+            ),
         );
     }
     let inputs: Vec<String> = match &body["input"] {

@@ -189,7 +189,7 @@ impl MiniLm {
                 }
             }
             v.iter_mut().for_each(|x| *x /= len.max(1) as f32);
-            super::normalize(&mut v);
+            super::to_unit_length(&mut v);
             out.push(v);
             start += len;
         }

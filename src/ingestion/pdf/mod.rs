@@ -17,7 +17,7 @@ use std::{
 
 use lopdf::Document;
 
-use super::normalize::normalize_page;
+use crate::text::normalize_page;
 
 #[derive(Clone, Debug)]
 pub struct Limits {

@@ -155,10 +155,10 @@ fn collection_map(doc: &Document, dict: &Dictionary) -> Option<&'static HashMap<
     let ordering = std::str::from_utf8(ordering).ok()?;
     let maps = MAPS.get_or_init(|| {
         vec![
-            ("GB1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-GB1-UCS2"))),
-            ("Japan1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-Japan1-UCS2"))),
-            ("CNS1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-CNS1-UCS2"))),
-            ("Korea1", parse_cmap(include_bytes!("../../../assets/cmaps/Adobe-Korea1-UCS2"))),
+            ("GB1", parse_cmap(include_bytes!("cmaps/Adobe-GB1-UCS2"))),
+            ("Japan1", parse_cmap(include_bytes!("cmaps/Adobe-Japan1-UCS2"))),
+            ("CNS1", parse_cmap(include_bytes!("cmaps/Adobe-CNS1-UCS2"))),
+            ("Korea1", parse_cmap(include_bytes!("cmaps/Adobe-Korea1-UCS2"))),
         ]
     });
     maps.iter().find(|(name, _)| *name == ordering).map(|(_, map)| map)

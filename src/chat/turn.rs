@@ -1,0 +1,348 @@
+//! One question turn, independent of the transport: admit against the quota → open the session →
+//! embed the question → retrieve → build the prompt → stream the model's tokens → record the
+//! message and its ledger rows. Frames go to a [`FrameSink`]; the WebSocket is one (see
+//! [`super::ws`]), a test's channel another.
+//!
+//! A turn ends with exactly one `done` or `error` frame. A cancelled turn (a cancel frame, a
+//! disconnect) stops the model and still saves and meters what was produced.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    prompt,
+    record::{Record, Recorder},
+    store,
+};
+use crate::{
+    config::Config,
+    embed::{Embedder, Embeddings},
+    ingestion::chunk::count_tokens,
+    llm::{ChatModel, ChatRequest, Usage, offline},
+    retrieval::{self, Params, Source},
+    text::is_stray_control,
+    usage::gate::QuotaGate,
+};
+
+/// A quota hold outlives any answer (the model's timeout applies per piece of the stream).
+const HOLD_FOR: Duration = Duration::from_secs(15 * 60);
+/// The system prompt, citation labels and message framing, over-estimated.
+const PROMPT_OVERHEAD_TOKENS: usize = 600;
+/// Earlier turns of a session put into the prompt, at most.
+const HISTORY_TURNS: i64 = 20;
+
+/// What the server sends, per question: `start`, `sources`, `token`…, `done`; or `error`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame<'a> {
+    Start {
+        session_id: Uuid,
+        message_id: Uuid,
+    },
+    Sources {
+        sources: &'a [Source],
+    },
+    Token {
+        content: &'a str,
+    },
+    Done {
+        message_id: Uuid,
+        status: &'static str,
+        model: &'a str,
+        usage: FrameUsage,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        /// seconds until a refused request may succeed
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+        /// when a used-up quota starts again
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resets_at: Option<DateTime<Utc>>,
+    },
+}
+
+impl<'a> Frame<'a> {
+    pub fn error(code: &'a str, message: &'a str) -> Self {
+        Frame::Error { code, message, retry_after: None, resets_at: None }
+    }
+
+    /// Whether this frame ends a turn.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Frame::Done { .. } | Frame::Error { .. })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrameUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Where a turn's frames go. A sink whose client has gone drops them; the turn goes on and is
+/// saved.
+pub trait FrameSink: Send + Sync + 'static {
+    fn send(&self, frame: Frame<'_>) -> impl Future<Output = ()> + Send;
+}
+
+/// A question as asked, cleaned: control characters carry no meaning in a question (and
+/// Postgres text cannot hold NUL), surrounding white space neither.
+pub fn clean_question(content: &str, max_chars: usize) -> Result<String, (&'static str, String)> {
+    let question: String = content.chars().filter(|c| !is_stray_control(*c)).collect::<String>().trim().to_owned();
+    if question.is_empty() {
+        return Err(("empty_question", "the question is empty".to_owned()));
+    }
+    if question.chars().count() > max_chars {
+        return Err(("question_too_long", format!("questions are limited to {max_chars} characters")));
+    }
+    Ok(question)
+}
+
+/// Everything a turn uses, gathered by the transport.
+pub struct Turn<S> {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub quotas: Arc<QuotaGate>,
+    pub recorder: Recorder,
+    /// `Err` when no embedder could be loaded (the turn answers `embedding_unavailable`)
+    pub embedder: Result<Arc<dyn Embedder>, String>,
+    pub model: Arc<dyn ChatModel>,
+    /// the model asked for (recorded with the message and the usage)
+    pub model_name: String,
+    pub tenant: Uuid,
+    pub user: Uuid,
+    pub sink: S,
+}
+
+/// What the model produced and how the generation ended.
+struct Generated {
+    answer: String,
+    status: &'static str,
+    failure: Option<(&'static str, String)>,
+    model: String,
+    usage: Usage,
+}
+
+impl<S: FrameSink> Turn<S> {
+    /// Runs the turn to its last frame. `session` continues one of the user's sessions; `None`
+    /// starts one.
+    pub async fn run(self, session: Option<Uuid>, question: String, cancel: CancellationToken) {
+        let mut hold = None;
+        let result = self.answer(session, &question, cancel, &mut hold).await;
+        // the hold goes with the answer's ledger rows; an answer that wrote none gives it back
+        if let Some(id) = hold
+            && let Err(e) = crate::usage::quota::release(&self.db, id).await
+        {
+            tracing::warn!(error = %e, "could not release a quota hold (it expires on its own)");
+        }
+        if let Err(e) = result {
+            tracing::error!(error = format!("{e:#}"), "chat answer failed");
+            self.sink.send(Frame::error("internal_error", "the answer could not be completed")).await;
+        }
+    }
+
+    /// The most one answer to `question` may spend: the question embedded and in the prompt,
+    /// the context, the prompt's own words, and the longest answer.
+    fn most_tokens(&self, question: &str) -> i64 {
+        let chat = &self.config.chat;
+        let answer = if self.model_name == offline::NAME { chat.context_tokens } else { chat.max_answer_tokens };
+        (2 * count_tokens(question) + chat.context_tokens + PROMPT_OVERHEAD_TOKENS + answer) as i64
+    }
+
+    async fn answer(
+        &self,
+        session: Option<Uuid>,
+        question: &str,
+        cancel: CancellationToken,
+        hold: &mut Option<Uuid>,
+    ) -> anyhow::Result<()> {
+        match self.quotas.admit(self.tenant, Some(self.user), self.most_tokens(question), HOLD_FOR).await? {
+            Ok(h) => *hold = h,
+            Err(exceeded) => {
+                let message = exceeded.message();
+                self.sink
+                    .send(Frame::Error {
+                        code: "quota_exceeded",
+                        message: &message,
+                        retry_after: Some(exceeded.retry_after().as_secs().max(1)),
+                        resets_at: Some(exceeded.resets_at),
+                    })
+                    .await;
+                return Ok(());
+            }
+        }
+        // a new session is written together with its first message, at the end
+        let (session, title) = match session {
+            Some(id) => match store::find_session(&self.db, self.tenant, self.user, id).await? {
+                Some(s) => (s.id, None),
+                None => {
+                    self.sink.send(Frame::error("session_not_found", "no such chat session")).await;
+                    return Ok(());
+                }
+            },
+            None => (Uuid::now_v7(), Some(question.chars().take(80).collect::<String>())),
+        };
+        let message_id = Uuid::now_v7();
+        self.sink.send(Frame::Start { session_id: session, message_id }).await;
+
+        let Some((embedder, embedded)) = self.embed(question).await else {
+            self.sink.send(Frame::error("embedding_unavailable", "questions cannot be searched right now")).await;
+            return Ok(());
+        };
+        let request = self.prompt(&*embedder, &embedded.vectors[0], question, session, title.is_none()).await?;
+        self.sink.send(Frame::Sources { sources: &request.sources }).await;
+
+        let generated = self.generate(&request, cancel).await;
+        self.recorder
+            .save(Record {
+                message_id,
+                tenant: self.tenant,
+                user: self.user,
+                session,
+                title,
+                question: question.to_owned(),
+                answer: generated.answer,
+                sources: serde_json::to_value(&request.sources)?,
+                model: generated.model.clone(),
+                prompt_tokens: generated.usage.prompt_tokens as i32,
+                completion_tokens: generated.usage.completion_tokens as i32,
+                status: generated.status,
+                error_code: generated.failure.as_ref().map(|f| f.0),
+                embedding_model: embedder.model().to_owned(),
+                embedding_tokens: embedded.tokens as i64,
+                hold: *hold,
+            })
+            .await?;
+        *hold = None;
+
+        if let Some((code, message)) = &generated.failure {
+            self.sink.send(Frame::error(code, message)).await;
+        } else {
+            let usage = generated.usage;
+            self.sink
+                .send(Frame::Done {
+                    message_id,
+                    status: generated.status,
+                    model: &generated.model,
+                    usage: FrameUsage {
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                        total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                    },
+                })
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The question's vector, or `None` when questions cannot be embedded now (logged).
+    async fn embed(&self, question: &str) -> Option<(Arc<dyn Embedder>, Embeddings)> {
+        let embedder = match &self.embedder {
+            Ok(e) => e.clone(),
+            Err(e) => {
+                tracing::error!(error = %e, "no embedder for questions");
+                return None;
+            }
+        };
+        match embedder.embed(&[question.to_owned()]).await {
+            Ok(embedded) => Some((embedder, embedded)),
+            Err(e) => {
+                tracing::warn!(error = %e, "question embedding failed");
+                None
+            }
+        }
+    }
+
+    /// Retrieves the passages and builds the prompt, with the session's earlier turns.
+    async fn prompt(
+        &self,
+        embedder: &dyn Embedder,
+        vector: &[f32],
+        question: &str,
+        session: Uuid,
+        continued: bool,
+    ) -> anyhow::Result<ChatRequest> {
+        let chat = &self.config.chat;
+        let params = Params { k: chat.k, min_similarity: chat.min_similarity, ..Params::default() };
+        let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
+        let sources = retrieval::search(&self.db, self.tenant, space, vector, question, &params).await?;
+        // a session started by this question has no earlier turns
+        let history =
+            if continued { store::history(&self.db, self.tenant, session, HISTORY_TURNS).await? } else { Vec::new() };
+        Ok(prompt::build(&self.model_name, question, sources, &history, chat.context_tokens))
+    }
+
+    /// Streams the model's answer to the sink until it ends, fails or is cancelled.
+    async fn generate(&self, request: &ChatRequest, cancel: CancellationToken) -> Generated {
+        if request.sources.is_empty() {
+            // nothing relevant: say so, without a model
+            let answer = prompt::nothing_found(request.persian).to_owned();
+            self.sink.send(Frame::Token { content: &answer }).await;
+            return Generated {
+                answer,
+                status: "complete",
+                failure: None,
+                model: "none".to_owned(),
+                usage: Usage::default(),
+            };
+        }
+        let mut answer = String::new();
+        let mut status = "complete";
+        let mut failure = None;
+        let (tx, mut rx) = mpsc::channel::<String>(32);
+        let generation = self.model.stream(request, tx);
+        tokio::pin!(generation);
+        let mut reported: Option<Usage> = None;
+        let mut done = false;
+        while !done {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    status = "cancelled";
+                    break;
+                }
+                token = rx.recv() => match token {
+                    Some(t) => {
+                        answer.push_str(&t);
+                        self.sink.send(Frame::Token { content: &t }).await;
+                    }
+                    None => done = true,
+                },
+                result = &mut generation, if reported.is_none() && !done => {
+                    match result {
+                        Ok(u) => reported = Some(u.unwrap_or_default()),
+                        Err(e) => {
+                            tracing::warn!(code = e.code(), detail = e.detail(), "chat model failed");
+                            status = "failed";
+                            failure = Some((e.code(), e.to_string()));
+                            break;
+                        }
+                    }
+                    // drain what the model sent before it returned
+                    while let Ok(t) = rx.try_recv() {
+                        answer.push_str(&t);
+                        self.sink.send(Frame::Token { content: &t }).await;
+                    }
+                    done = true;
+                }
+            }
+        }
+        let usage = match reported {
+            Some(u) if u.prompt_tokens > 0 || u.completion_tokens > 0 => u,
+            // counted here only when the model reported nothing (cancelled, failed, or a server
+            // without usage chunks)
+            _ => {
+                Usage { prompt_tokens: prompt::prompt_tokens(request), completion_tokens: count_tokens(&answer) as u32 }
+            }
+        };
+        Generated { answer, status, failure, model: self.model_name.clone(), usage }
+    }
+}

@@ -1,0 +1,122 @@
+//! The status transitions the ingestion worker makes, each on one document of one tenant.
+//! Functions take any executor, so the worker passes its transaction where a transition must
+//! commit together with the job's end (`ready`, `failed`).
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// A document's stored bytes and who uploaded them.
+pub struct Upload {
+    pub data: Vec<u8>,
+    pub by: Uploader,
+}
+
+/// Who uploaded a document: the user or the API key charged for its embedding.
+#[derive(Clone, Copy, Debug)]
+pub struct Uploader {
+    pub user: Option<Uuid>,
+    pub api_key: Option<Uuid>,
+}
+
+/// `processing`, from the first page; false when the document is gone.
+pub async fn start_processing(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "update documents set status = 'processing', pages_done = 0, updated_at = now()
+          where tenant_id = $1 and id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The uploaded bytes, with their uploader.
+pub async fn upload(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<Option<Upload>, sqlx::Error> {
+    let row: Option<(Vec<u8>, Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
+        "select f.data, d.uploaded_by, d.uploaded_by_key
+           from document_files f join documents d on d.tenant_id = f.tenant_id and d.id = f.document_id
+          where f.tenant_id = $1 and f.document_id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(data, user, api_key)| Upload { data, by: Uploader { user, api_key } }))
+}
+
+/// Pages extracted so far.
+pub async fn set_progress(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid, pages_done: i32) -> Result<(), sqlx::Error> {
+    sqlx::query("update documents set pages_done = $3, updated_at = now() where tenant_id = $1 and id = $2")
+        .bind(tenant)
+        .bind(id)
+        .bind(pages_done)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// `ready` with its chunks embedded by `model`; a former error is cleared.
+pub async fn mark_ready(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    chunk_count: i32,
+    model: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update documents set status = 'ready', chunk_count = $3, embedding_model = $4, pages_done = pages_total,
+                error_code = null, error_message = null, updated_at = now()
+          where tenant_id = $1 and id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(chunk_count)
+    .bind(model)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// `failed`, with the error a client is shown.
+pub async fn mark_failed(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    code: &str,
+    message: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update documents set status = 'failed', error_code = $3, error_message = $4, updated_at = now()
+          where tenant_id = $1 and id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Back to `queued` (its job runs again later). `reason`, when given, is shown as the document's
+/// error meanwhile (a quota it waits for); without one the error fields stay as they are.
+pub async fn requeue(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    reason: Option<(&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update documents set status = 'queued', error_code = coalesce($3, error_code),
+                error_message = coalesce($4, error_message), updated_at = now()
+          where tenant_id = $1 and id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(reason.map(|r| r.0))
+    .bind(reason.map(|r| r.1))
+    .execute(db)
+    .await?;
+    Ok(())
+}

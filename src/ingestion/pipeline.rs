@@ -1,0 +1,185 @@
+//! The pipeline: one claimed job's document turned into stored chunks — extract (PDF) → chunk →
+//! admit against the quota → embed, then store the chunks, the ledger row and the `ready` status
+//! in the caller's transaction. It knows nothing of leases, listening or shutdown (see
+//! [`super::worker`]), and its errors say which failures are worth another attempt.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{
+    chunk::{Chunk, Chunker, SecondaryLimit},
+    pdf::{self, ExtractError, Limits},
+    queue::Job,
+};
+use crate::{
+    config::IngestionConfig,
+    documents::lifecycle::{self, Uploader},
+    embed::{EmbedError, Embedder},
+    usage::{
+        ledger::{self, DocumentCharge},
+        quota,
+    },
+};
+
+pub struct Pipeline {
+    pub db: PgPool,
+    pub embedder: Arc<dyn Embedder>,
+    pub config: IngestionConfig,
+}
+
+/// Why a job did not produce a document.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// the file itself: trying again gives the same answer
+    #[error(transparent)]
+    Pdf(#[from] ExtractError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// not the document's fault: it waits for the quota's reset
+    #[error("{}", .0.message())]
+    Quota(quota::Exceeded),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl JobError {
+    /// Whether another attempt, later, may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::Embed(EmbedError::Unavailable(_)) | JobError::Database(_) => true,
+            JobError::Embed(EmbedError::Failed(_)) | JobError::Pdf(_) | JobError::Quota(_) => false,
+        }
+    }
+
+    /// The code a failed document shows.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::Pdf(e) => e.code(),
+            JobError::Embed(_) => "embedding_failed",
+            JobError::Quota(_) => "quota_exceeded",
+            JobError::Database(_) => "ingestion_failed",
+        }
+    }
+}
+
+/// A document's chunks with their vectors, the tokens the embedder reported, and the quota hold
+/// that the ledger row settles.
+pub struct Embedded {
+    pub chunks: Vec<Chunk>,
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: u64,
+    pub hold: Option<Uuid>,
+}
+
+impl Pipeline {
+    /// Extracts, chunks, admits and embeds; writes nothing but the quota hold. `progress` counts
+    /// the pages extracted.
+    pub async fn prepare(
+        &self,
+        job: &Job,
+        data: Vec<u8>,
+        by: Uploader,
+        progress: Arc<AtomicUsize>,
+    ) -> Result<Embedded, JobError> {
+        let pages = self.extract(data, progress).await?;
+        let (chunks, most_tokens) = self.chunk(pages).await?;
+
+        // the tenant's (and the uploader's) quota, checked now that the cost is known
+        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
+        let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for)
+            .await?
+            .map_err(JobError::Quota)?;
+
+        match self.embed(&chunks).await {
+            Ok((vectors, tokens)) => Ok(Embedded { chunks, vectors, tokens, hold }),
+            Err(e) => {
+                if let Some(hold) = hold {
+                    quota::release(&self.db, hold).await?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn extract(&self, data: Vec<u8>, progress: Arc<AtomicUsize>) -> Result<Vec<pdf::PageText>, JobError> {
+        let limits =
+            Limits { max_pages: self.config.max_pages, time_budget: self.config.extract_budget, ..Limits::default() };
+        let pages = tokio::task::spawn_blocking(move || {
+            pdf::extract(&data, &limits, |done| progress.store(done, Ordering::Relaxed))
+        })
+        .await
+        .map_err(|_| ExtractError::Invalid)??;
+        Ok(pages)
+    }
+
+    /// The chunks, and what embedding them may cost by either tokenizer (the quota's hold).
+    async fn chunk(&self, pages: Vec<pdf::PageText>) -> Result<(Vec<Chunk>, usize), JobError> {
+        let embedder = self.embedder.clone();
+        let (max_tokens, overlap) = (self.config.chunk_tokens, self.config.chunk_overlap);
+        let (chunks, most) = tokio::task::spawn_blocking(move || {
+            let mut chunker = Chunker::new(max_tokens, overlap);
+            let limit = embedder.input_limit();
+            chunker.secondary = limit.map(|(count, max)| SecondaryLimit { count, max });
+            let chunks = chunker.chunk(&pages);
+            let most: usize =
+                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum();
+            (chunks, most)
+        })
+        .await
+        .map_err(|_| ExtractError::Invalid)?;
+        if chunks.is_empty() {
+            return Err(ExtractError::NoText.into());
+        }
+        Ok((chunks, most))
+    }
+
+    async fn embed(&self, chunks: &[Chunk]) -> Result<(Vec<Vec<f32>>, u64), EmbedError> {
+        let mut vectors = Vec::with_capacity(chunks.len());
+        let mut tokens = 0;
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        for batch in texts.chunks(self.embedder.batch_size().max(1)) {
+            let out = self.embedder.embed(batch).await?;
+            tokens += out.tokens;
+            vectors.extend(out.vectors);
+        }
+        Ok((vectors, tokens))
+    }
+
+    /// Replaces the document's chunks, charges the embedding to its uploader (settling the hold)
+    /// and marks it `ready`, in the caller's transaction. Returns the number of chunks.
+    pub async fn store(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        by: Uploader,
+        embedded: Embedded,
+    ) -> Result<usize, sqlx::Error> {
+        let Embedded { chunks, vectors, tokens, hold } = embedded;
+        let model = self.embedder.model();
+        super::store::delete_chunks(&mut *conn, job.tenant_id, job.document_id).await?;
+        super::store::insert_chunks(conn, job.tenant_id, job.document_id, model, &chunks, &vectors).await?;
+        ledger::charge_document(
+            conn,
+            &DocumentCharge {
+                tenant: job.tenant_id,
+                user: by.user,
+                api_key: by.api_key,
+                document: job.document_id,
+                model,
+                tokens: tokens as i64,
+                hold,
+            },
+        )
+        .await?;
+        lifecycle::mark_ready(conn, job.tenant_id, job.document_id, chunks.len() as i32, model).await?;
+        Ok(chunks.len())
+    }
+}
