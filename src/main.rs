@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use docuchat::{
     app::{self, AppState},
-    auth::email::Email,
+    auth::{email::Email, users},
     config::Config,
     db, telemetry, tenants,
     usage::quota,
@@ -183,7 +183,7 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { name, slug, admin_email } => {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
-            let tenant = tenants::create(&pool, &name, &slug, &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let tenant = tenants::create(&pool, &name, &slug, &email).await?;
             println!("{}", serde_json::to_string_pretty(&tenant)?);
         }
         TenantCommand::List => {
@@ -200,13 +200,8 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
                     None => None,
                     Some(address) => {
                         let email = Email::parse(address).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
-                        let id: Option<uuid::Uuid> =
-                            sqlx::query_scalar("select id from users where tenant_id = $1 and email = $2")
-                                .bind(found.id)
-                                .bind(email.as_str())
-                                .fetch_optional(&pool)
-                                .await?;
-                        Some(id.with_context(|| {
+                        let user = users::find_by_email(&pool, found.id, &email).await?;
+                        Some(user.map(|u| u.id).with_context(|| {
                             format!(
                                 "no user {address} in tenant `{}` (users exist after their first login)",
                                 found.slug
@@ -216,9 +211,8 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
                 };
                 let scope =
                     if per_user || user_id.is_some() { quota::QuotaScope::User } else { quota::QuotaScope::Tenant };
-                let changed = quota::set(&pool, found.id, scope, user_id, period, if remove { None } else { tokens })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let changed =
+                    quota::set(&pool, found.id, scope, user_id, period, if remove { None } else { tokens }).await?;
                 if remove && !changed {
                     anyhow::bail!("there is no such quota");
                 }
@@ -229,7 +223,7 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
             let tenant = match tenants::find_by_slug(&pool, "demo").await? {
                 Some(t) => t,
-                None => tenants::create(&pool, "Demo", "demo", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                None => tenants::create(&pool, "Demo", "demo", &email).await?,
             };
             let base = format!("http://{}", config.bind_addr);
             eprintln!(

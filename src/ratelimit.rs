@@ -70,9 +70,21 @@ pub struct Limiter {
     last_warned: AtomicU64,
 }
 
-fn limited(retry_after: Duration) -> ApiError {
-    let secs = retry_after.as_millis().div_ceil(1000).max(1);
-    ApiError::rate_limited(format!("too many requests: try again in {secs} s"), retry_after)
+/// A request over its limit, and how long until the next one may pass.
+#[derive(Debug, thiserror::Error)]
+#[error("too many requests: try again in {} s", .retry_after.as_millis().div_ceil(1000).max(1))]
+pub struct Limited {
+    pub retry_after: Duration,
+}
+
+impl From<Limited> for ApiError {
+    fn from(e: Limited) -> Self {
+        ApiError::rate_limited(e.to_string(), e.retry_after)
+    }
+}
+
+fn limited(retry_after: Duration) -> Limited {
+    Limited { retry_after }
 }
 
 impl Limiter {
@@ -111,22 +123,22 @@ impl Limiter {
     }
 
     /// The auth endpoints, per client IP (requests without a known address share one bucket).
-    pub async fn check_auth(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub async fn check_auth(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
         let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         self.check(&self.auth, ip).await
     }
 
     /// Questions asked over the chat socket, per user.
-    pub async fn check_chat(&self, user: Uuid) -> Result<(), ApiError> {
+    pub async fn check_chat(&self, user: Uuid) -> Result<(), Limited> {
         self.check(&self.chat, user).await
     }
 
     /// Uploads, per user or API key.
-    pub async fn check_upload(&self, who: Uuid) -> Result<(), ApiError> {
+    pub async fn check_upload(&self, who: Uuid) -> Result<(), Limited> {
         self.check(&self.upload, who).await
     }
 
-    async fn check<K: Hash + Eq + Clone + Display>(&self, class: &Class<K>, key: K) -> Result<(), ApiError> {
+    async fn check<K: Hash + Eq + Clone + Display>(&self, class: &Class<K>, key: K) -> Result<(), Limited> {
         let Some(local) = &class.local else { return Ok(()) };
         if let Err(not_until) = local.check_key(&key) {
             return Err(limited(not_until.wait_time_from(DefaultClock::default().now())));

@@ -33,27 +33,40 @@ pub struct CodeStore {
     limits: AuthLimits,
 }
 
-/// Why a verification failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum VerifyError {
+/// Why a code was not issued or not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
     /// Wrong, expired, already used, or never requested.
+    #[error("the code is wrong, expired or already used")]
     Invalid,
     /// Too many wrong guesses: the code is burned.
+    #[error("too many wrong codes: request a new code")]
     Burned,
+    /// Too many codes or attempts for this address or from this client.
+    #[error("{message}")]
+    RateLimited { message: &'static str, retry_after: Duration },
+    #[error(transparent)]
+    Redis(#[from] fred::error::Error),
 }
 
-impl From<VerifyError> for ApiError {
-    fn from(e: VerifyError) -> Self {
+impl From<CodeError> for ApiError {
+    fn from(e: CodeError) -> Self {
         match e {
-            VerifyError::Invalid => {
+            CodeError::Invalid => {
                 ApiError::Unauthorized { code: "invalid_code", message: "the code is wrong, expired or already used" }
             }
-            VerifyError::Burned => ApiError::Unauthorized {
+            CodeError::Burned => ApiError::Unauthorized {
                 code: "too_many_attempts",
                 message: "too many wrong codes: request a new code",
             },
+            CodeError::RateLimited { message, retry_after } => ApiError::rate_limited(message, retry_after),
+            CodeError::Redis(e) => e.into(),
         }
     }
+}
+
+fn limited(message: &'static str, retry_after: Duration) -> CodeError {
+    CodeError::RateLimited { message, retry_after }
 }
 
 impl CodeStore {
@@ -84,12 +97,12 @@ impl CodeStore {
     }
 
     /// Checks the request limits, then stores and returns a fresh code. The caller mails it.
-    pub async fn issue(&self, tenant: Uuid, email: &Email, client_ip: Option<IpAddr>) -> Result<String, ApiError> {
+    pub async fn issue(&self, tenant: Uuid, email: &Email, client_ip: Option<IpAddr>) -> Result<String, CodeError> {
         let hour = Duration::from_secs(3600);
         if let Some(ip) = client_ip {
             let (n, left) = self.redis.hit(&format!("rl:code-ip:{ip}"), hour).await?;
             if n > u64::from(self.limits.codes_per_ip_per_hour) {
-                return Err(ApiError::rate_limited("too many code requests from this address", left));
+                return Err(limited("too many code requests from this address", left));
             }
         }
         let subject = self.subject(tenant, email);
@@ -105,7 +118,7 @@ impl CodeStore {
                 .await?;
             if set.is_none() {
                 let left: i64 = self.redis.client().pttl(&cooldown_key).await?;
-                return Err(ApiError::rate_limited(
+                return Err(limited(
                     "a code was sent a moment ago; wait before asking for another",
                     Duration::from_millis(left.max(1000) as u64),
                 ));
@@ -114,7 +127,7 @@ impl CodeStore {
 
         let (n, left) = self.redis.hit(&format!("rl:code-email:{subject}"), hour).await?;
         if n > u64::from(self.limits.codes_per_email_per_hour) {
-            return Err(ApiError::rate_limited("too many codes were requested for this address", left));
+            return Err(limited("too many codes were requested for this address", left));
         }
 
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
@@ -138,7 +151,7 @@ impl CodeStore {
     }
 
     /// Consumes the code if it is right. Every call counts as one attempt.
-    pub async fn verify(&self, tenant: Uuid, email: &Email, code: &str) -> Result<Result<(), VerifyError>, ApiError> {
+    pub async fn verify(&self, tenant: Uuid, email: &Email, code: &str) -> Result<(), CodeError> {
         let key = self.redis.key(&format!("code:{}", self.subject(tenant, email)));
         // returns {0} when there is no code, {-1} when the attempt limit is passed, else {1, hash, n}
         const ATTEMPT: &str = r"
@@ -152,8 +165,8 @@ impl CodeStore {
             self.redis.client().eval(ATTEMPT, vec![key.clone()], vec![i64::from(self.limits.max_attempts)]).await?;
         let status = reply.first().and_then(|v| v.as_i64()).unwrap_or(0);
         match status {
-            0 => return Ok(Err(VerifyError::Invalid)),
-            -1 => return Ok(Err(VerifyError::Burned)),
+            0 => return Err(CodeError::Invalid),
+            -1 => return Err(CodeError::Burned),
             _ => {}
         }
         let stored = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
@@ -169,22 +182,22 @@ impl CodeStore {
                 return 0
             ";
             let deleted: i64 = self.redis.client().eval(CONSUME, vec![key.clone()], vec![stored]).await?;
-            return Ok(if deleted == 1 { Ok(()) } else { Err(VerifyError::Invalid) });
+            return if deleted == 1 { Ok(()) } else { Err(CodeError::Invalid) };
         }
         if attempts >= i64::from(self.limits.max_attempts) {
             let _: i64 = self.redis.client().del(&key).await?;
-            return Ok(Err(VerifyError::Burned));
+            return Err(CodeError::Burned);
         }
-        Ok(Err(VerifyError::Invalid))
+        Err(CodeError::Invalid)
     }
 
     /// Counts one verification attempt from a client address (guards against guessing across many
     /// addresses from one machine).
-    pub async fn check_verify_rate(&self, client_ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub async fn check_verify_rate(&self, client_ip: Option<IpAddr>) -> Result<(), CodeError> {
         let Some(ip) = client_ip else { return Ok(()) };
         let (n, left) = self.redis.hit(&format!("rl:verify-ip:{ip}"), Duration::from_secs(3600)).await?;
         if n > u64::from(self.limits.verifies_per_ip_per_hour) {
-            return Err(ApiError::rate_limited("too many login attempts from this address", left));
+            return Err(limited("too many login attempts from this address", left));
         }
         Ok(())
     }

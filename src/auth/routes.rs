@@ -1,16 +1,25 @@
-//! `POST /v1/auth/request-code`, `POST /v1/auth/verify-code`, `GET /v1/me`.
+//! `POST /v1/auth/request-code`, `POST /v1/auth/verify-code`, `GET /v1/me`, and the API keys:
+//! `POST /v1/api-keys`, `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}` (admins).
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::{CurrentUser, email::Email, jwt::Role, users};
+use uuid::Uuid;
+
+use super::{
+    CurrentUser,
+    api_keys::{self, Scope},
+    email::Email,
+    jwt::Role,
+    users,
+};
 use crate::{
     app::AppState,
     error::{ApiError, ApiResult},
@@ -23,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/request-code", post(request_code))
         .route("/v1/auth/verify-code", post(verify_code))
         .route("/v1/me", get(me))
+        .route("/v1/api-keys", get(list_keys).post(create_key))
+        .route("/v1/api-keys/{id}", delete(revoke_key))
 }
 
 #[derive(Deserialize)]
@@ -83,7 +94,7 @@ async fn verify_code(
     state.limits.check_auth(ip).await?;
     state.codes.check_verify_rate(ip).await?;
     let email = parse_email(&body.email)?;
-    state.codes.verify(tenant.0.id, &email, body.code.trim()).await??;
+    state.codes.verify(tenant.0.id, &email, body.code.trim()).await?;
     let role = if email.as_str() == tenant.0.admin_email { Role::Admin } else { Role::Member };
     let user = users::upsert_on_login(&state.db, tenant.0.id, &email, role).await?;
     let token = state.jwt.issue(user.id, tenant.0.id, user.role)?;
@@ -107,4 +118,61 @@ async fn me(user: CurrentUser) -> Json<Value> {
         },
         "tenant": { "id": t.id, "name": t.name, "slug": t.slug },
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    scopes: Vec<String>,
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    AppJson(body): AppJson<CreateKey>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    user.require_admin()?;
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::bad_request("invalid_name", "a key name is 1 to 100 characters"));
+    }
+    let mut scopes: Vec<Scope> = Vec::new();
+    for s in &body.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_scope",
+                format!("unknown scope `{s}`: use usage:read, documents:read or documents:write"),
+            )
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::bad_request("invalid_scope", "give a key at least one scope"));
+    }
+    let (key, secret) = api_keys::create(&state.db, user.tenant.0.id, user.user.id, name, &scopes).await?;
+    tracing::info!(key_id = %key.id, scopes = ?key.scopes, "API key created");
+    let mut body = serde_json::to_value(&key).map_err(anyhow::Error::from)?;
+    body["key"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_keys(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
+    user.require_admin()?;
+    let keys = api_keys::list(&state.db, user.tenant.0.id).await?;
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+/// Revokes a key at once; revoking it again changes nothing.
+async fn revoke_key(State(state): State<AppState>, user: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    user.require_admin()?;
+    let not_found = || ApiError::not_found("api_key_not_found", "no such API key");
+    let id = Uuid::try_parse(&id).map_err(|_| not_found())?;
+    if !api_keys::revoke(&state.db, user.tenant.0.id, id).await? {
+        return Err(not_found());
+    }
+    tracing::info!(key_id = %id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -51,3 +51,29 @@ pub async fn find(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<
         .fetch_optional(db)
         .await
 }
+
+/// The user with this address, if they have logged in once.
+pub async fn find_by_email(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    email: &Email,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as(concat!("select ", columns!(), " from users where tenant_id = $1 and email = $2"))
+        .bind(tenant_id)
+        .bind(email.as_str())
+        .fetch_optional(db)
+        .await
+}
+
+/// The addresses of those of `ids` that are users of the tenant.
+pub async fn emails(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("select id, email from users where tenant_id = $1 and id = any($2)")
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}

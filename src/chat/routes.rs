@@ -3,26 +3,53 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{
+        Path, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
     http::StatusCode,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{store, ws};
+use super::{store, turn, ws};
 use crate::{
     app::AppState,
-    auth::CurrentUser,
+    auth::{ChatCaller, CurrentUser},
     error::{ApiError, ApiResult},
 };
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/ws/chat", get(ws::upgrade))
+        .route("/ws/chat", get(chat_socket))
         .route("/v1/chat/sessions", get(list_sessions))
         .route("/v1/chat/sessions/{id}", axum::routing::delete(delete_session))
         .route("/v1/chat/sessions/{id}/messages", get(list_messages))
+}
+
+/// Authenticated before the upgrade: a refused caller gets a 401, not a socket.
+async fn chat_socket(
+    State(state): State<AppState>,
+    ChatCaller(caller): ChatCaller,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return ApiError::bad_request("websocket_required", "connect with a WebSocket upgrade").into_response();
+    };
+    let context = ws::Context {
+        turns: turn::Services {
+            db: state.db.clone(),
+            config: state.config.clone(),
+            quotas: state.quotas.clone(),
+            recorder: state.recorder().clone(),
+            embedder: state.embedder().map_err(|e| format!("{e:#}")),
+        },
+        limits: state.limits.clone(),
+        models: state.models.clone(),
+    };
+    ws::accept(ws, context, caller)
 }
 
 fn not_found() -> ApiError {

@@ -27,7 +27,7 @@ use crate::{
     llm::{ChatModel, ChatRequest, Usage, offline},
     retrieval::{self, Params, Source},
     text::is_stray_control,
-    usage::gate::QuotaGate,
+    usage::{gate::QuotaGate, quota::AdmitError},
 };
 
 /// A quota hold outlives any answer (the model's timeout applies per piece of the stream).
@@ -106,14 +106,20 @@ pub fn clean_question(content: &str, max_chars: usize) -> Result<String, (&'stat
     Ok(question)
 }
 
-/// Everything a turn uses, gathered by the transport.
-pub struct Turn<S> {
+/// What turns use of the process: cheap to clone, one per turn.
+#[derive(Clone)]
+pub struct Services {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub quotas: Arc<QuotaGate>,
     pub recorder: Recorder,
-    /// `Err` when no embedder could be loaded (the turn answers `embedding_unavailable`)
+    /// `Err` when no embedder could be loaded (a turn answers `embedding_unavailable`)
     pub embedder: Result<Arc<dyn Embedder>, String>,
+}
+
+/// One question of one caller, with the model that answers it and where its frames go.
+pub struct Turn<S> {
+    pub services: Services,
     pub model: Arc<dyn ChatModel>,
     /// the model asked for (recorded with the message and the usage)
     pub model_name: String,
@@ -139,7 +145,7 @@ impl<S: FrameSink> Turn<S> {
         let result = self.answer(session, &question, cancel, &mut hold).await;
         // the hold goes with the answer's ledger rows; an answer that wrote none gives it back
         if let Some(id) = hold
-            && let Err(e) = crate::usage::quota::release(&self.db, id).await
+            && let Err(e) = crate::usage::quota::release(&self.services.db, id).await
         {
             tracing::warn!(error = %e, "could not release a quota hold (it expires on its own)");
         }
@@ -152,7 +158,7 @@ impl<S: FrameSink> Turn<S> {
     /// The most one answer to `question` may spend: the question embedded and in the prompt,
     /// the context, the prompt's own words, and the longest answer.
     fn most_tokens(&self, question: &str) -> i64 {
-        let chat = &self.config.chat;
+        let chat = &self.services.config.chat;
         let answer = if self.model_name == offline::NAME { chat.context_tokens } else { chat.max_answer_tokens };
         (2 * count_tokens(question) + chat.context_tokens + PROMPT_OVERHEAD_TOKENS + answer) as i64
     }
@@ -164,9 +170,10 @@ impl<S: FrameSink> Turn<S> {
         cancel: CancellationToken,
         hold: &mut Option<Uuid>,
     ) -> anyhow::Result<()> {
-        match self.quotas.admit(self.tenant, Some(self.user), self.most_tokens(question), HOLD_FOR).await? {
+        match self.services.quotas.admit(self.tenant, Some(self.user), self.most_tokens(question), HOLD_FOR).await {
             Ok(h) => *hold = h,
-            Err(exceeded) => {
+            Err(AdmitError::Database(e)) => return Err(e.into()),
+            Err(AdmitError::Exceeded(exceeded)) => {
                 let message = exceeded.message();
                 self.sink
                     .send(Frame::Error {
@@ -181,7 +188,7 @@ impl<S: FrameSink> Turn<S> {
         }
         // a new session is written together with its first message, at the end
         let (session, title) = match session {
-            Some(id) => match store::find_session(&self.db, self.tenant, self.user, id).await? {
+            Some(id) => match store::find_session(&self.services.db, self.tenant, self.user, id).await? {
                 Some(s) => (s.id, None),
                 None => {
                     self.sink.send(Frame::error("session_not_found", "no such chat session")).await;
@@ -201,7 +208,8 @@ impl<S: FrameSink> Turn<S> {
         self.sink.send(Frame::Sources { sources: &request.sources }).await;
 
         let generated = self.generate(&request, cancel).await;
-        self.recorder
+        self.services
+            .recorder
             .save(Record {
                 message_id,
                 tenant: self.tenant,
@@ -245,7 +253,7 @@ impl<S: FrameSink> Turn<S> {
 
     /// The question's vector, or `None` when questions cannot be embedded now (logged).
     async fn embed(&self, question: &str) -> Option<(Arc<dyn Embedder>, Embeddings)> {
-        let embedder = match &self.embedder {
+        let embedder = match &self.services.embedder {
             Ok(e) => e.clone(),
             Err(e) => {
                 tracing::error!(error = %e, "no embedder for questions");
@@ -270,13 +278,16 @@ impl<S: FrameSink> Turn<S> {
         session: Uuid,
         continued: bool,
     ) -> anyhow::Result<ChatRequest> {
-        let chat = &self.config.chat;
+        let chat = &self.services.config.chat;
         let params = Params { k: chat.k, min_similarity: chat.min_similarity, ..Params::default() };
         let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
-        let sources = retrieval::search(&self.db, self.tenant, space, vector, question, &params).await?;
+        let sources = retrieval::search(&self.services.db, self.tenant, space, vector, question, &params).await?;
         // a session started by this question has no earlier turns
-        let history =
-            if continued { store::history(&self.db, self.tenant, session, HISTORY_TURNS).await? } else { Vec::new() };
+        let history = if continued {
+            store::history(&self.services.db, self.tenant, session, HISTORY_TURNS).await?
+        } else {
+            Vec::new()
+        };
         Ok(prompt::build(&self.model_name, question, sources, &history, chat.context_tokens))
     }
 

@@ -1,5 +1,5 @@
-//! `WS /ws/chat`: the socket transport. The caller is authenticated before the upgrade
-//! ([`ChatCaller`]); each question is a [`Turn`] whose frames this module writes to the socket.
+//! `WS /ws/chat`: the socket transport. The caller is authenticated before the upgrade (see
+//! [`super::routes`]); each question is a [`Turn`] whose frames this module writes to the socket.
 //!
 //! Client frames: `{"type":"ask","session_id":null|"…","content":"…","model"?:"…"}` and
 //! `{"type":"cancel"}`. Server frames per question: `start`, `sources`, `token`…, `done`; or
@@ -18,11 +18,8 @@ use std::{
 };
 
 use axum::{
-    extract::{
-        State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
-    },
-    response::{IntoResponse, Response},
+    extract::ws::{Message, WebSocket, WebSocketUpgrade},
+    response::Response,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -31,11 +28,11 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::turn::{self, Frame, FrameSink, Turn};
+use super::turn::{self, Frame, FrameSink, Services, Turn};
 use crate::{
-    app::AppState,
-    auth::{ChatCaller, CurrentUser},
-    error::ApiError,
+    auth::CurrentUser,
+    llm::Models,
+    ratelimit::{Limited, Limiter},
 };
 
 /// Largest text frame read from a client.
@@ -44,21 +41,22 @@ const MAX_FRAME_BYTES: usize = 64 * 1024;
 const OUTBOX: usize = 256;
 const PING_EVERY: Duration = Duration::from_secs(20);
 
-pub async fn upgrade(
-    State(state): State<AppState>,
-    ChatCaller(caller): ChatCaller,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let Ok(ws) = ws else {
-        return ApiError::bad_request("websocket_required", "connect with a WebSocket upgrade").into_response();
-    };
+/// What a socket uses of the process.
+pub struct Context {
+    pub turns: Services,
+    pub limits: Arc<Limiter>,
+    pub models: Arc<Models>,
+}
+
+/// Takes the socket of an authenticated caller.
+pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser) -> Response {
     // small buffers: thousands of mostly idle sockets must stay cheap (the defaults are 128 KiB
     // each way). Frames are gathered in the write buffer and sent with one write when the writer
     // flushes — after every burst it takes from the outbox, so tokens are not held back.
     ws.max_message_size(MAX_FRAME_BYTES * 4)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(socket, state, Arc::new(caller)))
+        .on_upgrade(move |socket| run(socket, Arc::new(context), Arc::new(caller)))
 }
 
 #[derive(Deserialize)]
@@ -81,14 +79,10 @@ fn error_frame(code: &str, message: &str) -> Message {
     text(&Frame::error(code, message))
 }
 
-/// An HTTP-style refusal as an error frame; one that says when to come back carries
-/// `retry_after` (seconds).
-fn api_error_frame(e: &ApiError) -> Message {
-    let retry_after = match e {
-        ApiError::TooManyRequests { retry_after, .. } => Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),
-        _ => None,
-    };
-    text(&Frame::Error { code: e.code(), message: &e.to_string(), retry_after, resets_at: None })
+/// A rate limit's refusal, with `retry_after` (seconds, rounded up).
+fn limited_frame(e: &Limited) -> Message {
+    let retry_after = Some(e.retry_after.as_millis().div_ceil(1000).max(1) as u64);
+    text(&Frame::Error { code: "rate_limited", message: &e.to_string(), retry_after, resets_at: None })
 }
 
 /// The socket's outbox, as a turn's sink: it notes when the turn's last frame goes out.
@@ -114,7 +108,7 @@ struct Running {
     finishing: Arc<AtomicBool>,
 }
 
-async fn run(socket: WebSocket, state: AppState, caller: Arc<CurrentUser>) {
+async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
     // frames waiting in the outbox go out together: one flush (one write) for a burst of tokens
@@ -134,7 +128,7 @@ async fn run(socket: WebSocket, state: AppState, caller: Arc<CurrentUser>) {
         let _ = sink.close().await;
     });
 
-    let idle = state.config.chat.idle_timeout;
+    let idle = context.turns.config.chat.idle_timeout;
     let mut last_seen = Instant::now();
     // pings keep proxies from closing a quiet socket; the same tick checks the idle timeout
     let mut ping = tokio::time::interval(PING_EVERY.min(idle / 2));
@@ -153,7 +147,7 @@ async fn run(socket: WebSocket, state: AppState, caller: Arc<CurrentUser>) {
                         if running.as_ref().is_some_and(|r| r.handle.is_finished()) {
                             running = None;
                         }
-                        handle_text(&state, &caller, text.as_str(), &out, &mut running).await;
+                        handle_text(&context, &caller, text.as_str(), &out, &mut running).await;
                     }
                     Message::Binary(_) => {
                         let _ = out.send(error_frame("unsupported_frame", "send JSON text frames")).await;
@@ -198,7 +192,7 @@ fn parse(text: &str) -> Result<ClientFrame, Message> {
 }
 
 async fn handle_text(
-    state: &AppState,
+    context: &Context,
     caller: &Arc<CurrentUser>,
     text: &str,
     out: &mpsc::Sender<Message>,
@@ -227,7 +221,7 @@ async fn handle_text(
             return;
         }
     }
-    match start(state, caller, session_id, &content, model.as_deref(), out).await {
+    match start(context, caller, session_id, &content, model.as_deref(), out).await {
         Ok(r) => *running = Some(r),
         Err(refusal) => {
             let _ = out.send(refusal).await;
@@ -237,17 +231,17 @@ async fn handle_text(
 
 /// Checks an `ask` and starts its turn in a task of its own.
 async fn start(
-    state: &AppState,
+    context: &Context,
     caller: &CurrentUser,
     session_id: Option<String>,
     content: &str,
     model: Option<&str>,
     out: &mpsc::Sender<Message>,
 ) -> Result<Running, Message> {
-    let question = turn::clean_question(content, state.config.chat.max_question_chars)
+    let question = turn::clean_question(content, context.turns.config.chat.max_question_chars)
         .map_err(|(code, message)| error_frame(code, &message))?;
-    state.limits.check_chat(caller.user.id).await.map_err(|e| api_error_frame(&e))?;
-    let (model, model_name) = state.models.select(model).map_err(|e| error_frame(e.code(), &e.to_string()))?;
+    context.limits.check_chat(caller.user.id).await.map_err(|e| limited_frame(&e))?;
+    let (model, model_name) = context.models.select(model).map_err(|e| error_frame(e.code(), &e.to_string()))?;
     let session = match session_id.as_deref().map(Uuid::try_parse) {
         None => None,
         Some(Ok(id)) => Some(id),
@@ -256,11 +250,7 @@ async fn start(
     let cancel = CancellationToken::new();
     let finishing = Arc::new(AtomicBool::new(false));
     let turn = Turn {
-        db: state.db.clone(),
-        config: state.config.clone(),
-        quotas: state.quotas.clone(),
-        recorder: state.recorder().clone(),
-        embedder: state.embedder().map_err(|e| format!("{e:#}")),
+        services: context.turns.clone(),
         model,
         model_name,
         tenant: caller.tenant.0.id,

@@ -1,8 +1,8 @@
-//! The HTTP surface: one router per module, merged here, and the middleware every request
+//! The HTTP surface: one router per module (each in its `routes.rs`), merged here, and the middleware every request
 //! passes through (request id, tracing span, CORS, body limit, panic guard).
 
 pub mod extractors;
-pub mod health;
+pub mod routes;
 
 use std::{any::Any, time::Duration};
 
@@ -28,11 +28,10 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     Router::new()
-        .route("/", get(health::root))
-        .route("/healthz", get(health::healthz))
+        .route("/", get(routes::root))
+        .route("/healthz", get(routes::healthz))
         .merge(auth::routes::router())
-        .merge(auth::api_keys::router())
-        .merge(usage::router())
+        .merge(usage::routes::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
         .merge(chat::routes::router())
         .fallback(not_found)

@@ -50,6 +50,15 @@ pub enum JobError {
     Database(#[from] sqlx::Error),
 }
 
+impl From<quota::AdmitError> for JobError {
+    fn from(e: quota::AdmitError) -> Self {
+        match e {
+            quota::AdmitError::Exceeded(e) => JobError::Quota(e),
+            quota::AdmitError::Database(e) => JobError::Database(e),
+        }
+    }
+}
+
 impl JobError {
     /// Whether another attempt, later, may succeed.
     pub fn is_retryable(&self) -> bool {
@@ -94,9 +103,7 @@ impl Pipeline {
 
         // the tenant's (and the uploader's) quota, checked now that the cost is known
         let hold_for = self.config.lease * 4 + Duration::from_secs(600);
-        let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for)
-            .await?
-            .map_err(JobError::Quota)?;
+        let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
 
         match self.embed(&chunks).await {
             Ok((vectors, tokens)) => Ok(Embedded { chunks, vectors, tokens, hold }),

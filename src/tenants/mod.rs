@@ -1,5 +1,7 @@
-//! Tenants: creation (CLI), lookup, and the `X-Tenant-ID` resolver every tenant-scoped request
-//! goes through.
+//! Tenants: creation (CLI), lookup, and the cache behind the `X-Tenant-ID` resolver every
+//! tenant-scoped request goes through ([`extractors::TenantCtx`]).
+
+pub mod extractors;
 
 use std::{
     collections::HashMap,
@@ -7,13 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{extract::FromRequestParts, http::request::Parts};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::{app::AppState, auth::email::Email, error::ApiError};
+pub use self::extractors::TenantCtx;
+use crate::{auth::email::Email, error::ApiError};
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
@@ -44,12 +46,41 @@ pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-pub async fn create(db: impl PgExecutor<'_>, name: &str, slug: &str, admin_email: &Email) -> Result<Tenant, ApiError> {
+/// Why a tenant could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("a tenant name is 1 to 200 characters")]
+    InvalidName,
+    #[error("{0}")]
+    InvalidSlug(&'static str),
+    #[error("a tenant with slug `{0}` already exists")]
+    SlugTaken(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::InvalidName => ApiError::bad_request("invalid_name", e.to_string()),
+            TenantError::InvalidSlug(m) => ApiError::bad_request("invalid_slug", m),
+            TenantError::SlugTaken(_) => ApiError::Conflict { code: "slug_taken", message: e.to_string() },
+            TenantError::Database(e) => e.into(),
+        }
+    }
+}
+
+pub async fn create(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    slug: &str,
+    admin_email: &Email,
+) -> Result<Tenant, TenantError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::bad_request("invalid_name", "a tenant name is 1 to 200 characters"));
+        return Err(TenantError::InvalidName);
     }
-    validate_slug(slug).map_err(|m| ApiError::bad_request("invalid_slug", m))?;
+    validate_slug(slug).map_err(TenantError::InvalidSlug)?;
     let result = sqlx::query_as::<_, Tenant>(
         "insert into tenants (id, name, slug, admin_email) values ($1, $2, $3, $4)
          returning id, name, slug, admin_email, created_at",
@@ -61,10 +92,7 @@ pub async fn create(db: impl PgExecutor<'_>, name: &str, slug: &str, admin_email
     .fetch_one(db)
     .await;
     match result {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::Conflict {
-            code: "slug_taken",
-            message: format!("a tenant with slug `{slug}` already exists"),
-        }),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(TenantError::SlugTaken(slug.to_owned())),
         other => Ok(other?),
     }
 }
@@ -131,29 +159,6 @@ impl TenantCache {
             entries.insert(id_or_slug.to_owned(), (tenant.clone(), Instant::now()));
         }
         Ok(found)
-    }
-}
-
-/// The tenant named by the request's `X-Tenant-ID` header.
-#[derive(Clone, Debug)]
-pub struct TenantCtx(pub Tenant);
-
-impl FromRequestParts<AppState> for TenantCtx {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(t) = parts.extensions.get::<TenantCtx>() {
-            return Ok(t.clone());
-        }
-        let raw = parts.headers.get(TENANT_HEADER).ok_or_else(|| {
-            ApiError::bad_request("tenant_required", "send the X-Tenant-ID header with your tenant's id or slug")
-        })?;
-        let not_found = || ApiError::not_found("tenant_not_found", "no tenant matches the X-Tenant-ID header");
-        let value = raw.to_str().map_err(|_| not_found())?.trim();
-        let tenant = state.tenants.resolve(&state.db, value).await?.ok_or_else(not_found)?;
-        let ctx = TenantCtx(tenant);
-        parts.extensions.insert(ctx.clone());
-        Ok(ctx)
     }
 }
 

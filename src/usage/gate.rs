@@ -23,8 +23,7 @@ use std::{
 use sqlx::{PgPool, postgres::PgListener};
 use uuid::Uuid;
 
-use super::quota::{self, Admission};
-use crate::error::ApiError;
+use super::quota::{self, AdmitError, Hold};
 
 const CHANNEL: &str = "docuchat_quotas";
 /// The smallest pool that gives a connection to listening.
@@ -82,10 +81,7 @@ impl QuotaGate {
             }
             known.generation
         };
-        let has: bool = sqlx::query_scalar("select exists (select 1 from quotas where tenant_id = $1)")
-            .bind(tenant)
-            .fetch_one(&self.db)
-            .await?;
+        let has = quota::tenant_has_quotas(&self.db, tenant).await?;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if self.live.load(Ordering::Acquire) && known.generation == generation {
             known.tenants.insert(tenant, has);
@@ -100,15 +96,15 @@ impl QuotaGate {
         user: Option<Uuid>,
         tokens: i64,
         hold_for: Duration,
-    ) -> Result<Admission, sqlx::Error> {
+    ) -> Result<Hold, AdmitError> {
         if !self.has_quotas(tenant).await? {
-            return Ok(Ok(None));
+            return Ok(None);
         }
         quota::admit(&self.db, tenant, user, tokens, hold_for).await
     }
 
     /// [`quota::check`], likewise.
-    pub async fn check(self: &Arc<Self>, tenant: Uuid, user: Option<Uuid>) -> Result<(), ApiError> {
+    pub async fn check(self: &Arc<Self>, tenant: Uuid, user: Option<Uuid>) -> Result<(), AdmitError> {
         if !self.has_quotas(tenant).await? {
             return Ok(());
         }

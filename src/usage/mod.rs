@@ -5,36 +5,21 @@
 //! from the ledger itself for the partial hours at either end (both read through indexes); the
 //! rollup is written by a trigger in the same transaction as each ledger row, so the two always
 //! agree. Admins and API keys see the tenant; members see only their own usage.
+//!
+//! The ledger is written by [`ledger`] only; quotas and their admission are in [`quota`] and
+//! [`gate`]; the HTTP routes in [`routes`].
 
 pub mod gate;
 pub mod ledger;
 pub mod quota;
+pub mod routes;
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Json, Router,
-    extract::{Query, State},
-    routing::get,
-};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::PgExecutor;
 use uuid::Uuid;
-
-use crate::{
-    app::AppState,
-    auth::{Principal, api_keys::Scope},
-    error::{ApiError, ApiResult},
-};
-
-/// The longest range one request may ask for.
-const MAX_RANGE_DAYS: i64 = 400;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/usage", get(usage)).merge(quota::router())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,7 +52,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, kind: &str, tokens: i64) {
+    pub(crate) fn add(&mut self, kind: &str, tokens: i64) {
         match kind {
             "embedding" => self.embedding += tokens,
             "prompt" => self.prompt += tokens,
@@ -101,7 +86,7 @@ pub struct UsageSums {
 type SumRow = (i32, Option<String>, String, i64, DateTime<Utc>);
 
 /// A range and its grouping, as asked.
-type RangeAsked = (Option<(DateTime<Utc>, DateTime<Utc>)>, Option<GroupBy>);
+pub type RangeAsked = (Option<(DateTime<Utc>, DateTime<Utc>)>, Option<GroupBy>);
 
 /// Sums the ledger over the windows in one statement. Window 1 is the last 24 h, window 2 the last
 /// 7 days (both ending now, by the database's clock), window 3 the range.
@@ -198,163 +183,4 @@ pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, s
         }
     }
     Ok(sums)
-}
-
-#[derive(Deserialize)]
-struct Params {
-    from: Option<String>,
-    to: Option<String>,
-    group_by: Option<String>,
-}
-
-fn parse_time(name: &str, raw: &str) -> ApiResult<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw.trim()).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_timestamp",
-            format!("`{name}` must be an RFC 3339 time such as 2026-11-01T00:00:00Z"),
-        )
-    })
-}
-
-/// Reads the range parameters: `to` defaults to now, `from` to 7 days before `to`.
-fn parse_range(p: &Params, now: DateTime<Utc>) -> ApiResult<RangeAsked> {
-    let group_by = match p.group_by.as_deref() {
-        None => None,
-        Some("day") => Some(GroupBy::Day),
-        Some("user") => Some(GroupBy::User),
-        Some("model") => Some(GroupBy::Model),
-        Some(_) => return Err(ApiError::bad_request("invalid_group_by", "group_by is day, user or model")),
-    };
-    if p.from.is_none() && p.to.is_none() && group_by.is_none() {
-        return Ok((None, None));
-    }
-    let to = p.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now);
-    let from = p.from.as_deref().map(|f| parse_time("from", f)).transpose()?.unwrap_or(to - Duration::days(7));
-    if from >= to {
-        return Err(ApiError::bad_request("invalid_range", "`from` must be before `to`"));
-    }
-    if to - from > Duration::days(MAX_RANGE_DAYS) {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            format!("a range is at most {MAX_RANGE_DAYS} days: ask for longer periods in parts"),
-        ));
-    }
-    Ok((Some((from, to)), group_by))
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-async fn usage(
-    State(state): State<AppState>,
-    principal: Principal,
-    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
-    principal.require(Scope::UsageRead)?;
-    let Query(params) = params.map_err(|_| ApiError::bad_request("invalid_query", "use ?from=&to=&group_by="))?;
-    let (range, group_by) = parse_range(&params, Utc::now())?;
-    let tenant = principal.tenant_id();
-    let user = if principal.is_tenant_wide() { None } else { principal.user_id() };
-    let sums = sum(&state.db, &UsageQuery { tenant, user, range, group_by }).await?;
-
-    let mut body = json!({
-        "tenant_id": tenant,
-        "scope": if user.is_some() { "user" } else { "tenant" },
-        "as_of": rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
-        "last_24h": sums.last_24h,
-        "last_7d": sums.last_7d,
-    });
-    if let Some(user) = user {
-        body["user_id"] = json!(user);
-    }
-    if let Some((from, to)) = range {
-        let buckets = match group_by {
-            None => None,
-            Some(group) => Some(buckets(&state.db, tenant, group, sums.buckets).await?),
-        };
-        body["range"] = json!({
-            "from": rfc3339(from),
-            "to": rfc3339(to),
-            "totals": sums.range,
-            "group_by": group_by.map(|g| match g { GroupBy::Day => "day", GroupBy::User => "user", GroupBy::Model => "model" }),
-            "buckets": buckets,
-        });
-    }
-    Ok(Json(body))
-}
-
-/// Bucket keys as objects: days and models as they are; users with their e-mail, keys with their
-/// name.
-async fn buckets(
-    db: &sqlx::PgPool,
-    tenant: Uuid,
-    group: GroupBy,
-    sums: BTreeMap<String, Totals>,
-) -> Result<Vec<Value>, sqlx::Error> {
-    let totals = |t: &Totals| serde_json::to_value(t).unwrap_or_default();
-    let mut out = Vec::with_capacity(sums.len());
-    match group {
-        GroupBy::Day => {
-            for (day, t) in &sums {
-                out.push(json!({ "day": day, "totals": totals(t) }));
-            }
-        }
-        GroupBy::Model => {
-            for (model, t) in &sums {
-                out.push(json!({ "model": model, "totals": totals(t) }));
-            }
-        }
-        GroupBy::User => {
-            let ids: Vec<Uuid> =
-                sums.keys().filter_map(|k| k.get(1..).and_then(|id| Uuid::try_parse(id).ok())).collect();
-            let names: Vec<(Uuid, String)> = sqlx::query_as(
-                "select id, email from users where tenant_id = $1 and id = any($2)
-                 union all
-                 select id, name from api_keys where tenant_id = $1 and id = any($2)",
-            )
-            .bind(tenant)
-            .bind(&ids)
-            .fetch_all(db)
-            .await?;
-            let name = |id: Uuid| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone());
-            for (key, t) in &sums {
-                let id = key.get(1..).and_then(|id| Uuid::try_parse(id).ok());
-                let entry = match (key.as_bytes().first(), id) {
-                    (Some(b'u'), Some(id)) => json!({ "user_id": id, "email": name(id), "totals": totals(t) }),
-                    (Some(b'k'), Some(id)) => {
-                        json!({ "api_key_id": id, "api_key_name": name(id), "totals": totals(t) })
-                    }
-                    _ => json!({ "user_id": null, "totals": totals(t) }),
-                };
-                out.push(entry);
-            }
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(from: Option<&str>, to: Option<&str>, group_by: Option<&str>) -> Params {
-        Params { from: from.map(Into::into), to: to.map(Into::into), group_by: group_by.map(Into::into) }
-    }
-
-    #[test]
-    fn range_defaults_and_refusals() {
-        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_range(&params(None, None, None), now).unwrap(), (None, None));
-        let (range, group) = parse_range(&params(None, None, Some("day")), now).unwrap();
-        assert_eq!(range, Some((now - Duration::days(7), now)));
-        assert_eq!(group, Some(GroupBy::Day));
-        let (range, _) = parse_range(&params(Some("2026-11-01T00:00:00+03:30"), None, None), now).unwrap();
-        assert_eq!(range.unwrap().0.to_rfc3339(), "2026-10-31T20:30:00+00:00");
-        let code = |p: Params| parse_range(&p, now).unwrap_err().code();
-        assert_eq!(code(params(Some("yesterday"), None, None)), "invalid_timestamp");
-        assert_eq!(code(params(Some("2026-11-22T10:00:00Z"), Some("2026-11-22T10:00:00Z"), None)), "invalid_range");
-        assert_eq!(code(params(Some("2024-01-01T00:00:00Z"), None, None)), "invalid_range");
-        assert_eq!(code(params(None, None, Some("week"))), "invalid_group_by");
-    }
 }

@@ -5,31 +5,17 @@
 //! each may spend) and refuses when a quota is used up; otherwise it records the new request's hold.
 //! The hold goes away in the same transaction as the request's ledger rows, so concurrent requests
 //! overshoot a quota by at most one request. Tenants without quotas skip all of it, and their
-//! requests are admitted without a round trip (see [`super::gate`]).
-//!
-//! `GET /v1/quotas` (the quotas that apply to the caller; admins see all), `PUT /v1/quotas` and
-//! `DELETE /v1/quotas?scope=&period=&user_id=` (admins).
+//! requests are admitted without a round trip (see [`super::gate`]). The routes that manage
+//! quotas are in [`super::routes`].
 
 use std::time::Duration;
 
-use axum::{
-    Json, Router,
-    extract::{Query, State},
-    http::StatusCode,
-    routing::get,
-};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::{
-    app::AppState,
-    auth::{CurrentUser, jwt::Role},
-    error::{ApiError, ApiResult},
-    http::extractors::AppJson,
-};
+use crate::error::ApiError;
 
 /// A quota that is used up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,9 +49,52 @@ impl From<Exceeded> for ApiError {
     }
 }
 
-/// The result of an admission: a hold to release when the request's usage is written (`None` when
-/// no quota applies), or the quota that is used up.
-pub type Admission = Result<Option<Uuid>, Exceeded>;
+/// Why a request was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("{}", .0.message())]
+    Exceeded(Exceeded),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(e: AdmitError) -> Self {
+        match e {
+            AdmitError::Exceeded(e) => e.into(),
+            AdmitError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// An admitted request's hold, to release when its usage is written (`None` when no quota
+/// applies).
+pub type Hold = Option<Uuid>;
+
+/// Why a quota could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error("a tenant quota names no user")]
+    TenantWithUser,
+    #[error("a token limit is 0 or more")]
+    NegativeLimit,
+    #[error("no such user in this tenant")]
+    UnknownUser,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::TenantWithUser | QuotaError::NegativeLimit => {
+                ApiError::bad_request("invalid_quota", e.to_string())
+            }
+            QuotaError::UnknownUser => ApiError::not_found("user_not_found", e.to_string()),
+            QuotaError::Database(e) => e.into(),
+        }
+    }
+}
 
 #[derive(sqlx::FromRow)]
 struct AdmitRow {
@@ -85,7 +114,7 @@ async fn admit_inner(
     hold: Option<Uuid>,
     tokens: i64,
     hold_for: Duration,
-) -> Result<Admission, sqlx::Error> {
+) -> Result<Hold, AdmitError> {
     let row: AdmitRow = sqlx::query_as(
         "select admitted, held, scope, period, token_limit, used, resets_at
            from quota_admit($1, $2, $3, $4, make_interval(secs => $5))",
@@ -98,9 +127,9 @@ async fn admit_inner(
     .fetch_one(db)
     .await?;
     if row.admitted {
-        return Ok(Ok(if row.held { hold } else { None }));
+        return Ok(if row.held { hold } else { None });
     }
-    Ok(Err(Exceeded {
+    Err(AdmitError::Exceeded(Exceeded {
         scope: row.scope.unwrap_or_default(),
         period: row.period.unwrap_or_default(),
         token_limit: row.token_limit.unwrap_or_default(),
@@ -117,17 +146,19 @@ pub async fn admit(
     user: Option<Uuid>,
     tokens: i64,
     hold_for: Duration,
-) -> Result<Admission, sqlx::Error> {
+) -> Result<Hold, AdmitError> {
     admit_inner(db, tenant, user, Some(Uuid::now_v7()), tokens, hold_for).await
 }
 
 /// Refuses at once when a quota that applies is used up (no hold: for requests whose cost is held
 /// later, such as uploads, whose embedding is admitted by the ingestion worker).
-pub async fn check(db: &PgPool, tenant: Uuid, user: Option<Uuid>) -> Result<(), ApiError> {
-    match admit_inner(db, tenant, user, None, 0, Duration::ZERO).await? {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+pub async fn check(db: &PgPool, tenant: Uuid, user: Option<Uuid>) -> Result<(), AdmitError> {
+    admit_inner(db, tenant, user, None, 0, Duration::ZERO).await.map(|_| ())
+}
+
+/// Whether the tenant has any quota at all.
+pub async fn tenant_has_quotas(db: impl PgExecutor<'_>, tenant: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from quotas where tenant_id = $1)").bind(tenant).fetch_one(db).await
 }
 
 /// Gives back a hold whose request ended without writing usage.
@@ -207,9 +238,9 @@ pub async fn set(
     user: Option<Uuid>,
     period: Period,
     limit: Option<i64>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, QuotaError> {
     if scope == QuotaScope::Tenant && user.is_some() {
-        return Err(ApiError::bad_request("invalid_quota", "a tenant quota names no user"));
+        return Err(QuotaError::TenantWithUser);
     }
     let Some(limit) = limit else {
         let removed = sqlx::query(
@@ -225,7 +256,7 @@ pub async fn set(
         return Ok(removed > 0);
     };
     if limit < 0 {
-        return Err(ApiError::bad_request("invalid_quota", "a token limit is 0 or more"));
+        return Err(QuotaError::NegativeLimit);
     }
     let result = sqlx::query(
         "insert into quotas (tenant_id, scope, user_id, period, token_limit) values ($1, $2, $3, $4, $5)
@@ -240,9 +271,7 @@ pub async fn set(
     .execute(db)
     .await;
     match result {
-        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-            Err(ApiError::not_found("user_not_found", "no such user in this tenant"))
-        }
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(QuotaError::UnknownUser),
         other => {
             other?;
             Ok(true)
@@ -250,75 +279,19 @@ pub async fn set(
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/quotas", get(show).put(put).delete(remove))
-}
-
-/// Admins see every quota of the tenant; members the ones that apply to them.
-async fn show(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
-    let tenant = user.tenant.0.id;
-    let quotas = if user.user.role == Role::Admin {
-        list(&state.db, tenant).await?
-    } else {
-        sqlx::query_as(
-            "with mine as (select * from quotas_for($1, $2))
-             select m.scope, case when m.scope = 'user' then $2 end as user_id, m.period, m.token_limit,
-                    quota_used($1, m.scope, $2, m.period) as used,
-                    quota_reset(m.period) as resets_at,
-                    now() as updated_at
-               from mine m order by m.scope, m.period",
-        )
-        .bind(tenant)
-        .bind(user.user.id)
-        .fetch_all(&state.db)
-        .await?
-    };
-    Ok(Json(json!({ "quotas": quotas })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutQuota {
-    scope: QuotaScope,
-    #[serde(default)]
-    user_id: Option<Uuid>,
-    period: Period,
-    /// `null` removes the quota
-    token_limit: Option<i64>,
-}
-
-async fn put(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    AppJson(body): AppJson<PutQuota>,
-) -> ApiResult<Json<Value>> {
-    user.require_admin()?;
-    let tenant = user.tenant.0.id;
-    set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit).await?;
-    // this process's questions see it at once; others when the change's notification arrives
-    state.quotas.forget();
-    tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
-    Ok(Json(json!({ "quotas": list(&state.db, tenant).await? })))
-}
-
-#[derive(Deserialize)]
-struct DeleteQuota {
-    scope: QuotaScope,
-    #[serde(default)]
-    user_id: Option<Uuid>,
-    period: Period,
-}
-
-async fn remove(
-    State(state): State<AppState>,
-    user: CurrentUser,
-    query: Result<Query<DeleteQuota>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<StatusCode> {
-    user.require_admin()?;
-    let Query(q) = query.map_err(|_| {
-        ApiError::bad_request("invalid_quota", "name the quota: ?scope=tenant|user&period=day|month[&user_id=…]")
-    })?;
-    let removed = set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None).await?;
-    state.quotas.forget();
-    if removed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("quota_not_found", "no such quota")) }
+/// The quotas that apply to one user (the tenant's, and the user's own or the per-user default),
+/// with what the user has used of each.
+pub async fn list_for_user(db: impl PgExecutor<'_>, tenant: Uuid, user: Uuid) -> Result<Vec<QuotaView>, sqlx::Error> {
+    sqlx::query_as(
+        "with mine as (select * from quotas_for($1, $2))
+         select m.scope, case when m.scope = 'user' then $2 end as user_id, m.period, m.token_limit,
+                quota_used($1, m.scope, $2, m.period) as used,
+                quota_reset(m.period) as resets_at,
+                now() as updated_at
+           from mine m order by m.scope, m.period",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_all(db)
+    .await
 }

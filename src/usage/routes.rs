@@ -1,0 +1,252 @@
+//! `GET /v1/usage` (for billing jobs and people), and the quotas: `GET /v1/quotas` (the quotas
+//! that apply to the caller; admins see all), `PUT /v1/quotas` and
+//! `DELETE /v1/quotas?scope=&period=&user_id=` (admins).
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::StatusCode,
+    routing::get,
+};
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    GroupBy, RangeAsked, Totals, UsageQuery,
+    quota::{self, Period, QuotaScope},
+};
+use crate::{
+    app::AppState,
+    auth::{
+        CurrentUser, Principal,
+        api_keys::{self, Scope},
+        jwt::Role,
+        users,
+    },
+    error::{ApiError, ApiResult},
+    http::extractors::AppJson,
+};
+
+/// The longest range one request may ask for.
+const MAX_RANGE_DAYS: i64 = 400;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/usage", get(usage))
+        .route("/v1/quotas", get(show_quotas).put(put_quota).delete(remove_quota))
+}
+
+#[derive(Deserialize)]
+struct Params {
+    from: Option<String>,
+    to: Option<String>,
+    group_by: Option<String>,
+}
+
+fn parse_time(name: &str, raw: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw.trim()).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_timestamp",
+            format!("`{name}` must be an RFC 3339 time such as 2026-11-01T00:00:00Z"),
+        )
+    })
+}
+
+/// Reads the range parameters: `to` defaults to now, `from` to 7 days before `to`.
+fn parse_range(p: &Params, now: DateTime<Utc>) -> ApiResult<RangeAsked> {
+    let group_by = match p.group_by.as_deref() {
+        None => None,
+        Some("day") => Some(GroupBy::Day),
+        Some("user") => Some(GroupBy::User),
+        Some("model") => Some(GroupBy::Model),
+        Some(_) => return Err(ApiError::bad_request("invalid_group_by", "group_by is day, user or model")),
+    };
+    if p.from.is_none() && p.to.is_none() && group_by.is_none() {
+        return Ok((None, None));
+    }
+    let to = p.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(now);
+    let from = p.from.as_deref().map(|f| parse_time("from", f)).transpose()?.unwrap_or(to - Duration::days(7));
+    if from >= to {
+        return Err(ApiError::bad_request("invalid_range", "`from` must be before `to`"));
+    }
+    if to - from > Duration::days(MAX_RANGE_DAYS) {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            format!("a range is at most {MAX_RANGE_DAYS} days: ask for longer periods in parts"),
+        ));
+    }
+    Ok((Some((from, to)), group_by))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    principal: Principal,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal.require(Scope::UsageRead)?;
+    let Query(params) = params.map_err(|_| ApiError::bad_request("invalid_query", "use ?from=&to=&group_by="))?;
+    let (range, group_by) = parse_range(&params, Utc::now())?;
+    let tenant = principal.tenant_id();
+    let user = if principal.is_tenant_wide() { None } else { principal.user_id() };
+    let sums = super::sum(&state.db, &UsageQuery { tenant, user, range, group_by }).await?;
+
+    let mut body = json!({
+        "tenant_id": tenant,
+        "scope": if user.is_some() { "user" } else { "tenant" },
+        "as_of": rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
+        "last_24h": sums.last_24h,
+        "last_7d": sums.last_7d,
+    });
+    if let Some(user) = user {
+        body["user_id"] = json!(user);
+    }
+    if let Some((from, to)) = range {
+        let buckets = match group_by {
+            None => None,
+            Some(group) => Some(buckets(&state.db, tenant, group, sums.buckets).await?),
+        };
+        body["range"] = json!({
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "totals": sums.range,
+            "group_by": group_by.map(|g| match g { GroupBy::Day => "day", GroupBy::User => "user", GroupBy::Model => "model" }),
+            "buckets": buckets,
+        });
+    }
+    Ok(Json(body))
+}
+
+/// Bucket keys as objects: days and models as they are; users with their e-mail, keys with their
+/// name.
+async fn buckets(
+    db: &PgPool,
+    tenant: Uuid,
+    group: GroupBy,
+    sums: BTreeMap<String, Totals>,
+) -> Result<Vec<Value>, sqlx::Error> {
+    let totals = |t: &Totals| serde_json::to_value(t).unwrap_or_default();
+    let mut out = Vec::with_capacity(sums.len());
+    match group {
+        GroupBy::Day => {
+            for (day, t) in &sums {
+                out.push(json!({ "day": day, "totals": totals(t) }));
+            }
+        }
+        GroupBy::Model => {
+            for (model, t) in &sums {
+                out.push(json!({ "model": model, "totals": totals(t) }));
+            }
+        }
+        GroupBy::User => {
+            let ids: Vec<Uuid> =
+                sums.keys().filter_map(|k| k.get(1..).and_then(|id| Uuid::try_parse(id).ok())).collect();
+            let mut names = users::emails(db, tenant, &ids).await?;
+            names.extend(api_keys::names(db, tenant, &ids).await?);
+            let name = |id: Uuid| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone());
+            for (key, t) in &sums {
+                let id = key.get(1..).and_then(|id| Uuid::try_parse(id).ok());
+                let entry = match (key.as_bytes().first(), id) {
+                    (Some(b'u'), Some(id)) => json!({ "user_id": id, "email": name(id), "totals": totals(t) }),
+                    (Some(b'k'), Some(id)) => {
+                        json!({ "api_key_id": id, "api_key_name": name(id), "totals": totals(t) })
+                    }
+                    _ => json!({ "user_id": null, "totals": totals(t) }),
+                };
+                out.push(entry);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Admins see every quota of the tenant; members the ones that apply to them.
+async fn show_quotas(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
+    let tenant = user.tenant.0.id;
+    let quotas = if user.user.role == Role::Admin {
+        quota::list(&state.db, tenant).await?
+    } else {
+        quota::list_for_user(&state.db, tenant, user.user.id).await?
+    };
+    Ok(Json(json!({ "quotas": quotas })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuota {
+    scope: QuotaScope,
+    #[serde(default)]
+    user_id: Option<Uuid>,
+    period: Period,
+    /// `null` removes the quota
+    token_limit: Option<i64>,
+}
+
+async fn put_quota(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    AppJson(body): AppJson<PutQuota>,
+) -> ApiResult<Json<Value>> {
+    user.require_admin()?;
+    let tenant = user.tenant.0.id;
+    quota::set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit).await?;
+    // this process's questions see it at once; others when the change's notification arrives
+    state.quotas.forget();
+    tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
+    Ok(Json(json!({ "quotas": quota::list(&state.db, tenant).await? })))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuota {
+    scope: QuotaScope,
+    #[serde(default)]
+    user_id: Option<Uuid>,
+    period: Period,
+}
+
+async fn remove_quota(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    query: Result<Query<DeleteQuota>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    user.require_admin()?;
+    let Query(q) = query.map_err(|_| {
+        ApiError::bad_request("invalid_quota", "name the quota: ?scope=tenant|user&period=day|month[&user_id=…]")
+    })?;
+    let removed = quota::set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None).await?;
+    state.quotas.forget();
+    if removed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("quota_not_found", "no such quota")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(from: Option<&str>, to: Option<&str>, group_by: Option<&str>) -> Params {
+        Params { from: from.map(Into::into), to: to.map(Into::into), group_by: group_by.map(Into::into) }
+    }
+
+    #[test]
+    fn range_defaults_and_refusals() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(parse_range(&params(None, None, None), now).unwrap(), (None, None));
+        let (range, group) = parse_range(&params(None, None, Some("day")), now).unwrap();
+        assert_eq!(range, Some((now - Duration::days(7), now)));
+        assert_eq!(group, Some(GroupBy::Day));
+        let (range, _) = parse_range(&params(Some("2026-11-01T00:00:00+03:30"), None, None), now).unwrap();
+        assert_eq!(range.unwrap().0.to_rfc3339(), "2026-10-31T20:30:00+00:00");
+        let code = |p: Params| parse_range(&p, now).unwrap_err().code();
+        assert_eq!(code(params(Some("yesterday"), None, None)), "invalid_timestamp");
+        assert_eq!(code(params(Some("2026-11-22T10:00:00Z"), Some("2026-11-22T10:00:00Z"), None)), "invalid_range");
+        assert_eq!(code(params(Some("2024-01-01T00:00:00Z"), None, None)), "invalid_range");
+        assert_eq!(code(params(None, None, Some("week"))), "invalid_group_by");
+    }
+}
