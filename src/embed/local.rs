@@ -11,9 +11,10 @@ use std::{
 };
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 
 use super::{
-    BoxFuture, EmbedError, Embedder, Embeddings, TokenCounter,
+    EmbedError, Embedder, Embeddings, TokenCounter,
     minilm::{Kernel, MiniLm, best_kernel},
     wordpiece::WordPiece,
 };

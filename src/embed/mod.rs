@@ -6,11 +6,11 @@ pub mod minilm;
 pub mod openai;
 pub mod wordpiece;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use crate::config::{Config, EmbeddingProvider};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Counts tokens with a model's own tokenizer.
 pub type TokenCounter = dyn Fn(&str) -> usize + Send + Sync;

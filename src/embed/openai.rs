@@ -11,7 +11,9 @@ use async_openai::{
     types::embeddings::{CreateEmbeddingRequest, EmbeddingInput},
 };
 
-use super::{BoxFuture, EmbedError, Embedder, Embeddings};
+use futures_util::future::BoxFuture;
+
+use super::{EmbedError, Embedder, Embeddings};
 use crate::config::Config;
 
 pub struct OpenAiEmbedder {

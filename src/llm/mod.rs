@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 
-use crate::{config::Config, embed::BoxFuture, retrieval::Source};
+use futures_util::future::BoxFuture;
+
+use crate::{config::Config, retrieval::Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Speaker {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use tokio::sync::mpsc;
 
 use super::{ChatError, ChatModel, ChatRequest, Usage};
-use crate::embed::BoxFuture;
+use futures_util::future::BoxFuture;
 
 pub const NAME: &str = "offline-extractive";
 

@@ -17,7 +17,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{ChatError, ChatModel, ChatRequest, Speaker, Usage};
-use crate::{config::Config, embed::BoxFuture};
+use futures_util::future::BoxFuture;
+
+use crate::config::Config;
 
 pub struct OpenAiChat {
     client: Client<OpenAIConfig>,
