@@ -6,9 +6,9 @@ mod common;
 use std::{sync::atomic::Ordering, time::Duration};
 
 use common::{
-    TestApp,
+    TestApp, fixture,
     openai::{CHAT_PROMPT_TOKENS, EmbeddingServer, chat_token},
-    ws::{Socket, ask, connect, fixture, next_json, send},
+    ws::{Socket, ask, connect, next_json, send},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,19 +19,8 @@ const QUESTION: &str = "What are the standard and recommended packages supplied 
 
 async fn setup_with(db: PgPool, extra: &[(&str, &str)]) -> (TestApp, EmbeddingServer, String) {
     let server = EmbeddingServer::start().await;
-    let mut builder = TestApp::builder();
-    for (k, v) in server.chat_vars() {
-        builder = builder.var(k, v);
-    }
-    for (k, v) in extra {
-        builder = builder.var(k, *v);
-    }
-    let app = builder.spawn(db).await;
-    app.create_tenant("acme", "boss@acme.example").await;
-    let token = app.login("acme", "boss@acme.example").await;
-    let resp = app.upload("acme", &token, "r-intro.pdf", fixture("english-2page.pdf")).await;
-    assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    app.drain().await;
+    let app = TestApp::builder().vars(server.chat_vars()).vars(extra.iter().copied()).spawn(db).await;
+    let token = app.acme_with_document().await;
     (app, server, token)
 }
 

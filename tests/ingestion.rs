@@ -9,16 +9,12 @@ use std::{
     time::Duration,
 };
 
-use common::{TestApp, error_of, openai::EmbeddingServer};
+use common::{ADMIN, TestApp, error_of, fixture, openai::EmbeddingServer};
 use docuchat::ingestion::worker::Outcome;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
-}
 
 struct Setup {
     app: TestApp,
@@ -28,13 +24,8 @@ struct Setup {
 
 async fn setup_with(db: PgPool, tweak: impl FnOnce(&mut docuchat::config::Config) + Send + 'static) -> Setup {
     let embeddings = EmbeddingServer::start().await;
-    let mut builder = TestApp::builder();
-    for (k, v) in embeddings.vars() {
-        builder = builder.var(k, v);
-    }
-    let app = builder.config(tweak).spawn(db).await;
-    app.create_tenant("acme", "boss@acme.example").await;
-    let admin = app.login("acme", "boss@acme.example").await;
+    let app = TestApp::builder().vars(embeddings.vars()).config(tweak).spawn(db).await;
+    let admin = app.tenant_with_admin("acme", ADMIN).await;
     Setup { app, embeddings, admin }
 }
 

@@ -130,3 +130,156 @@ pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error>
     ledger::charge_answers(&mut tx, &charges).await?;
     tx.commit().await
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::{Record, Recorder, insert};
+    use crate::{
+        auth::{email::Email, jwt::Role, users},
+        tenants,
+    };
+
+    fn record(tenant: Uuid, user: Uuid, session: Uuid, title: Option<&str>, hold: Option<Uuid>, n: i32) -> Record {
+        Record {
+            message_id: Uuid::now_v7(),
+            tenant,
+            user,
+            session,
+            title: title.map(str::to_owned),
+            question: format!("question {n} «چرا؟» with 'quotes' and \\ backslash"),
+            answer: format!("answer {n}"),
+            sources: json!([{ "n": n }]),
+            model: "m".to_owned(),
+            prompt_tokens: 100 + n,
+            // a cancelled answer before any token: no completion row
+            completion_tokens: if n % 3 == 0 { 0 } else { 10 + n },
+            status: if n % 3 == 0 { "cancelled" } else { "complete" },
+            error_code: None,
+            embedding_model: "e".to_owned(),
+            embedding_tokens: 5,
+            hold,
+        }
+    }
+
+    #[sqlx::test]
+    async fn answers_written_together_are_each_saved_whole_and_one_bad_answer_fails_alone(db: PgPool) {
+        let email = Email::parse("boss@acme.example").unwrap();
+        let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap();
+        let user = users::upsert_on_login(&db, tenant.id, &email, Role::Admin).await.unwrap();
+        let (tenant, user) = (tenant.id, user.id);
+        let hold = |id: Uuid| {
+            sqlx::query("insert into quota_holds (id, tenant_id, user_id, tokens, expires_at) values ($1, $2, $3, 1000, now() + interval '1 hour')")
+                .bind(id)
+                .bind(tenant)
+                .bind(user)
+                .execute(&db)
+        };
+        // an existing session, continued by two answers; three answers starting sessions of their own
+        let existing = Uuid::now_v7();
+        sqlx::query("insert into chat_sessions (id, tenant_id, user_id, title, updated_at) values ($1, $2, $3, 'old', now() - interval '1 day')")
+            .bind(existing)
+            .bind(tenant)
+            .bind(user)
+            .execute(&db)
+            .await
+            .unwrap();
+        let holds: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        for h in &holds {
+            hold(*h).await.unwrap();
+        }
+        let records: Vec<Record> = (0..5)
+            .map(|n| {
+                let (session, title) = if n < 2 { (existing, None) } else { (Uuid::now_v7(), Some("new")) };
+                record(tenant, user, session, title, Some(holds[n as usize]), n)
+            })
+            .collect();
+        insert(&db, &records.iter().collect::<Vec<_>>()).await.unwrap();
+
+        for r in &records {
+            let (question, answer, status, sources): (String, String, String, Value) =
+                sqlx::query_as("select question, answer, status, sources from messages where id = $1")
+                    .bind(r.message_id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                (question.as_str(), answer.as_str(), status.as_str()),
+                (r.question.as_str(), r.answer.as_str(), r.status)
+            );
+            assert_eq!(sources, r.sources);
+            let mut rows: Vec<(String, String, i64)> =
+                sqlx::query_as("select kind, model, tokens from usage_events where message_id = $1 order by kind")
+                    .bind(r.message_id)
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+            rows.sort();
+            let mut expected = vec![
+                ("embedding".to_owned(), "e".to_owned(), 5),
+                ("prompt".to_owned(), "m".to_owned(), r.prompt_tokens as i64),
+            ];
+            if r.completion_tokens > 0 {
+                expected.push(("completion".to_owned(), "m".to_owned(), r.completion_tokens as i64));
+            }
+            expected.sort();
+            assert_eq!(rows, expected);
+        }
+        let sessions: i64 = sqlx::query_scalar("select count(*) from chat_sessions where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(sessions, 4);
+        let fresh: bool =
+            sqlx::query_scalar("select updated_at > now() - interval '1 minute' from chat_sessions where id = $1")
+                .bind(existing)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert!(fresh, "a continued session's time moves");
+        let held: i64 = sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&db).await.unwrap();
+        assert_eq!(held, 0, "each answer's hold goes with its ledger rows");
+
+        // an answer whose session is gone (deleted while it ran) cannot be written: in one statement
+        // with good answers nothing is written ...
+        let good = record(tenant, user, existing, None, None, 10);
+        let orphan = record(tenant, user, Uuid::now_v7(), None, None, 11);
+        assert!(insert(&db, &[&good, &orphan]).await.is_err());
+        let written: i64 = sqlx::query_scalar("select count(*) from messages where id = any($1)")
+            .bind(vec![good.message_id, orphan.message_id])
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(written, 0);
+        // ... and through the writer, which batches answers that arrive together, only it fails
+        let recorder = Recorder::start(db.clone());
+        let batch: Vec<Record> = (20..40)
+            .map(|n| {
+                if n == 30 {
+                    record(tenant, user, Uuid::now_v7(), None, None, n)
+                } else {
+                    record(tenant, user, existing, None, None, n)
+                }
+            })
+            .collect();
+        let results = futures_util::future::join_all(batch.iter().map(|r| recorder.save(r.clone()))).await;
+        for (r, result) in batch.iter().zip(&results) {
+            let saved: i64 = sqlx::query_scalar("select count(*) from messages where id = $1")
+                .bind(r.message_id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if r.prompt_tokens == 130 {
+                assert!(result.is_err());
+                assert_eq!(saved, 0);
+            } else {
+                assert!(result.is_ok(), "{result:?}");
+                assert_eq!(saved, 1);
+            }
+        }
+    }
+}

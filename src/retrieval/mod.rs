@@ -379,26 +379,4 @@ pub fn snippet(text: &str, max_chars: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_words_are_left_out_of_the_text_query() {
-        assert_eq!(text_query("What are the standard packages supplied with R?"), "standard packages supplied R");
-        assert_eq!(text_query("مدل‌های زبانی در این سند چیست؟"), "مدل‌های زبانی سند");
-        // nothing but stop words: keep them rather than search for nothing
-        assert_eq!(text_query("What is it?"), "What is it");
-    }
-
-    #[test]
-    fn snippets_cut_at_words() {
-        assert_eq!(snippet("short  text\nhere", 50), "short text here");
-        let s = snippet(&"word ".repeat(100), 23);
-        assert_eq!(s, "word word word word…");
-    }
-
-    #[test]
-    fn literals_are_quoted() {
-        assert_eq!(literal("it's"), "'it''s'");
-    }
-}
+mod tests;

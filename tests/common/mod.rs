@@ -3,6 +3,7 @@
 //! Redis server).
 #![allow(dead_code)]
 
+pub mod metering;
 pub mod openai;
 pub mod smtp;
 pub mod ws;
@@ -26,6 +27,15 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 pub use smtp::MailServer;
+use uuid::Uuid;
+
+/// The admin of tenant `acme` in most tests.
+pub const ADMIN: &str = "boss@acme.example";
+
+/// A committed test PDF.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+}
 
 pub fn init_test_log() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -39,7 +49,7 @@ pub fn test_vars() -> HashMap<String, String> {
         std::env::var("REDIS_URL").expect("REDIS_URL must point at a Redis (run the tests with infra/dev.sh test)");
     HashMap::from([
         ("REDIS_URL".to_owned(), redis),
-        ("REDIS_KEY_PREFIX".to_owned(), format!("test:{}:", uuid::Uuid::new_v4())),
+        ("REDIS_KEY_PREFIX".to_owned(), format!("test:{}:", Uuid::new_v4())),
         ("JWT_SECRET".to_owned(), "test-secret-that-is-long-enough-0123456789".to_owned()),
         ("INGEST_WORKERS".to_owned(), "0".to_owned()),
         ("LOCAL_MODEL_DIR".to_owned(), std::env::var("LOCAL_MODEL_DIR").unwrap_or_default()),
@@ -68,6 +78,13 @@ pub struct Builder {
 impl Builder {
     pub fn var(mut self, name: &str, value: impl Into<String>) -> Self {
         self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn vars<K: AsRef<str>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        for (name, value) in vars {
+            self.vars.insert(name.as_ref().to_owned(), value.into());
+        }
         self
     }
 
@@ -199,8 +216,35 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Creates tenant `slug` whose admin is `admin_email` and logs the admin in; returns the
+    /// admin's token.
+    pub async fn tenant_with_admin(&self, slug: &str, admin_email: &str) -> String {
+        self.create_tenant(slug, admin_email).await;
+        self.login(slug, admin_email).await
+    }
+
+    /// Uploads the committed fixture `fixture_name` as `filename`, runs the queue, and checks that
+    /// the document is ready; returns its id.
+    pub async fn upload_ready(&self, tenant: &str, token: &str, filename: &str, fixture_name: &str) -> Uuid {
+        let resp = self.upload(tenant, token, filename, fixture(fixture_name)).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{}", resp.text().await.unwrap());
+        let id: Uuid = resp.json::<Value>().await.unwrap()["document_id"].as_str().unwrap().parse().unwrap();
+        self.drain().await;
+        let doc: Value = self.get_as(&format!("/v1/documents/{id}"), tenant, token).await.json().await.unwrap();
+        assert_eq!(doc["status"], "ready", "{doc}");
+        id
+    }
+
+    /// Where most tests start: tenant `acme`, its admin `ADMIN` logged in, and the two-page English
+    /// fixture ready as `r-intro.pdf`. Returns the admin's token.
+    pub async fn acme_with_document(&self) -> String {
+        let admin = self.tenant_with_admin("acme", ADMIN).await;
+        self.upload_ready("acme", &admin, "r-intro.pdf", "english-2page.pdf").await;
+        admin
+    }
+
     /// Runs the ingestion queue dry in this task.
-    pub async fn drain(&self) -> Vec<(uuid::Uuid, docuchat::ingestion::worker::Outcome)> {
+    pub async fn drain(&self) -> Vec<(Uuid, docuchat::ingestion::worker::Outcome)> {
         let workers = self.state.workers().expect("ingestion workers");
         workers.drain("test-drain").await.expect("drain")
     }

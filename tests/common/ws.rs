@@ -10,10 +10,6 @@ use super::TestApp;
 
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
 pub async fn connect(app: &TestApp, token: &str) -> Socket {
     let url = format!("ws://{}/ws/chat?token={token}", app.addr);
     connect_async(url).await.expect("websocket connects").0
