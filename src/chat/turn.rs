@@ -170,32 +170,11 @@ impl<S: FrameSink> Turn<S> {
         cancel: CancellationToken,
         hold: &mut Option<Uuid>,
     ) -> anyhow::Result<()> {
-        match self.services.quotas.admit(self.tenant, Some(self.user), self.most_tokens(question), HOLD_FOR).await {
-            Ok(h) => *hold = h,
-            Err(AdmitError::Database(e)) => return Err(e.into()),
-            Err(AdmitError::Exceeded(exceeded)) => {
-                let message = exceeded.message();
-                self.sink
-                    .send(Frame::Error {
-                        code: "quota_exceeded",
-                        message: &message,
-                        retry_after: Some(exceeded.retry_after().as_secs().max(1)),
-                        resets_at: Some(exceeded.resets_at),
-                    })
-                    .await;
-                return Ok(());
-            }
+        if !self.admit(question, hold).await? {
+            return Ok(());
         }
-        // a new session is written together with its first message, at the end
-        let (session, title) = match session {
-            Some(id) => match store::find_session(&self.services.db, self.tenant, self.user, id).await? {
-                Some(s) => (s.id, None),
-                None => {
-                    self.sink.send(Frame::error("session_not_found", "no such chat session")).await;
-                    return Ok(());
-                }
-            },
-            None => (Uuid::now_v7(), Some(question.chars().take(80).collect::<String>())),
+        let Some((session, title)) = self.open_session(session, question).await? else {
+            return Ok(());
         };
         let message_id = Uuid::now_v7();
         self.sink.send(Frame::Start { session_id: session, message_id }).await;
@@ -207,7 +186,7 @@ impl<S: FrameSink> Turn<S> {
         let request = self.prompt(&*embedder, &embedded.vectors[0], question, session, title.is_none()).await?;
         self.sink.send(Frame::Sources { sources: &request.sources }).await;
 
-        let generated = self.generate(&request, cancel).await;
+        let mut generated = self.generate(&request, cancel).await;
         self.services
             .recorder
             .save(Record {
@@ -217,7 +196,7 @@ impl<S: FrameSink> Turn<S> {
                 session,
                 title,
                 question: question.to_owned(),
-                answer: generated.answer,
+                answer: std::mem::take(&mut generated.answer),
                 sources: serde_json::to_value(&request.sources)?,
                 model: generated.model.clone(),
                 prompt_tokens: generated.usage.prompt_tokens as i32,
@@ -231,24 +210,71 @@ impl<S: FrameSink> Turn<S> {
             .await?;
         *hold = None;
 
+        self.finish(message_id, &generated).await;
+        Ok(())
+    }
+
+    /// Admits the turn against the quotas, holding what it may spend; false when a quota is used
+    /// up (the refusal is sent).
+    async fn admit(&self, question: &str, hold: &mut Option<Uuid>) -> anyhow::Result<bool> {
+        match self.services.quotas.admit(self.tenant, Some(self.user), self.most_tokens(question), HOLD_FOR).await {
+            Ok(h) => {
+                *hold = h;
+                Ok(true)
+            }
+            Err(AdmitError::Database(e)) => Err(e.into()),
+            Err(AdmitError::Exceeded(exceeded)) => {
+                let message = exceeded.message();
+                self.sink
+                    .send(Frame::Error {
+                        code: "quota_exceeded",
+                        message: &message,
+                        retry_after: Some(exceeded.retry_after().as_secs().max(1)),
+                        resets_at: Some(exceeded.resets_at),
+                    })
+                    .await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The session the answer goes to, with a title when this question starts it (a new session
+    /// is written together with its first message, at the end); `None` when the user has no such
+    /// session (the refusal is sent).
+    async fn open_session(
+        &self,
+        session: Option<Uuid>,
+        question: &str,
+    ) -> anyhow::Result<Option<(Uuid, Option<String>)>> {
+        let Some(id) = session else {
+            return Ok(Some((Uuid::now_v7(), Some(question.chars().take(80).collect()))));
+        };
+        if store::find_session(&self.services.db, self.tenant, self.user, id).await?.is_some() {
+            return Ok(Some((id, None)));
+        }
+        self.sink.send(Frame::error("session_not_found", "no such chat session")).await;
+        Ok(None)
+    }
+
+    /// The turn's last frame: `done` with the usage, or the model's failure.
+    async fn finish(&self, message_id: Uuid, generated: &Generated) {
         if let Some((code, message)) = &generated.failure {
             self.sink.send(Frame::error(code, message)).await;
-        } else {
-            let usage = generated.usage;
-            self.sink
-                .send(Frame::Done {
-                    message_id,
-                    status: generated.status,
-                    model: &generated.model,
-                    usage: FrameUsage {
-                        prompt_tokens: usage.prompt_tokens,
-                        completion_tokens: usage.completion_tokens,
-                        total_tokens: usage.prompt_tokens + usage.completion_tokens,
-                    },
-                })
-                .await;
+            return;
         }
-        Ok(())
+        let usage = generated.usage;
+        self.sink
+            .send(Frame::Done {
+                message_id,
+                status: generated.status,
+                model: &generated.model,
+                usage: FrameUsage {
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                },
+            })
+            .await;
     }
 
     /// The question's vector, or `None` when questions cannot be embedded now (logged).

@@ -84,55 +84,8 @@ async fn upload(
         message: format!("send the file as multipart/form-data in the field `file` ({})", e.body_text()),
     })?;
 
-    let mut file: Option<(String, Vec<u8>, [u8; 32])> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
-        if field.name() != Some("file") {
-            continue;
-        }
-        if file.is_some() {
-            return Err(ApiError::bad_request("too_many_files", "send one file per request"));
-        }
-        let filename = clean_filename(field.file_name());
-        let mut data = Vec::new();
-        let mut hasher = Sha256::new();
-        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
-            if data.len() + chunk.len() > max {
-                return Err(too_large(max));
-            }
-            if data.is_empty() && !looks_like_pdf(&chunk) && chunk.len() >= 1024 {
-                return Err(not_pdf());
-            }
-            hasher.update(&chunk);
-            data.extend_from_slice(&chunk);
-        }
-        file = Some((filename, data, hasher.finalize().into()));
-    }
-    let (filename, data, sha256) =
-        file.ok_or_else(|| ApiError::bad_request("file_required", "send the PDF in the multipart field `file`"))?;
-    if data.is_empty() {
-        return Err(ApiError::bad_request("empty_file", "the file is empty"));
-    }
-    if !looks_like_pdf(&data) {
-        return Err(not_pdf());
-    }
-
-    let max_pages = state.config.ingestion.max_pages;
-    let (data, inspected) = tokio::task::spawn_blocking(move || {
-        let info = pdf::inspect(&data, max_pages);
-        (data, info)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("PDF inspection task failed: {e}"))?;
-    let info = inspected.map_err(|e| match e {
-        ExtractError::Encrypted => ApiError::unprocessable(
-            "encrypted_pdf",
-            "the PDF is password-protected; remove the password and upload it again",
-        ),
-        ExtractError::TooManyPages(n, max) => {
-            ApiError::unprocessable("too_many_pages", format!("the PDF has {n} pages; the limit is {max}"))
-        }
-        _ => ApiError::unprocessable("invalid_pdf", "the file is not a readable PDF (damaged or truncated?)"),
-    })?;
+    let file = read_file(&mut multipart, max).await?;
+    let (data, info) = inspect(file.data, state.config.ingestion.max_pages).await?;
 
     let mut tx = state.db.begin().await?;
     let (doc, created) = super::create_with_job(
@@ -141,8 +94,8 @@ async fn upload(
             tenant_id: user.tenant_id(),
             uploaded_by: user.user_id(),
             uploaded_by_key: user.api_key_id(),
-            filename: &filename,
-            sha256: &sha256,
+            filename: &file.name,
+            sha256: &file.sha256,
             data: &data,
             pages: info.pages as i32,
             max_attempts: state.config.ingestion.max_attempts,
@@ -162,6 +115,72 @@ async fn upload(
             "filename": doc.filename,
         })),
     ))
+}
+
+/// The one file of an upload, with the SHA-256 of its bytes.
+struct UploadedFile {
+    name: String,
+    data: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+/// Reads the field `file`, refusing a second file, anything past `max` bytes (while it streams
+/// in) and content that does not start like a PDF.
+async fn read_file(multipart: &mut Multipart, max: usize) -> ApiResult<UploadedFile> {
+    let mut file: Option<UploadedFile> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        if file.is_some() {
+            return Err(ApiError::bad_request("too_many_files", "send one file per request"));
+        }
+        let name = clean_filename(field.file_name());
+        let mut data = Vec::new();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+            if data.len() + chunk.len() > max {
+                return Err(too_large(max));
+            }
+            if data.is_empty() && !looks_like_pdf(&chunk) && chunk.len() >= 1024 {
+                return Err(not_pdf());
+            }
+            hasher.update(&chunk);
+            data.extend_from_slice(&chunk);
+        }
+        file = Some(UploadedFile { name, data, sha256: hasher.finalize().into() });
+    }
+    let file =
+        file.ok_or_else(|| ApiError::bad_request("file_required", "send the PDF in the multipart field `file`"))?;
+    if file.data.is_empty() {
+        return Err(ApiError::bad_request("empty_file", "the file is empty"));
+    }
+    if !looks_like_pdf(&file.data) {
+        return Err(not_pdf());
+    }
+    Ok(file)
+}
+
+/// Opens the PDF and counts its pages (off the async threads), refusing encrypted, over-long and
+/// unreadable files; gives the bytes back.
+async fn inspect(data: Vec<u8>, max_pages: usize) -> ApiResult<(Vec<u8>, pdf::PdfInfo)> {
+    let (data, inspected) = tokio::task::spawn_blocking(move || {
+        let info = pdf::inspect(&data, max_pages);
+        (data, info)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("PDF inspection task failed: {e}"))?;
+    let info = inspected.map_err(|e| match e {
+        ExtractError::Encrypted => ApiError::unprocessable(
+            "encrypted_pdf",
+            "the PDF is password-protected; remove the password and upload it again",
+        ),
+        ExtractError::TooManyPages(n, max) => {
+            ApiError::unprocessable("too_many_pages", format!("the PDF has {n} pages; the limit is {max}"))
+        }
+        _ => ApiError::unprocessable("invalid_pdf", "the file is not a readable PDF (damaged or truncated?)"),
+    })?;
+    Ok((data, info))
 }
 
 fn not_pdf() -> ApiError {

@@ -96,12 +96,39 @@ pub type RangeAsked = (Option<(DateTime<Utc>, DateTime<Utc>)>, Option<GroupBy>);
 /// day) read the tenant rollups (days, then the hours around them); a member's own usage and
 /// buckets by user or model read the rollup per user, key and model (hours).
 pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, sqlx::Error> {
-    let (key, shown) = GroupBy::key_sql(q.group_by);
     // the fine rollup when the coarse one lacks a dimension the answer needs
     let range_fine = q.user.is_some() || matches!(q.group_by, Some(GroupBy::User | GroupBy::Model));
-    // one statement for the tenant, another for one user, so each is planned on its own index
+    let rows: Vec<SumRow> = sqlx::query_as(sqlx::AssertSqlSafe(sum_sql(q)))
+        .bind(q.tenant)
+        .bind(q.user)
+        .bind(q.range.map(|r| r.0))
+        .bind(q.range.map(|r| r.1))
+        .bind(range_fine)
+        .fetch_all(db)
+        .await?;
+    let mut sums = UsageSums::default();
+    for (window, key, kind, tokens, as_of) in rows {
+        sums.as_of = Some(as_of);
+        match window {
+            1 => sums.last_24h.add(&kind, tokens),
+            2 => sums.last_7d.add(&kind, tokens),
+            _ => {
+                sums.range.add(&kind, tokens);
+                if let Some(key) = key {
+                    sums.buckets.entry(key).or_default().add(&kind, tokens);
+                }
+            }
+        }
+    }
+    Ok(sums)
+}
+
+/// The statement of [`sum`]: one for the tenant, another for one user, so that each is planned on
+/// its own index; the range's bucket key as asked.
+fn sum_sql(q: &UsageQuery) -> String {
+    let (key, shown) = GroupBy::key_sql(q.group_by);
     let (user_u, user_e) = if q.user.is_some() { ("and u.user_id = $2", "and e.user_id = $2") } else { ("", "") };
-    let sql = format!(
+    format!(
         "with w(n, f, t, fine) as (
              values (1, now() - interval '24 hours', now(), $2::uuid is not null),
                     (2, now() - interval '7 days', now(), $2::uuid is not null),
@@ -159,28 +186,5 @@ pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, s
            ) r
           group by 1, 2, 3
          ) g"
-    );
-    let rows: Vec<SumRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(q.tenant)
-        .bind(q.user)
-        .bind(q.range.map(|r| r.0))
-        .bind(q.range.map(|r| r.1))
-        .bind(range_fine)
-        .fetch_all(db)
-        .await?;
-    let mut sums = UsageSums::default();
-    for (window, key, kind, tokens, as_of) in rows {
-        sums.as_of = Some(as_of);
-        match window {
-            1 => sums.last_24h.add(&kind, tokens),
-            2 => sums.last_7d.add(&kind, tokens),
-            _ => {
-                sums.range.add(&kind, tokens);
-                if let Some(key) = key {
-                    sums.buckets.entry(key).or_default().add(&kind, tokens);
-                }
-            }
-        }
-    }
-    Ok(sums)
+    )
 }

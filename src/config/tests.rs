@@ -1,0 +1,79 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|name| map.get(name).cloned())
+}
+
+#[test]
+fn defaults_are_local_and_offline() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.environment, Environment::Development);
+    assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+    assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8000");
+    assert_eq!(c.jwt_ttl, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.embedding_provider, EmbeddingProvider::Local);
+    assert_eq!(c.embedding_model, "all-MiniLM-L6-v2");
+    assert_eq!(c.chat_models_allowed, vec!["gpt-4o-mini".to_string()]);
+    assert!(c.openai_api_key.is_none());
+}
+
+#[test]
+fn production_refuses_missing_or_short_secret_and_log_mailer() {
+    let err = config(&[("ENVIRONMENT", "production"), ("SMTP_URL", "smtp://mail:25")]).unwrap_err();
+    assert!(err.to_string().contains("JWT_SECRET is required"), "{err}");
+
+    let err =
+        config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", "short"), ("SMTP_URL", "smtp://m:25")]).unwrap_err();
+    assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+
+    let long = "x".repeat(40);
+    let err = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &long)]).unwrap_err();
+    assert!(err.to_string().contains("SMTP_URL is required"), "{err}");
+
+    let ok = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &long), ("SMTP_URL", "smtp://m:25")]);
+    assert!(ok.unwrap().is_production());
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let c = config(&[
+        ("JWT_SECRET", "super-secret-value-123"),
+        ("OPENAI_API_KEY", "sk-live-abcdef"),
+        ("DATABASE_URL", "postgres://app:hunter2@db:5432/app"),
+        ("SMTP_URL", "smtp://mailer:mailpass@smtp:587"),
+    ])
+    .unwrap();
+    let printed = format!("{c:?}");
+    for secret in ["super-secret-value-123", "sk-live-abcdef", "hunter2", "mailpass"] {
+        assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+    }
+    assert!(printed.contains("postgres://app:***@db:5432/app"), "{printed}");
+}
+
+#[test]
+fn search_breadth_defaults_and_bounds() {
+    assert_eq!(config(&[]).unwrap().chat.ef_search, DEFAULT_EF_SEARCH);
+    assert_eq!(config(&[("RETRIEVAL_EF_SEARCH", "3")]).unwrap().chat.ef_search, 10);
+    assert_eq!(config(&[("RETRIEVAL_EF_SEARCH", "400")]).unwrap().chat.ef_search, 400);
+    let err = config(&[("RETRIEVAL_EF_SEARCH", "wide")]).unwrap_err();
+    assert!(err.to_string().contains("RETRIEVAL_EF_SEARCH"), "{err}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let err = config(&[("JWT_TTL_SECONDS", "soon")]).unwrap_err();
+    assert!(err.to_string().contains("JWT_TTL_SECONDS"));
+    let err = config(&[("BIND_ADDR", "nowhere")]).unwrap_err();
+    assert!(err.to_string().contains("BIND_ADDR"));
+    let err = config(&[("EMBEDDING_PROVIDER", "magic")]).unwrap_err();
+    assert!(err.to_string().contains("EMBEDDING_PROVIDER"));
+}
+
+#[test]
+fn allow_list_always_contains_the_default_model() {
+    let c = config(&[("CHAT_MODEL", "m1"), ("CHAT_MODELS_ALLOWED", "m2, m3")]).unwrap();
+    assert_eq!(c.chat_models_allowed, vec!["m1", "m2", "m3"]);
+}
