@@ -1,12 +1,13 @@
-//! The chat socket end to end: real Postgres, the local embedder, the offline model, driven by a
+//! The chat socket end to end, and its turns without a socket: real Postgres, the local embedder,
 //! tokio-tungstenite client.
 
 mod common;
 
 use common::{
-    TestApp, error_of, fixture,
+    ADMIN, TestApp, error_of, fixture,
     ws::{ask, connect, next_json},
 };
+use docuchat::chat::turn::{self, Frame, FrameSink, Turn};
 use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,6 +16,7 @@ use tokio_tungstenite::{
     connect_async,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
 };
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 async fn setup(db: PgPool) -> (TestApp, String) {
@@ -291,4 +293,91 @@ async fn every_pooled_connection_searches_with_the_configured_breadth(db: PgPool
                 .unwrap();
         assert_eq!((ef.as_str(), scan.as_str()), ("37", "relaxed_order"));
     }
+}
+
+/// A turn's frames, as JSON, into a channel: a transport that is not a socket.
+struct Collect(tokio::sync::mpsc::UnboundedSender<Value>);
+
+impl FrameSink for Collect {
+    async fn send(&self, frame: Frame<'_>) {
+        let _ = self.0.send(serde_json::to_value(&frame).unwrap());
+    }
+}
+
+#[sqlx::test]
+async fn a_turn_runs_without_a_socket_and_a_cancelled_one_is_saved_and_metered(db: PgPool) {
+    let (app, _) = setup(db).await;
+    let state = &app.state;
+    let tenant: Uuid =
+        sqlx::query_scalar("select id from tenants where slug = 'acme'").fetch_one(&app.db).await.unwrap();
+    let user: Uuid =
+        sqlx::query_scalar("select id from users where email = $1").bind(ADMIN).fetch_one(&app.db).await.unwrap();
+    let turn = |sink| {
+        let (model, model_name) = state.models.select(None).unwrap();
+        Turn {
+            services: turn::Services {
+                db: state.db.clone(),
+                config: state.config.clone(),
+                quotas: state.quotas.clone(),
+                recorder: state.recorder().clone(),
+                embedder: state.embedder().map_err(|e| e.to_string()),
+            },
+            model,
+            model_name,
+            tenant,
+            user,
+            sink,
+        }
+    };
+    let question = "What are the standard and recommended packages supplied with R?";
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    turn(Collect(tx)).run(None, question.to_owned(), CancellationToken::new()).await;
+    let mut frames = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        frames.push(f);
+    }
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["start", "sources"], "{frames:?}");
+    assert!(kinds[2..kinds.len() - 1].iter().all(|k| *k == "token"), "{kinds:?}");
+    assert_eq!(frames.last().unwrap()["type"], "done");
+    assert_eq!(frames.last().unwrap()["status"], "complete");
+    let session: Uuid = frames[0]["session_id"].as_str().unwrap().parse().unwrap();
+    let answer: String =
+        frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect();
+    let saved: String = sqlx::query_scalar("select answer from messages where session_id = $1")
+        .bind(session)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(saved, answer);
+
+    // cancelled before the model's first token: the answer ends `cancelled`, and what was spent on
+    // it (the question's embedding, the prompt) is saved and charged all the same
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    turn(Collect(tx)).run(Some(session), question.to_owned(), cancel).await;
+    let mut frames = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        frames.push(f);
+    }
+    let kinds: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["start", "sources", "done"], "{frames:?}");
+    let done = frames.last().unwrap();
+    assert_eq!(done["status"], "cancelled");
+    assert_eq!(done["usage"]["completion_tokens"], 0);
+    let message: Uuid = done["message_id"].as_str().unwrap().parse().unwrap();
+    let status: String =
+        sqlx::query_scalar("select status from messages where id = $1").bind(message).fetch_one(&app.db).await.unwrap();
+    assert_eq!(status, "cancelled");
+    let charged: Vec<(String, i64)> =
+        sqlx::query_as("select kind, tokens from usage_events where message_id = $1 order by kind")
+            .bind(message)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(charged.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["embedding", "prompt"]);
+    assert_eq!(charged[1].1, done["usage"]["prompt_tokens"].as_i64().unwrap());
+    assert!(charged.iter().all(|(_, t)| *t > 0));
 }
