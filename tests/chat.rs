@@ -1,5 +1,5 @@
 //! The chat socket end to end, and its turns without a socket: real Postgres, the local embedder,
-//! tokio-tungstenite client.
+//! the offline model; sockets driven by a tokio-tungstenite client.
 
 mod common;
 
