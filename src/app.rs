@@ -14,9 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
     chat::record::Recorder,
-    config::Config,
+    config::{Config, IngestionConfig},
     db, embed, http,
-    ingestion::{pipeline::Pipeline, worker::Workers},
+    ingestion::{
+        pipeline::Pipeline,
+        sandbox::{Sandbox, SandboxConfig},
+        worker::Workers,
+    },
     llm::Models,
     ratelimit::Limiter,
     redis::Redis,
@@ -39,6 +43,8 @@ pub struct AppState {
     pub models: Arc<Models>,
     /// Which tenants have quotas (admission without a round trip for those without).
     pub quotas: Arc<QuotaGate>,
+    /// Runs the PDF-reading children (uploads' inspections, the workers' extractions).
+    pub sandbox: Arc<Sandbox>,
     /// Wakes this process's idle ingestion workers when a job is enqueued.
     pub ingest_wakeup: Arc<Notify>,
     /// The configured embedder, loaded on first use (the local model takes a moment).
@@ -63,8 +69,10 @@ impl AppState {
         let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
+        let sandbox = Arc::new(Sandbox::new(sandbox_config(&config.ingestion)?));
         let config = Arc::new(config);
         Ok(Self {
+            sandbox,
             models: Arc::new(Models::new(config.clone())),
             config,
             quotas: QuotaGate::new(db.clone()),
@@ -96,10 +104,29 @@ impl AppState {
 
     /// The ingestion workers, with the pipeline of the configured embedder.
     pub fn workers(&self) -> anyhow::Result<Arc<Workers>> {
-        let pipeline =
-            Pipeline { db: self.db.clone(), embedder: self.embedder()?, config: self.config.ingestion.clone() };
+        let pipeline = Pipeline {
+            db: self.db.clone(),
+            embedder: self.embedder()?,
+            sandbox: self.sandbox.clone(),
+            config: self.config.ingestion.clone(),
+        };
         Ok(Workers::new(pipeline, self.ingest_wakeup.clone()))
     }
+}
+
+/// The children's limits; their program is this binary unless `EXTRACT_PROGRAM` names another.
+fn sandbox_config(ingestion: &IngestionConfig) -> anyhow::Result<SandboxConfig> {
+    let program = match &ingestion.extract_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find this program to run PDF readers")?,
+    };
+    Ok(SandboxConfig {
+        program,
+        memory_bytes: ingestion.extract_memory_bytes,
+        max_text_bytes: ingestion.extract_max_text_bytes,
+        inspect_timeout: ingestion.inspect_timeout,
+        inspections: ingestion.inspect_concurrency,
+    })
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.

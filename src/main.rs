@@ -8,7 +8,9 @@ use docuchat::{
     app::{self, AppState},
     auth::{email::Email, users},
     config::Config,
-    db, telemetry, tenants,
+    db,
+    ingestion::sandbox,
+    telemetry, tenants,
     usage::quota,
 };
 use tokio::net::TcpListener;
@@ -49,6 +51,10 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Read one untrusted PDF from standard input (run by the service itself, in a child process
+    /// with hard limits).
+    #[command(name = "pdf-child", hide = true)]
+    PdfChild { mode: String, max_pages: usize, budget_ms: u64 },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -106,6 +112,11 @@ enum TenantCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PdfChild { mode, max_pages, budget_ms } = &cli.command {
+        // no configuration, no logs, no network: bytes in, JSON lines out
+        let code = sandbox::child_main(mode, *max_pages, std::time::Duration::from_millis(*budget_ms));
+        return ExitCode::from(code as u8);
+    }
     docuchat::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -175,6 +186,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenant { command } => tenant(command, &config).await,
+        Command::PdfChild { .. } => unreachable!("handled before the configuration is read"),
     }
 }
 

@@ -80,6 +80,16 @@ pub struct IngestionConfig {
     pub max_attempts: i32,
     /// Wall-clock budget for extracting one document.
     pub extract_budget: Duration,
+    /// The program run as the PDF-reading child (`None`: this very binary).
+    pub extract_program: Option<std::path::PathBuf>,
+    /// Address-space limit of a PDF-reading child, in bytes.
+    pub extract_memory_bytes: u64,
+    /// Most text one document may yield, in bytes.
+    pub extract_max_text_bytes: usize,
+    /// Wall-clock deadline of an upload's inspection (open the PDF, count its pages).
+    pub inspect_timeout: Duration,
+    /// Uploads inspected at once per process.
+    pub inspect_concurrency: usize,
 }
 
 /// The HNSW search breadth unless `RETRIEVAL_EF_SEARCH` says otherwise (measured at 1M chunks:
@@ -240,6 +250,11 @@ impl Config {
             lease: Duration::from_secs(parse_u64("INGEST_LEASE_SECONDS", 60)?.max(5)),
             max_attempts: parse_u64("INGEST_MAX_ATTEMPTS", 5)?.clamp(1, 100) as i32,
             extract_budget: Duration::from_secs(parse_u64("EXTRACT_TIMEOUT_SECONDS", 120)?.max(1)),
+            extract_program: var("EXTRACT_PROGRAM").map(Into::into),
+            extract_memory_bytes: parse_u64("EXTRACT_MEMORY_MB", 1024)?.clamp(64, 1 << 20) << 20,
+            extract_max_text_bytes: (parse_u64("EXTRACT_MAX_TEXT_MB", 64)?.clamp(1, 4096) << 20) as usize,
+            inspect_timeout: Duration::from_secs(parse_u64("INSPECT_TIMEOUT_SECONDS", 20)?.max(1)),
+            inspect_concurrency: parse_u64("INSPECT_CONCURRENCY", 2)?.clamp(1, 64) as usize,
         };
         let min_similarity = match var("RETRIEVAL_MIN_SIMILARITY") {
             Some(v) => v

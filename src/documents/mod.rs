@@ -140,8 +140,9 @@ pub async fn create_with_job(conn: &mut PgConnection, new: NewDocument<'_>) -> R
     .bind(new.sha256)
     .fetch_one(&mut *conn)
     .await?;
-    if existing.status == DocumentStatus::Failed {
-        // uploading the same file again is asking to try again
+    if existing.status == DocumentStatus::Failed && !is_poisoned(existing.error_code.as_deref()) {
+        // uploading the same file again is asking to try again; a file that broke a hard limit
+        // stays failed, with its error
         let requeued: Document = sqlx::query_as(concat!(
             "update documents set status = 'queued', error_code = null, error_message = null, pages_done = 0,
                  updated_at = now()
@@ -156,6 +157,28 @@ pub async fn create_with_job(conn: &mut PgConnection, new: NewDocument<'_>) -> R
         return Ok((requeued, false));
     }
     Ok((existing, false))
+}
+
+/// Errors that the same bytes will meet again: the file went over a hard limit of its reader (memory,
+/// time, text) or crashed it. Such a document is not retried, and uploading it again answers with
+/// the failed document.
+pub fn is_poisoned(error_code: Option<&str>) -> bool {
+    error_code.is_some_and(|code| POISONED.contains(&code))
+}
+
+const POISONED: [&str; 2] = ["pdf_too_complex", "extraction_timeout"];
+
+/// The tenant's document made of these bytes, if any.
+pub async fn find_by_sha256(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    sha256: &[u8],
+) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as(concat!("select ", columns!(), " from documents where tenant_id = $1 and sha256 = $2"))
+        .bind(tenant_id)
+        .bind(sha256)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn get(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
@@ -195,8 +218,9 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
     Ok(done.rows_affected() == 1)
 }
 
-/// Queues every document (of one tenant, or all) whose chunks were not embedded with `model`
-/// for ingestion again; the worker replaces their chunks. Returns how many were queued.
+/// Queues every document (of one tenant, or all) whose chunks were not embedded with `model`, or
+/// that failed but not for good ([`is_poisoned`]), for ingestion again; the worker replaces their
+/// chunks. Returns how many were queued.
 pub async fn requeue_for_model(
     db: &sqlx::PgPool,
     model: &str,
@@ -210,10 +234,12 @@ pub async fn requeue_for_model(
           where ($2::uuid is null or tenant_id = $2)
             and status in ('ready', 'failed')
             and (embedding_model is distinct from $1 or status = 'failed')
+            and not (status = 'failed' and error_code = any($3))
           returning tenant_id, id",
     )
     .bind(model)
     .bind(tenant)
+    .bind(&POISONED[..])
     .fetch_all(&mut *tx)
     .await?;
     for (tenant_id, id) in &ids {

@@ -21,7 +21,10 @@ use crate::{
     app::AppState,
     auth::{Principal, api_keys::Scope},
     error::{ApiError, ApiResult},
-    ingestion::pdf::{self, ExtractError},
+    ingestion::{
+        pdf::ExtractError,
+        sandbox::{Sandbox, SandboxError},
+    },
 };
 
 pub fn router(max_upload: usize) -> Router<AppState> {
@@ -85,7 +88,11 @@ async fn upload(
     })?;
 
     let file = read_file(&mut multipart, max).await?;
-    let (data, info) = inspect(file.data, state.config.ingestion.max_pages).await?;
+    // bytes the tenant has uploaded before are not read again: the document they made answers
+    let pages = match super::find_by_sha256(&state.db, user.tenant_id(), &file.sha256).await? {
+        Some(existing) => existing.pages_total,
+        None => inspect(&state.sandbox, &file.data, state.config.ingestion.max_pages).await? as i32,
+    };
 
     let mut tx = state.db.begin().await?;
     let (doc, created) = super::create_with_job(
@@ -96,15 +103,15 @@ async fn upload(
             uploaded_by_key: user.api_key_id(),
             filename: &file.name,
             sha256: &file.sha256,
-            data: &data,
-            pages: info.pages as i32,
+            data: &file.data,
+            pages,
             max_attempts: state.config.ingestion.max_attempts,
         },
     )
     .await?;
     tx.commit().await?;
     state.ingest_wakeup.notify_waiters();
-    tracing::info!(document_id = %doc.id, pages = info.pages, bytes = data.len(), created, "document uploaded");
+    tracing::info!(document_id = %doc.id, pages, bytes = file.data.len(), created, "document uploaded");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -161,26 +168,31 @@ async fn read_file(multipart: &mut Multipart, max: usize) -> ApiResult<UploadedF
     Ok(file)
 }
 
-/// Opens the PDF and counts its pages (off the async threads), refusing encrypted, over-long and
-/// unreadable files; gives the bytes back.
-async fn inspect(data: Vec<u8>, max_pages: usize) -> ApiResult<(Vec<u8>, pdf::PdfInfo)> {
-    let (data, inspected) = tokio::task::spawn_blocking(move || {
-        let info = pdf::inspect(&data, max_pages);
-        (data, info)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("PDF inspection task failed: {e}"))?;
-    let info = inspected.map_err(|e| match e {
-        ExtractError::Encrypted => ApiError::unprocessable(
-            "encrypted_pdf",
-            "the PDF is password-protected; remove the password and upload it again",
-        ),
-        ExtractError::TooManyPages(n, max) => {
-            ApiError::unprocessable("too_many_pages", format!("the PDF has {n} pages; the limit is {max}"))
+/// Opens the PDF and counts its pages in a child process (see [`Sandbox`]), refusing encrypted,
+/// over-long, unreadable and hostile files with a named error.
+async fn inspect(sandbox: &Sandbox, data: &[u8], max_pages: usize) -> ApiResult<usize> {
+    match sandbox.inspect(data, max_pages).await {
+        Ok(info) => Ok(info.pages),
+        Err(SandboxError::Pdf(e)) => Err(match e {
+            ExtractError::Encrypted => ApiError::unprocessable(
+                "encrypted_pdf",
+                "the PDF is password-protected; remove the password and upload it again",
+            ),
+            ExtractError::TooManyPages(n, max) => {
+                ApiError::unprocessable("too_many_pages", format!("the PDF has {n} pages; the limit is {max}"))
+            }
+            ExtractError::Timeout => {
+                ApiError::unprocessable("extraction_timeout", "the PDF could not be opened within the time allowed")
+            }
+            e @ ExtractError::TooComplex(_) => ApiError::unprocessable("pdf_too_complex", e.to_string()),
+            _ => ApiError::unprocessable("invalid_pdf", "the file is not a readable PDF (damaged or truncated?)"),
+        }),
+        Err(SandboxError::Busy) => Err(ApiError::Unavailable("PDF inspection")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot inspect uploads");
+            Err(ApiError::Unavailable("PDF inspection"))
         }
-        _ => ApiError::unprocessable("invalid_pdf", "the file is not a readable PDF (damaged or truncated?)"),
-    })?;
-    Ok((data, info))
+    }
 }
 
 fn not_pdf() -> ApiError {

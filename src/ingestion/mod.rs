@@ -6,5 +6,6 @@ pub mod chunk;
 pub mod pdf;
 pub mod pipeline;
 pub mod queue;
+pub mod sandbox;
 pub mod store;
 pub mod worker;

@@ -1,4 +1,5 @@
-//! The pipeline: one claimed job's document turned into stored chunks — extract (PDF) → chunk →
+//! The pipeline: one claimed job's document turned into stored chunks — extract (PDF, in a child
+//! process: [`super::sandbox`]) → chunk →
 //! admit against the quota → embed, then store the chunks, the ledger row and the `ready` status
 //! in the caller's transaction. It knows nothing of leases, listening or shutdown (see
 //! [`super::worker`]), and its errors say which failures are worth another attempt.
@@ -14,10 +15,13 @@ use std::{
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{
     chunk::{Chunk, Chunker, SecondaryLimit},
     pdf::{self, ExtractError, Limits},
     queue::Job,
+    sandbox::{Sandbox, SandboxError},
 };
 use crate::{
     config::IngestionConfig,
@@ -32,6 +36,8 @@ use crate::{
 pub struct Pipeline {
     pub db: PgPool,
     pub embedder: Arc<dyn Embedder>,
+    /// where PDF bytes are read: a child process with hard limits
+    pub sandbox: Arc<Sandbox>,
     pub config: IngestionConfig,
 }
 
@@ -48,6 +54,19 @@ pub enum JobError {
     Quota(quota::Exceeded),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// the service is stopping, or cannot read PDFs now: the job runs again later, through no
+    /// fault of the document
+    #[error("{0}")]
+    NotNow(String),
+}
+
+impl From<SandboxError> for JobError {
+    fn from(e: SandboxError) -> Self {
+        match e {
+            SandboxError::Pdf(e) => JobError::Pdf(e),
+            other => JobError::NotNow(other.to_string()),
+        }
+    }
 }
 
 impl From<quota::AdmitError> for JobError {
@@ -63,7 +82,7 @@ impl JobError {
     /// Whether another attempt, later, may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::Embed(EmbedError::Unavailable(_)) | JobError::Database(_) => true,
+            JobError::Embed(EmbedError::Unavailable(_)) | JobError::Database(_) | JobError::NotNow(_) => true,
             JobError::Embed(EmbedError::Failed(_)) | JobError::Pdf(_) | JobError::Quota(_) => false,
         }
     }
@@ -74,7 +93,7 @@ impl JobError {
             JobError::Pdf(e) => e.code(),
             JobError::Embed(_) => "embedding_failed",
             JobError::Quota(_) => "quota_exceeded",
-            JobError::Database(_) => "ingestion_failed",
+            JobError::Database(_) | JobError::NotNow(_) => "ingestion_failed",
         }
     }
 }
@@ -90,15 +109,17 @@ pub struct Embedded {
 
 impl Pipeline {
     /// Extracts, chunks, admits and embeds; writes nothing but the quota hold. `progress` counts
-    /// the pages extracted.
+    /// the pages extracted; `stop` interrupts the extraction (not the embedding, whose tokens are
+    /// spent as it goes and must be charged).
     pub async fn prepare(
         &self,
         job: &Job,
-        data: Vec<u8>,
+        data: &[u8],
         by: Uploader,
-        progress: Arc<AtomicUsize>,
+        progress: &AtomicUsize,
+        stop: &CancellationToken,
     ) -> Result<Embedded, JobError> {
-        let pages = self.extract(data, progress).await?;
+        let pages = self.extract(data, progress, stop).await?;
         let (chunks, most_tokens) = self.chunk(pages).await?;
 
         // the tenant's (and the uploader's) quota, checked now that the cost is known
@@ -116,14 +137,15 @@ impl Pipeline {
         }
     }
 
-    async fn extract(&self, data: Vec<u8>, progress: Arc<AtomicUsize>) -> Result<Vec<pdf::PageText>, JobError> {
+    async fn extract(
+        &self,
+        data: &[u8],
+        progress: &AtomicUsize,
+        stop: &CancellationToken,
+    ) -> Result<Vec<pdf::PageText>, JobError> {
         let limits =
             Limits { max_pages: self.config.max_pages, time_budget: self.config.extract_budget, ..Limits::default() };
-        let pages = tokio::task::spawn_blocking(move || {
-            pdf::extract(&data, &limits, |done| progress.store(done, Ordering::Relaxed))
-        })
-        .await
-        .map_err(|_| ExtractError::Invalid)??;
+        let pages = self.sandbox.extract(data, &limits, stop, |done| progress.store(done, Ordering::Relaxed)).await?;
         Ok(pages)
     }
 

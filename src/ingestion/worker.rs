@@ -98,7 +98,7 @@ impl Workers {
         while !shutdown.is_cancelled() {
             match queue::claim(self.db(), &name, self.pipeline.config.lease).await {
                 Ok(Some(job)) => {
-                    let outcome = self.run_job(&job, &name).await;
+                    let outcome = self.run_job(&job, &name, &shutdown).await;
                     tracing::info!(worker = %name, document_id = %job.document_id, attempt = job.attempts, ?outcome, "ingestion job done");
                 }
                 Ok(None) => {
@@ -120,15 +120,18 @@ impl Workers {
     /// Runs every due job in this task until the queue is empty (tests and `reindex`).
     pub async fn drain(&self, name: &str) -> Result<Vec<(Uuid, Outcome)>, sqlx::Error> {
         let mut done = Vec::new();
+        let never = CancellationToken::new();
         while let Some(job) = queue::claim(self.db(), name, self.pipeline.config.lease).await? {
-            let outcome = self.run_job(&job, name).await;
+            let outcome = self.run_job(&job, name, &never).await;
             done.push((job.document_id, outcome));
         }
         Ok(done)
     }
 
-    pub async fn run_job(&self, job: &Job, worker: &str) -> Outcome {
-        match self.try_run(job, worker).await {
+    /// Runs one claimed job; `stop` (the service stopping) interrupts its extraction, and the job
+    /// is then given back to run again at once.
+    pub async fn run_job(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Outcome {
+        match self.try_run(job, worker, stop).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 // database trouble: try again later
@@ -140,7 +143,7 @@ impl Workers {
         }
     }
 
-    async fn try_run(&self, job: &Job, worker: &str) -> Result<Outcome, sqlx::Error> {
+    async fn try_run(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Result<Outcome, sqlx::Error> {
         let db = self.db();
         if job.attempts > job.max_attempts {
             let last = queue::last_error(db, job.id).await?;
@@ -174,7 +177,7 @@ impl Workers {
             lost.clone(),
         ));
         let by = upload.by;
-        let result = self.pipeline.prepare(job, upload.data, by, progress).await;
+        let result = self.pipeline.prepare(job, &upload.data, by, &progress, stop).await;
         heartbeat.abort();
         if lost.load(Ordering::SeqCst) {
             if let Ok(embedded) = &result
@@ -194,6 +197,12 @@ impl Workers {
                 tracing::info!(document_id = %job.document_id, "{message}");
                 queue::postpone(db, job.id, worker, exceeded.retry_after(), &message).await?;
                 lifecycle::requeue(db, job.tenant_id, job.document_id, Some(("quota_exceeded", &message))).await?;
+                Ok(Outcome::Retry)
+            }
+            Err(JobError::NotNow(reason)) if stop.is_cancelled() => {
+                // the service is stopping: the job runs again at once elsewhere, or after restart
+                queue::postpone(db, job.id, worker, Duration::ZERO, &reason).await?;
+                lifecycle::requeue(db, job.tenant_id, job.document_id, None).await?;
                 Ok(Outcome::Retry)
             }
             Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {

@@ -52,6 +52,8 @@ pub fn test_vars() -> HashMap<String, String> {
         ("REDIS_KEY_PREFIX".to_owned(), format!("test:{}:", Uuid::new_v4())),
         ("JWT_SECRET".to_owned(), "test-secret-that-is-long-enough-0123456789".to_owned()),
         ("INGEST_WORKERS".to_owned(), "0".to_owned()),
+        // the server runs inside the test binary: its PDF-reading children are the real binary
+        ("EXTRACT_PROGRAM".to_owned(), env!("CARGO_BIN_EXE_docuchat").to_owned()),
         ("LOCAL_MODEL_DIR".to_owned(), std::env::var("LOCAL_MODEL_DIR").unwrap_or_default()),
     ])
 }

@@ -10,6 +10,12 @@ use lopdf::{Dictionary, Document, Encoding, Object};
 
 /// Upper bound on a CMap stream we are willing to parse.
 const MAX_CMAP_BYTES: usize = 4 << 20;
+/// Font programs read for their built-in encodings.
+const MAX_FONT_PROGRAM_BYTES: usize = 4 * MAX_CMAP_BYTES;
+/// Code → text entries one CMap may define, counting every code of every range: Adobe's
+/// collections hold about 20,000, a two-byte identity range 65,536. Entries past it are ignored,
+/// so ranges repeated thousands of times cost no more than this.
+const MAX_CMAP_ENTRIES: usize = 1 << 20;
 
 pub struct Font<'a> {
     /// Type0 (composite) fonts use two-byte codes (Identity-H and the usual CMaps).
@@ -45,8 +51,12 @@ impl<'a> Font<'a> {
             .and_then(|o| deref(doc, o))
             .and_then(|o| o.as_stream().ok())
             .and_then(|s| {
-                let data =
-                    if s.dict.get(b"Filter").is_ok() { s.decompressed_content().ok()? } else { s.content.clone() };
+                // inflated only up to the cap: a small stream cannot grow into gigabytes
+                let data = if s.dict.get(b"Filter").is_ok() {
+                    s.decompressed_content_with_limit(MAX_CMAP_BYTES).ok()?
+                } else {
+                    s.content.clone()
+                };
                 (data.len() <= MAX_CMAP_BYTES).then(|| parse_cmap(&data))
             })
             .filter(|m| !m.is_empty())
@@ -171,11 +181,11 @@ fn builtin_encoding(doc: &Document, dict: &Dictionary) -> Option<Builtin> {
     let stream = |key: &[u8]| descriptor.get(key).ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_stream().ok());
     let content = |program: &lopdf::Stream| {
         let data = if program.dict.get(b"Filter").is_ok() {
-            program.decompressed_content().ok()?
+            program.decompressed_content_with_limit(MAX_FONT_PROGRAM_BYTES).ok()?
         } else {
             program.content.clone()
         };
-        (data.len() <= MAX_CMAP_BYTES * 4).then_some(data)
+        (data.len() <= MAX_FONT_PROGRAM_BYTES).then_some(data)
     };
     let (entries, whole) = if let Some(program) = stream(b"FontFile") {
         let data = content(program)?;
@@ -270,17 +280,19 @@ fn cid_widths(doc: &Document, dict: &Dictionary) -> Widths {
 pub fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
     let tokens = tokenize(data);
     let mut map = HashMap::new();
+    let mut budget = MAX_CMAP_ENTRIES;
     let mut i = 0;
-    while i < tokens.len() {
+    while i < tokens.len() && budget > 0 {
         match &tokens[i] {
             Token::Keyword(k) if k == b"beginbfchar" => {
                 i += 1;
-                while i + 1 < tokens.len() {
+                while i + 1 < tokens.len() && budget > 0 {
                     match (&tokens[i], &tokens[i + 1]) {
                         (Token::Hex(src), Token::Hex(dst)) => {
                             if let Some(s) = utf16(dst) {
                                 map.insert(code_of(src), s);
                             }
+                            budget = budget.saturating_sub(1);
                             i += 2;
                         }
                         _ => break,
@@ -289,10 +301,11 @@ pub fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
             }
             Token::Keyword(k) if k == b"beginbfrange" => {
                 i += 1;
-                while i + 2 < tokens.len() {
+                while i + 2 < tokens.len() && budget > 0 {
                     let (Token::Hex(lo), Token::Hex(hi)) = (&tokens[i], &tokens[i + 1]) else { break };
                     let (lo, hi) = (code_of(lo), code_of(hi));
-                    let hi = hi.min(lo.saturating_add(0xFFFF));
+                    let hi = hi.min(lo.saturating_add(0xFFFF)).min(lo.saturating_add(budget as u32 - 1));
+                    budget = budget.saturating_sub(hi.saturating_sub(lo) as usize + 1);
                     match &tokens[i + 2] {
                         Token::Hex(dst) => {
                             if let Some(base) = units(dst) {
@@ -320,6 +333,7 @@ pub fn parse_cmap(data: &[u8]) -> HashMap<u32, String> {
                                         {
                                             map.insert(code, s);
                                         }
+                                        budget = budget.saturating_sub(1);
                                         code = code.saturating_add(1);
                                         j += 1;
                                     }
@@ -487,5 +501,28 @@ mod tests {
     fn hostile_cmap_does_not_blow_up() {
         let m = parse_cmap(b"beginbfrange <00000000> <FFFFFFFF> <0041> endbfrange <<<<[[[ ((( beginbfchar <01>");
         assert!(m.len() <= 0x10000);
+    }
+
+    #[test]
+    fn ranges_repeated_thousands_of_times_cost_a_bounded_amount() {
+        // four thousand full two-byte ranges: 262 million entries unbounded (half a minute), a
+        // million here
+        let mut cmap = Vec::new();
+        for _ in 0..40 {
+            cmap.extend_from_slice(b"100 beginbfrange\n");
+            for _ in 0..100 {
+                cmap.extend_from_slice(b"<0000> <FFFF> <0041>\n");
+            }
+            cmap.extend_from_slice(b"endbfrange\n");
+        }
+        cmap.extend_from_slice(b"1 beginbfchar <0001> <05D0> endbfchar");
+        let started = std::time::Instant::now();
+        let m = parse_cmap(&cmap);
+        // every code once (less those that land on lone surrogates)
+        assert_eq!(m.len(), 0x10000 - 0x800);
+        assert_eq!(m[&0x41], "\u{82}");
+        // what comes after the budget is spent is not read: code 1 keeps the ranges' value
+        assert_eq!(m[&0x01], "B");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     }
 }

@@ -114,7 +114,7 @@ impl<'a> Interpreter<'a> {
         let content = self
             .doc
             .get_page_content_with_limit(page, self.limits.max_content_bytes)
-            .map_err(|_| ExtractError::TooComplex("a page's content is too large"))?;
+            .map_err(|_| ExtractError::too_complex("a page's content is too large"))?;
         let resources = page_resources(self.doc, page);
         self.run(&content, &resources, GState::default(), 0)
     }
@@ -139,8 +139,11 @@ impl<'a> Interpreter<'a> {
             if self.ops.is_multiple_of(4096) && Instant::now() > self.deadline {
                 return Err(ExtractError::Timeout);
             }
-            if self.ops > self.limits.max_ops_per_page || self.glyphs.len() > self.limits.max_glyphs_per_page {
-                return Err(ExtractError::TooComplex("a page has too many drawing operations"));
+            if self.ops > self.limits.max_ops_per_page {
+                return Err(ExtractError::too_complex("a page has too many drawing operations"));
+            }
+            if self.glyphs.len() + self.unmapped > self.limits.max_glyphs_per_page {
+                return Err(ExtractError::too_complex("a page has too many characters"));
             }
             let n = |i: usize| op.operands.get(i).and_then(num).unwrap_or(0.0);
             match op.operator.as_str() {
@@ -243,9 +246,11 @@ impl<'a> Interpreter<'a> {
             return Ok(());
         }
         let content = if stream.dict.get(b"Filter").is_ok() {
-            match stream.decompressed_content() {
-                Ok(c) if c.len() <= self.limits.max_content_bytes => c,
-                _ => return Ok(()),
+            // inflated only up to the cap (a form whose content inflates through two filters
+            // had grown to gigabytes before any check)
+            match stream.decompressed_content_with_limit(self.limits.max_content_bytes) {
+                Ok(c) => c,
+                Err(_) => return Ok(()),
             }
         } else {
             stream.content.clone()
@@ -302,11 +307,15 @@ impl<'a> Interpreter<'a> {
 
     fn show(&mut self, bytes: &[u8], resources: &[&'a Dictionary], gs: &GState, tm: &mut Matrix) {
         let Some(name) = gs.font.clone() else { return };
+        let room = self.limits.max_glyphs_per_page.saturating_sub(self.glyphs.len() + self.unmapped) + 1;
         let Some(font) = self.font_for(&name, resources) else { return };
-        let codes = font.codes(bytes);
-        let mut placed = Vec::with_capacity(codes.len());
+        // the glyph budget counts inside one string too: no more of it is read than could still
+        // be placed (a code is at most 4 bytes), so one operator with a 20 MB string costs no more
+        // than the page's limit; one glyph past it makes the page too complex
+        let codes = font.codes(&bytes[..bytes.len().min(room.saturating_mul(4))]);
+        let mut placed = Vec::with_capacity(codes.len().min(room));
         let mut unmapped = 0;
-        for code in codes {
+        for code in codes.into_iter().take(room) {
             let m = tm.then(gs.ctm);
             let trm = Matrix([gs.size * gs.h_scale, 0.0, 0.0, gs.size, 0.0, gs.rise]).then(m);
             let space_code = font.is_space_code(code);

@@ -11,11 +11,12 @@ mod layout;
 mod order;
 
 use std::{
+    borrow::Cow,
     panic::{AssertUnwindSafe, catch_unwind},
     time::{Duration, Instant},
 };
 
-use lopdf::Document;
+use lopdf::{Document, LoadOptions};
 
 use crate::text::normalize_page;
 
@@ -55,10 +56,14 @@ pub enum ExtractError {
     #[error("extracting the text took longer than the time budget")]
     Timeout,
     #[error("the PDF is too complex: {0}")]
-    TooComplex(&'static str),
+    TooComplex(Cow<'static, str>),
 }
 
 impl ExtractError {
+    pub fn too_complex(why: &'static str) -> Self {
+        Self::TooComplex(Cow::Borrowed(why))
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::Invalid => "invalid_pdf",
@@ -71,7 +76,7 @@ impl ExtractError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PageText {
     /// 1-based
     pub number: u32,
@@ -84,8 +89,12 @@ pub struct PdfInfo {
     pub pages: usize,
 }
 
+/// Object and cross-reference streams are inflated while the file loads; each only up to this.
+const MAX_LOAD_STREAM_BYTES: usize = 32 << 20;
+
 fn load(bytes: &[u8]) -> Result<Document, ExtractError> {
-    let doc = guarded(|| Document::load_mem(bytes).map_err(|_| ExtractError::Invalid))?;
+    let options = LoadOptions { max_decompressed_size: Some(MAX_LOAD_STREAM_BYTES), ..LoadOptions::default() };
+    let doc = guarded(|| Document::load_mem_with_options(bytes, options).map_err(|_| ExtractError::Invalid))?;
     // lopdf opens owner-password-only files itself (empty user password); what stays
     // encrypted needs a user password we do not have
     if doc.is_encrypted() {
@@ -113,6 +122,17 @@ pub fn inspect(bytes: &[u8], max_pages: usize) -> Result<PdfInfo, ExtractError> 
 
 /// Extracts the text of every page. `progress` is called after each page with the count done.
 pub fn extract(bytes: &[u8], limits: &Limits, mut progress: impl FnMut(usize)) -> Result<Vec<PageText>, ExtractError> {
+    let mut out = Vec::new();
+    extract_each(bytes, limits, |page| {
+        out.push(page);
+        progress(out.len());
+    })?;
+    Ok(out)
+}
+
+/// Extracts the text of every page, handing each page on as soon as it is read. Fails with
+/// `NoText` at the end when no page had any text (the pages handed on are then to be dropped).
+pub fn extract_each(bytes: &[u8], limits: &Limits, mut page: impl FnMut(PageText)) -> Result<(), ExtractError> {
     guarded(|| {
         let deadline = Instant::now() + limits.time_budget;
         let doc = load(bytes)?;
@@ -124,20 +144,20 @@ pub fn extract(bytes: &[u8], limits: &Limits, mut progress: impl FnMut(usize)) -
             return Err(ExtractError::TooManyPages(pages.len(), limits.max_pages));
         }
         let mut interp = interp::Interpreter::new(&doc, limits, deadline);
-        let mut out = Vec::with_capacity(pages.len());
-        for (i, (number, page_id)) in pages.into_iter().enumerate() {
+        let mut any_text = false;
+        for (number, page_id) in pages {
             if Instant::now() > deadline {
                 return Err(ExtractError::Timeout);
             }
             interp.reset_page();
             interp.run_page(page_id)?;
             let text = normalize_page(&layout::page_text(&interp.glyphs));
-            out.push(PageText { number, text });
-            progress(i + 1);
+            any_text |= text.chars().filter(|c| c.is_alphanumeric()).count() >= 3;
+            page(PageText { number, text });
         }
-        if out.iter().all(|p| p.text.chars().filter(|c| c.is_alphanumeric()).count() < 3) {
+        if !any_text {
             return Err(ExtractError::NoText);
         }
-        Ok(out)
+        Ok(())
     })
 }
