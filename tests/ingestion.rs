@@ -302,6 +302,42 @@ async fn an_embedding_request_that_cannot_succeed_fails_the_document_at_once(db:
 }
 
 #[sqlx::test]
+async fn a_document_deleted_while_it_is_embedded_is_still_charged(db: PgPool) {
+    use docuchat::usage::quota::{self, Period, QuotaScope};
+    let s = setup(db).await;
+    let tenant: Uuid = sqlx::query_scalar("select id from tenants").fetch_one(&s.app.db).await.unwrap();
+    // a quota, so that the embedding is admitted with a hold
+    quota::set(&s.app.db, tenant, QuotaScope::Tenant, None, Period::Day, Some(10_000_000)).await.unwrap();
+    s.app.state.quotas.forget();
+    s.embeddings.control.delay_ms.store(1500, Ordering::SeqCst);
+    let id = upload_ok(&s, "two-column.pdf").await;
+    let delete = async {
+        while s.embeddings.control.requests.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let resp = s.app.delete_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    };
+    let (outcomes, ()) = tokio::join!(s.app.drain(), delete);
+    assert_eq!(outcomes, vec![(id, Outcome::Lost)]);
+    assert_eq!(chunk_rows(&s, id).await, 0);
+    // the tokens the embedding server counted are in the ledger, charged to the uploader
+    let spent = s.embeddings.control.tokens.load(Ordering::SeqCst) as i64;
+    assert!(spent > 0);
+    let (tokens, user): (i64, Option<Uuid>) =
+        sqlx::query_as("select tokens, user_id from usage_events where document_id = $1 and kind = 'embedding'")
+            .bind(id)
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+    assert_eq!(tokens, spent);
+    assert!(user.is_some());
+    // and the hold was settled by that row, not left to expire
+    let held: i64 = sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(held, 0);
+}
+
+#[sqlx::test]
 async fn documents_are_listed_newest_first_and_paginated(db: PgPool) {
     let s = setup(db).await;
     let a = upload_ok(&s, "english-2page.pdf").await;

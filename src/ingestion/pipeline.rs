@@ -126,11 +126,16 @@ impl Pipeline {
         let hold_for = self.config.lease * 4 + Duration::from_secs(600);
         let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
 
-        match self.embed(&chunks).await {
-            Ok((vectors, tokens)) => Ok(Embedded { chunks, vectors, tokens, hold }),
-            Err(e) => {
-                if let Some(hold) = hold {
-                    quota::release(&self.db, hold).await?;
+        let (vectors, tokens, failure) = self.embed(&chunks).await;
+        match failure {
+            None => Ok(Embedded { chunks, vectors, tokens, hold }),
+            Some(e) => {
+                // the batches embedded before the failure were spent: charged, the rest released
+                let mut conn = self.db.acquire().await?;
+                if tokens > 0 {
+                    self.charge(&mut conn, job, by, tokens, hold).await?;
+                } else if let Some(hold) = hold {
+                    quota::release(&mut *conn, hold).await?;
                 }
                 Err(e.into())
             }
@@ -170,16 +175,22 @@ impl Pipeline {
         Ok((chunks, most))
     }
 
-    async fn embed(&self, chunks: &[Chunk]) -> Result<(Vec<Vec<f32>>, u64), EmbedError> {
+    /// The chunks' vectors and the tokens spent, batch by batch; on a failure, what was spent
+    /// until then and the error.
+    async fn embed(&self, chunks: &[Chunk]) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
         let mut vectors = Vec::with_capacity(chunks.len());
         let mut tokens = 0;
         let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         for batch in texts.chunks(self.embedder.batch_size().max(1)) {
-            let out = self.embedder.embed(batch).await?;
-            tokens += out.tokens;
-            vectors.extend(out.vectors);
+            match self.embedder.embed(batch).await {
+                Ok(out) => {
+                    tokens += out.tokens;
+                    vectors.extend(out.vectors);
+                }
+                Err(e) => return (vectors, tokens, Some(e)),
+            }
         }
-        Ok((vectors, tokens))
+        (vectors, tokens, None)
     }
 
     /// Replaces the document's chunks, charges the embedding to its uploader (settling the hold)
@@ -191,24 +202,36 @@ impl Pipeline {
         by: Uploader,
         embedded: Embedded,
     ) -> Result<usize, sqlx::Error> {
-        let Embedded { chunks, vectors, tokens, hold } = embedded;
         let model = self.embedder.model();
         super::store::delete_chunks(&mut *conn, job.tenant_id, job.document_id).await?;
-        super::store::insert_chunks(conn, job.tenant_id, job.document_id, model, &chunks, &vectors).await?;
-        ledger::charge_document(
-            conn,
-            &DocumentCharge {
-                tenant: job.tenant_id,
-                user: by.user,
-                api_key: by.api_key,
-                document: job.document_id,
-                model,
-                tokens: tokens as i64,
-                hold,
-            },
-        )
-        .await?;
-        lifecycle::mark_ready(conn, job.tenant_id, job.document_id, chunks.len() as i32, model).await?;
-        Ok(chunks.len())
+        super::store::insert_chunks(conn, job.tenant_id, job.document_id, model, &embedded.chunks, &embedded.vectors)
+            .await?;
+        self.charge(conn, job, by, embedded.tokens, embedded.hold).await?;
+        lifecycle::mark_ready(conn, job.tenant_id, job.document_id, embedded.chunks.len() as i32, model).await?;
+        Ok(embedded.chunks.len())
+    }
+
+    /// Charges embedding tokens spent on the job's document to its uploader, settling the hold:
+    /// with the stored chunks, and also when none are kept (the document was deleted or the job
+    /// taken over while it was embedded, or the embedder failed half-way) — whatever was spent is
+    /// charged.
+    pub async fn charge(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        by: Uploader,
+        tokens: u64,
+        hold: Option<Uuid>,
+    ) -> Result<(), sqlx::Error> {
+        let charge = DocumentCharge {
+            tenant: job.tenant_id,
+            user: by.user,
+            api_key: by.api_key,
+            document: job.document_id,
+            model: self.embedder.model(),
+            tokens: tokens as i64,
+            hold,
+        };
+        ledger::charge_document(conn, &charge).await
     }
 }

@@ -25,10 +25,7 @@ use super::{
     pipeline::{JobError, Pipeline},
     queue::{self, Job},
 };
-use crate::{
-    documents::lifecycle::{self, Uploader},
-    usage::quota,
-};
+use crate::documents::lifecycle::{self, Uploader};
 
 /// How a job ended, for logs and tests.
 #[derive(Debug, PartialEq, Eq)]
@@ -180,10 +177,10 @@ impl Workers {
         let result = self.pipeline.prepare(job, &upload.data, by, &progress, stop).await;
         heartbeat.abort();
         if lost.load(Ordering::SeqCst) {
-            if let Ok(embedded) = &result
-                && let Some(hold) = embedded.hold
-            {
-                quota::release(db, hold).await?;
+            // taken over or deleted meanwhile: what was embedded is charged, nothing is stored
+            if let Ok(embedded) = &result {
+                let mut conn = db.acquire().await?;
+                self.pipeline.charge(&mut conn, job, by, embedded.tokens, embedded.hold).await?;
             }
             return Ok(Outcome::Lost);
         }
@@ -226,10 +223,10 @@ impl Workers {
     ) -> Result<Outcome, sqlx::Error> {
         let mut tx = self.db().begin().await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
-            drop(tx);
-            if let Some(hold) = embedded.hold {
-                quota::release(self.db(), hold).await?;
-            }
+            // deleted (or taken over) while it was embedded: the chunks are not kept, the tokens
+            // spent on them are charged all the same
+            self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
+            tx.commit().await?;
             return Ok(Outcome::Lost);
         }
         let chunks = self.pipeline.store(&mut tx, job, by, embedded).await?;

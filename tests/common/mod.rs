@@ -5,6 +5,7 @@
 
 pub mod metering;
 pub mod openai;
+pub mod pdfgen;
 pub mod smtp;
 pub mod ws;
 
