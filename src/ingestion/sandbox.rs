@@ -288,8 +288,9 @@ fn ended_badly(status: Option<ExitStatus>) -> ExtractError {
     }
 }
 
-/// The child's limits, set between fork and exec.
-fn limit_this_process(memory: u64, cpu_seconds: u64) -> io::Result<()> {
+/// The child's limits, set between fork and exec (also used by the fuzzing harness). Only
+/// async-signal-safe calls: it runs in the forked child.
+pub fn limit_this_process(memory: u64, cpu_seconds: u64) -> io::Result<()> {
     fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
         let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
         // SAFETY: setrlimit reads the struct it is given and nothing else
