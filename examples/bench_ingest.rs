@@ -3,6 +3,7 @@
 //! (d) chunk inserts per second through binary `COPY` (the production path) and through `UNNEST`
 //! batches, into the HNSW-indexed model and into a model without an index.
 //!
+//!     cargo build --release --bin docuchat
 //!     eval "$(infra/dev.sh env)"
 //!     cargo run --release --example bench_ingest -- tests/fixtures/english-2page.pdf [uploads] [insert rows]
 //!
@@ -46,6 +47,8 @@ async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyho
     db::migrate(&pool).await?;
     let mut config = Config::from_env()?;
     config.ingestion.workers = 1;
+    // the server runs in this process: its PDF readers are the release `docuchat` binary
+    config.ingestion.extract_program = Some(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")).into());
     config.redis_key_prefix = format!("bench:{}:", uuid::Uuid::new_v4());
     let state = AppState::with_pool(config, pool.clone()).await?;
     let embedder = state.embedder()?;

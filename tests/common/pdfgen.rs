@@ -80,7 +80,7 @@ pub fn cmap_ranges() -> Vec<u8> {
     )
 }
 
-/// A ToUnicode stream that inflates to 200 MB (the font's own encoding serves instead).
+/// A ToUnicode stream that inflates to 200 MB (the font's only map to text).
 pub fn cmap_bomb() -> Vec<u8> {
     let font = "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>";
     one_page(

@@ -65,7 +65,8 @@ impl<'a> Font<'a> {
             to_unicode = collection_map(doc, dict).map(Cow::Borrowed);
         }
         // lopdf's encoding handling covers base encodings and Differences for simple fonts
-        let encoding = if two_byte { None } else { dict.get_font_encoding(doc).ok() };
+        // (lopdf reads the ToUnicode stream too when there is no /Encoding: only up to the cap)
+        let encoding = if two_byte { None } else { dict.get_font_encoding_with_limit(doc, MAX_CMAP_BYTES).ok() };
         // a Type1 font without /Encoding uses the encoding built into its program
         let builtin = if two_byte || to_unicode.is_some() || dict.get(b"Encoding").is_ok() {
             None
