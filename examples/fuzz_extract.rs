@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    os::unix::process::{CommandExt, ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -134,15 +134,11 @@ fn run(program: &Path, input: &[u8]) -> (String, String, Duration) {
     let started = Instant::now();
     let mut command = Command::new(program);
     command
-        .args(["pdf-child", "extract", "500", &(CPU_SECONDS * 1000 - 1000).to_string()])
+        .args(["pdf-child", "extract", "500", &(CPU_SECONDS * 1000 - 1000).to_string(), &MEMORY.to_string()])
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec (see the function)
-    unsafe {
-        command.pre_exec(|| docuchat::ingestion::sandbox::limit_this_process(MEMORY, CPU_SECONDS));
-    }
     let mut child = command.spawn().expect("start docuchat pdf-child (build it with --release)");
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();

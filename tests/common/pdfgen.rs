@@ -231,3 +231,32 @@ pub fn slow() -> Vec<u8> {
     }
     pdf(&objects)
 }
+
+/// One page of two million operators: within every cap of the reader, but its operators alone
+/// take some hundreds of MB to hold — for the child's memory limit.
+pub fn heavy() -> Vec<u8> {
+    let content = b"0 0 m ".repeat(2_000_000);
+    one_page(stream("/Filter /FlateDecode", &flate(&content)), WITH_FONT, FONT, vec![])
+}
+
+/// One page per content string, in Helvetica.
+pub fn pages(contents: &[String]) -> Vec<u8> {
+    let n = contents.len();
+    let kids: Vec<String> = (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect();
+    let mut objects = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        format!("<< /Type /Pages /Kids [{}] /Count {n} >>", kids.join(" ")).into_bytes(),
+        FONT.as_bytes().to_vec(),
+    ];
+    for (i, content) in contents.iter().enumerate() {
+        objects.push(
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+                5 + 2 * i
+            )
+            .into_bytes(),
+        );
+        objects.push(stream("", content.as_bytes()));
+    }
+    pdf(&objects)
+}
