@@ -302,6 +302,18 @@ async fn the_child_s_hard_limits_end_it_with_named_errors() {
 }
 
 #[sqlx::test]
+async fn an_upload_is_held_no_longer_than_the_inspection_deadline(db: PgPool) {
+    let server = serve(&db, &[("INSPECT_TIMEOUT_SECONDS", "1")]).await;
+    let started = Instant::now();
+    let refused = server.upload("slow-to-open.pdf", pdfgen::object_streams(2000)).await;
+    let took = started.elapsed();
+    assert_eq!(refused, Err((StatusCode::UNPROCESSABLE_ENTITY, "extraction_timeout".to_owned())));
+    // the deadline, the parent's second of grace, and the upload itself
+    assert!(took < Duration::from_secs(4), "the upload took {took:?}");
+    assert!(pdf_children(server.pid()).is_empty());
+}
+
+#[sqlx::test]
 async fn a_file_that_broke_a_limit_stays_failed(db: PgPool) {
     let server = serve(&db, &[]).await;
     let id = server.upload("bomb.pdf", pdfgen::content_bomb()).await.unwrap();

@@ -127,11 +127,14 @@ impl Sandbox {
 
     /// Opens the PDF and counts its pages, in a child.
     pub async fn inspect(&self, data: &[u8], max_pages: usize) -> Result<PdfInfo, SandboxError> {
-        let deadline = self.config.inspect_timeout;
-        let _slot = tokio::time::timeout(deadline, self.inspections.acquire())
+        // one deadline for the wait for a slot and the inspection together: an upload is never
+        // held longer than that (and the second the parent's clock allows past it)
+        let started = std::time::Instant::now();
+        let _slot = tokio::time::timeout(self.config.inspect_timeout, self.inspections.acquire())
             .await
             .map_err(|_| SandboxError::Busy)?
             .map_err(|_| SandboxError::Busy)?;
+        let deadline = self.config.inspect_timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
         let mut pages = None;
         let args = ["inspect".to_owned(), max_pages.to_string(), deadline.as_millis().to_string()];
         self.run(&args, data, deadline, None, |line| match line {

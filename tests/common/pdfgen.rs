@@ -154,13 +154,18 @@ pub fn self_drawing_form() -> Vec<u8> {
 
 /// Two hundred object streams, each inflating to 8 MB of nothing.
 pub fn many_object_streams() -> Vec<u8> {
+    object_streams(200)
+}
+
+/// `n` object streams, each inflating to 8 MB of nothing: the file loads slowly.
+pub fn object_streams(n: usize) -> Vec<u8> {
     let empty = flate(&vec![b' '; 8 << 20]);
     let mut objects = vec![
         b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >>".to_vec(),
     ];
-    for _ in 0..200 {
+    for _ in 0..n {
         objects.push(stream("/Type /ObjStm /N 1 /First 4 /Filter /FlateDecode", &empty));
     }
     pdf(&objects)
