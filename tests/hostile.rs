@@ -192,6 +192,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, &'static [&'static str])> {
         ("broken-xref.pdf", pdfgen::broken_xref(), &["ready", "invalid_pdf"]),
         ("truncated.pdf", pdfgen::truncated(), &["invalid_pdf", "no_extractable_text"]),
         ("widths.pdf", pdfgen::absurd_widths(), &["no_extractable_text"]),
+        ("width-ranges.pdf", pdfgen::repeated_width_ranges(), &["no_extractable_text"]),
         ("glyph-count.pdf", pdfgen::absurd_glyph_count(), &["ready"]),
         // 500 pages of 200,000 operators each, against a 3 s budget
         ("slow.pdf", pdfgen::slow(), &["extraction_timeout"]),

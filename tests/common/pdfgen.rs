@@ -265,3 +265,18 @@ pub fn pages(contents: &[String]) -> Vec<u8> {
     }
     pdf(&objects)
 }
+
+/// A CID font whose width array repeats a 65,536-code range 100,000 times (6.5 billion entries).
+pub fn repeated_width_ranges() -> Vec<u8> {
+    let mut widths = b"[".to_vec();
+    widths.extend_from_slice(&b"0 65535 500 ".repeat(100_000));
+    widths.extend_from_slice(b"]");
+    let descendant = [
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /W ".to_vec(),
+        widths,
+        b" >>".to_vec(),
+    ]
+    .concat();
+    let font = "<< /Type /Font /Subtype /Type0 /BaseFont /X /Encoding /Identity-H /DescendantFonts [6 0 R] >>";
+    one_page(stream("", b"BT /F1 12 Tf 72 700 Td <00410042> Tj ET"), WITH_FONT, font, vec![descendant])
+}

@@ -16,6 +16,8 @@ const MAX_FONT_PROGRAM_BYTES: usize = 4 * MAX_CMAP_BYTES;
 /// collections hold about 20,000, a two-byte identity range 65,536. Entries past it are ignored,
 /// so ranges repeated thousands of times cost no more than this.
 const MAX_CMAP_ENTRIES: usize = 1 << 20;
+/// Widths one `/W` array may set, counting every code of every range.
+const MAX_WIDTH_ENTRIES: usize = 1 << 20;
 
 pub struct Font<'a> {
     /// Type0 (composite) fonts use two-byte codes (Identity-H and the usual CMaps).
@@ -247,27 +249,33 @@ fn cid_widths(doc: &Document, dict: &Dictionary) -> Widths {
     let Some(cid) = descendant else { return Widths::Cid { map: HashMap::new(), default: 1000.0 } };
     let default = cid.get(b"DW").ok().and_then(num).unwrap_or(1000.0);
     let mut map = HashMap::new();
+    // every width the array sets counts, across all its ranges: a few megabytes of ranges
+    // repeated could otherwise ask for billions of entries
+    let mut budget = MAX_WIDTH_ENTRIES;
     if let Some(w) = cid.get(b"W").ok().and_then(|o| deref(doc, o)).and_then(|o| o.as_array().ok()) {
         let mut i = 0;
-        while i < w.len() {
+        while i < w.len() && budget > 0 {
             let Some(start) = deref(doc, &w[i]).and_then(num) else { break };
+            let start = start as u32;
             match w.get(i + 1).and_then(|o| deref(doc, o)) {
                 Some(Object::Array(list)) => {
-                    for (k, v) in list.iter().enumerate() {
+                    for (k, v) in list.iter().enumerate().take(budget) {
                         if map.len() > 70_000 {
                             break;
                         }
-                        map.insert(start as u32 + k as u32, deref(doc, v).and_then(num).unwrap_or(default));
+                        map.insert(start.saturating_add(k as u32), deref(doc, v).and_then(num).unwrap_or(default));
                     }
+                    budget = budget.saturating_sub(list.len());
                     i += 2;
                 }
                 Some(end) => {
-                    let end = num(end).unwrap_or(start);
+                    let end = num(end).map_or(start, |e| e as u32);
                     let width = w.get(i + 2).and_then(|o| deref(doc, o)).and_then(num).unwrap_or(default);
-                    let (s, e) = (start as u32, (end as u32).min(start as u32 + 70_000));
-                    for c in s..=e {
+                    let last = end.min(start.saturating_add(70_000)).min(start.saturating_add(budget as u32 - 1));
+                    for c in start..=last {
                         map.insert(c, width);
                     }
+                    budget = budget.saturating_sub(last.saturating_sub(start) as usize + 1);
                     i += 3;
                 }
                 None => break,
