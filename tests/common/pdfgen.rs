@@ -196,6 +196,11 @@ pub fn absurd_widths() -> Vec<u8> {
     let mut widths = b"[0 [".to_vec();
     widths.extend_from_slice(&b"500 ".repeat(1_000_000));
     widths.extend_from_slice(b"] 0 2000000000 500]");
+    cid_font_page(widths)
+}
+
+/// A page in a CID font with these widths (`/W`) and no map to text.
+fn cid_font_page(widths: Vec<u8>) -> Vec<u8> {
     let descendant = [
         b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /W ".to_vec(),
         widths,
@@ -271,12 +276,5 @@ pub fn repeated_width_ranges() -> Vec<u8> {
     let mut widths = b"[".to_vec();
     widths.extend_from_slice(&b"0 65535 500 ".repeat(100_000));
     widths.extend_from_slice(b"]");
-    let descendant = [
-        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /X /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /W ".to_vec(),
-        widths,
-        b" >>".to_vec(),
-    ]
-    .concat();
-    let font = "<< /Type /Font /Subtype /Type0 /BaseFont /X /Encoding /Identity-H /DescendantFonts [6 0 R] >>";
-    one_page(stream("", b"BT /F1 12 Tf 72 700 Td <00410042> Tj ET"), WITH_FONT, font, vec![descendant])
+    cid_font_page(widths)
 }
