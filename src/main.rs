@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use docuchat::{
     app::{self, AppState},
-    auth::{email::Email, users},
+    auth::{email::Email, jwt::Role, users},
     config::Config,
     db,
     ingestion::sandbox,
@@ -55,6 +55,11 @@ enum Command {
     /// with hard limits).
     #[command(name = "pdf-child", hide = true)]
     PdfChild { mode: String, max_pages: usize, budget_ms: u64, memory_bytes: u64 },
+    /// The members of a tenant: add (invite) one, list them (JSON), or remove one.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -74,6 +79,13 @@ enum TenantCommand {
         /// This address becomes the tenant's admin on first login.
         #[arg(long)]
         admin_email: String,
+        /// Who may log in: `invite` (the admin address and the members admins add), `domain`
+        /// (also any address in an --allowed-domain) or `open` (anyone; for demos).
+        #[arg(long, default_value = "invite", value_parser = ["invite", "domain", "open"])]
+        signup: String,
+        /// A domain whose addresses may log in with `--signup domain` (repeat for more).
+        #[arg(long = "allowed-domain")]
+        allowed_domains: Vec<String>,
     },
     /// List tenants as JSON.
     List,
@@ -102,10 +114,36 @@ enum TenantCommand {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Create the `demo` tenant if it is missing and print how to log in.
+    /// Create the `demo` tenant if it is missing and print how to log in. The demo tenant is
+    /// `open`: any address may log in to it.
     EnsureDemo {
         #[arg(long, default_value = "admin@demo.example")]
         admin_email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add an address to the tenant; it may log in from then on.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+        role: String,
+    },
+    /// List the tenant's members as JSON.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a member (their tokens stop working at once).
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -196,6 +234,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenant { command } => tenant(command, &config).await,
+        Command::Member { command } => member(command, &config).await,
         Command::PdfChild { .. } => unreachable!("handled before the configuration is read"),
     }
 }
@@ -203,10 +242,21 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
     let pool = db::connect(config).await?;
     match command {
-        TenantCommand::Create { name, slug, admin_email } => {
+        TenantCommand::Create { name, slug, admin_email, signup, allowed_domains } => {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
-            let tenant = tenants::create(&pool, &name, &slug, &email).await?;
-            println!("{}", serde_json::to_string_pretty(&tenant)?);
+            let signup = tenants::Signup::parse(&signup).context("--signup")?;
+            let domains = tenants::clean_domains(&allowed_domains)?;
+            if signup == tenants::Signup::Domain && domains.is_empty() {
+                anyhow::bail!("--signup domain needs at least one --allowed-domain");
+            }
+            let mut tx = pool.begin().await?;
+            let tenant = tenants::create(&mut *tx, &name, &slug, &email).await?;
+            let access = tenants::set_access(&mut *tx, tenant.id, signup, &domains).await?;
+            tx.commit().await?;
+            let mut shown = serde_json::to_value(&tenant)?;
+            shown["signup"] = serde_json::to_value(access.signup)?;
+            shown["allowed_domains"] = serde_json::to_value(&access.allowed_domains)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         TenantCommand::List => {
             println!("{}", serde_json::to_string_pretty(&tenants::list(&pool).await?)?);
@@ -245,11 +295,15 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
             let tenant = match tenants::find_by_slug(&pool, "demo").await? {
                 Some(t) => t,
-                None => tenants::create(&pool, "Demo", "demo", &email).await?,
+                None => {
+                    let t = tenants::create(&pool, "Demo", "demo", &email).await?;
+                    tenants::set_access(&pool, t.id, tenants::Signup::Open, &[]).await?;
+                    t
+                }
             };
             let base = format!("http://{}", config.bind_addr);
             eprintln!(
-                "\nDemo tenant `{slug}` (id {id}), admin {admin}. To log in:\n\
+                "\nDemo tenant `{slug}` (id {id}), admin {admin}; it is open: any address may log in. To log in:\n\
                  \n  curl -s -X POST {base}/v1/auth/request-code -H 'X-Tenant-ID: {slug}' \\\n    \
                  -H 'Content-Type: application/json' -d '{{\"email\":\"{admin}\"}}'\n\
                  \n  # {where_code}\n\
@@ -265,6 +319,38 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
                     "no SMTP_URL: the code is printed in this server's log (\"login code ...\")"
                 },
             );
+        }
+    }
+    Ok(())
+}
+
+async fn member(command: MemberCommand, config: &Config) -> anyhow::Result<()> {
+    let pool = db::connect(config).await?;
+    let find = |t: String| {
+        let pool = pool.clone();
+        async move { tenants::resolve(&pool, &t).await?.with_context(|| format!("no tenant `{t}`")) }
+    };
+    match command {
+        MemberCommand::Add { tenant, email, role } => {
+            let tenant = find(tenant).await?;
+            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+            let role = if role == "admin" { Role::Admin } else { Role::Member };
+            let member = users::invite(&pool, tenant.id, &email, role).await?;
+            println!("{}", serde_json::to_string_pretty(&member)?);
+        }
+        MemberCommand::List { tenant } => {
+            let tenant = find(tenant).await?;
+            let members = users::list_members(&pool, tenant.id, None, i64::MAX).await?;
+            println!("{}", serde_json::to_string_pretty(&members)?);
+        }
+        MemberCommand::Remove { tenant, email } => {
+            let tenant = find(tenant).await?;
+            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+            let user = users::find_by_email(&pool, tenant.id, &email)
+                .await?
+                .with_context(|| format!("{email} is not a member of `{}`", tenant.slug))?;
+            users::remove(&pool, tenant.id, user.id).await?;
+            eprintln!("{email} removed from `{}`", tenant.slug);
         }
     }
     Ok(())

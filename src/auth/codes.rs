@@ -96,8 +96,16 @@ impl CodeStore {
         hex::encode(self.mac(&[b"docuchat/code/v1", tenant.as_bytes(), email.as_str().as_bytes(), code.as_bytes()]))
     }
 
-    /// Checks the request limits, then stores and returns a fresh code. The caller mails it.
-    pub async fn issue(&self, tenant: Uuid, email: &Email, client_ip: Option<IpAddr>) -> Result<String, CodeError> {
+    /// Checks the request limits, then stores and returns a fresh code, which the caller mails.
+    /// For an address that may not log in (`allowed` false) every limit is counted the same way
+    /// but nothing is stored and no code is returned: the answer cannot tell the two apart.
+    pub async fn issue(
+        &self,
+        tenant: Uuid,
+        email: &Email,
+        client_ip: Option<IpAddr>,
+        allowed: bool,
+    ) -> Result<Option<String>, CodeError> {
         let hour = Duration::from_secs(3600);
         if let Some(ip) = client_ip {
             let (n, left) = self.redis.hit(&format!("rl:code-ip:{ip}"), hour).await?;
@@ -130,6 +138,9 @@ impl CodeStore {
             return Err(limited("too many codes were requested for this address", left));
         }
 
+        if !allowed {
+            return Ok(None);
+        }
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000u32));
         const STORE: &str = r"
             redis.call('DEL', KEYS[1])
@@ -147,7 +158,7 @@ impl CodeStore {
                 vec![self.code_hash(tenant, email, &code), ttl_ms.to_string()],
             )
             .await?;
-        Ok(code)
+        Ok(Some(code))
     }
 
     /// Consumes the code if it is right. Every call counts as one attempt.

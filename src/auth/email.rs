@@ -45,6 +45,11 @@ impl Email {
         Ok(Self(s.to_ascii_lowercase()))
     }
 
+    /// The part after the `@`.
+    pub fn domain(&self) -> &str {
+        self.as_str().rsplit_once('@').map_or("", |(_, d)| d)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

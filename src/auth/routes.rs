@@ -1,5 +1,8 @@
-//! `POST /v1/auth/request-code`, `POST /v1/auth/verify-code`, `GET /v1/me`, and the API keys:
-//! `POST /v1/api-keys`, `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}` (admins).
+//! `POST /v1/auth/request-code`, `POST /v1/auth/verify-code`, `GET /v1/me`; the API keys:
+//! `POST /v1/api-keys`, `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}`; and the members:
+//! `POST /v1/members`, `GET /v1/members`, `PATCH /v1/members/{id}`, `DELETE /v1/members/{id}`
+//! (admins). A member's rights are read from the database at every request, so a removal or a
+//! role change applies to their next request.
 
 use axum::{
     Json, Router,
@@ -16,9 +19,10 @@ use uuid::Uuid;
 use super::{
     CurrentUser,
     api_keys::{self, Scope},
+    codes::CodeError,
     email::Email,
     jwt::Role,
-    users,
+    users::{self, MemberError},
 };
 use crate::{
     app::AppState,
@@ -33,6 +37,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/verify-code", post(verify_code))
         .route("/v1/me", get(me))
         .route("/v1/api-keys", get(list_keys).post(create_key))
+        .route("/v1/members", get(list_members).post(add_member))
+        .route("/v1/members/{id}", axum::routing::patch(change_member).delete(remove_member))
         .route("/v1/api-keys/{id}", delete(revoke_key))
 }
 
@@ -62,19 +68,25 @@ async fn request_code(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     state.limits.check_auth(ip).await?;
     let email = parse_email(&body.email)?;
-    let code = state.codes.issue(tenant.0.id, &email, ip).await?;
+    // an address that may not log in gets the same answer, and no code
+    let allowed = users::may_log_in(&state.db, &tenant.0, &email).await?.is_some();
+    let code = state.codes.issue(tenant.0.id, &email, ip, allowed).await?;
     let ttl = state.codes.limits().code_ttl;
     // Delivery happens off the request path: the answer (and its timing) says nothing about it.
-    let mailer = state.mailer.clone();
-    let tenant_name = tenant.0.name.clone();
-    tokio::spawn(
-        async move {
-            if let Err(e) = mailer.send_code(&email, &code, &tenant_name, ttl).await {
-                tracing::error!(error = format!("{e:#}"), "could not send a login code");
+    if let Some(code) = code {
+        let mailer = state.mailer.clone();
+        let tenant_name = tenant.0.name.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = mailer.send_code(&email, &code, &tenant_name, ttl).await {
+                    tracing::error!(error = format!("{e:#}"), "could not send a login code");
+                }
             }
-        }
-        .instrument(tracing::Span::current()),
-    );
+            .instrument(tracing::Span::current()),
+        );
+    } else {
+        tracing::debug!("login code refused: the address may not log in to this tenant");
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -95,7 +107,8 @@ async fn verify_code(
     state.codes.check_verify_rate(ip).await?;
     let email = parse_email(&body.email)?;
     state.codes.verify(tenant.0.id, &email, body.code.trim()).await?;
-    let role = if email.as_str() == tenant.0.admin_email { Role::Admin } else { Role::Member };
+    // removed (or the policy changed) since the code was sent: as if the code were wrong
+    let role = users::may_log_in(&state.db, &tenant.0, &email).await?.ok_or(CodeError::Invalid)?;
     let user = users::upsert_on_login(&state.db, tenant.0.id, &email, role).await?;
     let token = state.jwt.issue(user.id, tenant.0.id, user.role)?;
     tracing::info!(user_id = %user.id, tenant_id = %tenant.0.id, "user logged in");
@@ -174,5 +187,96 @@ async fn revoke_key(State(state): State<AppState>, user: CurrentUser, Path(id): 
         return Err(not_found());
     }
     tracing::info!(key_id = %id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    email: String,
+    #[serde(default = "member_role")]
+    role: Role,
+}
+
+fn member_role() -> Role {
+    Role::Member
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    AppJson(body): AppJson<AddMember>,
+) -> ApiResult<(StatusCode, Json<users::Member>)> {
+    user.require_admin()?;
+    let email = parse_email(&body.email)?;
+    let member = users::invite(&state.db, user.tenant.0.id, &email, body.role).await?;
+    tracing::info!(member_id = %member.id, role = ?member.role, "member added");
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+#[derive(Deserialize)]
+struct ListMembers {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+async fn list_members(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    query: Result<axum::extract::Query<ListMembers>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    user.require_admin()?;
+    let axum::extract::Query(q) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?limit=&after="))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 200"));
+    }
+    let after = match q.after.as_deref() {
+        Some(a) => Some(
+            Uuid::try_parse(a).map_err(|_| ApiError::bad_request("invalid_cursor", "`after` must be a member id"))?,
+        ),
+        None => None,
+    };
+    let mut members = users::list_members(&state.db, user.tenant.0.id, after, limit + 1).await?;
+    let next = if members.len() as i64 > limit {
+        members.truncate(limit as usize);
+        members.last().map(|m| m.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({ "members": members, "next_cursor": next })))
+}
+
+fn member_id(raw: &str) -> ApiResult<Uuid> {
+    Uuid::try_parse(raw).map_err(|_| MemberError::NotFound.into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeMember {
+    role: Role,
+}
+
+async fn change_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<ChangeMember>,
+) -> ApiResult<Json<users::Member>> {
+    user.require_admin()?;
+    let member = users::set_role(&state.db, user.tenant.0.id, member_id(&id)?, body.role).await?;
+    tracing::info!(member_id = %member.id, role = ?member.role, "member's role changed");
+    Ok(Json(member))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require_admin()?;
+    let id = member_id(&id)?;
+    users::remove(&state.db, user.tenant.0.id, id).await?;
+    tracing::info!(member_id = %id, "member removed");
     Ok(StatusCode::NO_CONTENT)
 }

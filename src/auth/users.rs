@@ -1,4 +1,6 @@
-//! Users of a tenant. A user is created on their first successful login.
+//! Users of a tenant — its members: the only module that reads or writes `users`. A member is
+//! added by an admin (`invited` until their first login) or, where the tenant's policy lets them,
+//! created on their first login. Who may log in is [`may_log_in`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -6,6 +8,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::{email::Email, jwt::Role};
+use crate::tenants::{self, Signup, Tenant};
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct User {
@@ -76,4 +79,157 @@ pub async fn emails(
         .bind(ids)
         .fetch_all(db)
         .await
+}
+
+/// The role an address logs in to the tenant with, or `None` when it may not: a member (invited
+/// or not) keeps their role; the tenant's admin address is an admin; anyone else only where the
+/// policy is `open`, or `domain` and the address is in an allowed domain.
+pub async fn may_log_in(db: &sqlx::PgPool, tenant: &Tenant, email: &Email) -> Result<Option<Role>, sqlx::Error> {
+    if let Some(user) = find_by_email(db, tenant.id, email).await? {
+        return Ok(Some(user.role));
+    }
+    if email.as_str() == tenant.admin_email {
+        return Ok(Some(Role::Admin));
+    }
+    let access = tenants::access(db, tenant.id).await?;
+    let admitted = match access.signup {
+        Signup::Open => true,
+        Signup::Domain => access.allowed_domains.iter().any(|d| d == email.domain()),
+        Signup::Invite => false,
+    };
+    Ok(admitted.then_some(Role::Member))
+}
+
+/// A member as admins see them.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Member {
+    pub id: Uuid,
+    pub email: String,
+    pub role: Role,
+    /// `invited` until the first login, then `active`
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! member_columns {
+    () => {
+        "id, email, role, case when last_login_at is null then 'invited' else 'active' end as status, created_at, \
+         last_login_at"
+    };
+}
+
+/// Why a member could not be added, changed or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("{0} is already a member of this tenant")]
+    Exists(String),
+    #[error("no such member")]
+    NotFound,
+    #[error("the tenant's last admin cannot be demoted or removed")]
+    LastAdmin,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<MemberError> for crate::error::ApiError {
+    fn from(e: MemberError) -> Self {
+        use crate::error::ApiError;
+        match e {
+            MemberError::Exists(_) => ApiError::Conflict { code: "member_exists", message: e.to_string() },
+            MemberError::NotFound => ApiError::not_found("member_not_found", e.to_string()),
+            MemberError::LastAdmin => ApiError::Conflict { code: "last_admin", message: e.to_string() },
+            MemberError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Adds an address to the tenant with a role; it may log in from now on.
+pub async fn invite(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    email: &Email,
+    role: Role,
+) -> Result<Member, MemberError> {
+    let added: Option<Member> = sqlx::query_as(concat!(
+        "insert into users (id, tenant_id, email, role) values ($1, $2, $3, $4)
+         on conflict (tenant_id, email) do nothing
+         returning ",
+        member_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(tenant_id)
+    .bind(email.as_str())
+    .bind(role)
+    .fetch_optional(db)
+    .await?;
+    added.ok_or_else(|| MemberError::Exists(email.as_str().to_owned()))
+}
+
+/// Members in the order they were added; `after` continues after that member.
+pub async fn list_members(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Member>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "select ",
+        member_columns!(),
+        " from users where tenant_id = $1 and ($2::uuid is null or id > $2) order by id limit $3"
+    ))
+    .bind(tenant_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Changes a member's role; the tenant keeps at least one admin.
+pub async fn set_role(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid, role: Role) -> Result<Member, MemberError> {
+    let mut tx = db.begin().await?;
+    if role == Role::Member {
+        keeps_an_admin(&mut tx, tenant_id, id).await?;
+    }
+    let changed: Option<Member> = sqlx::query_as(concat!(
+        "update users set role = $3 where tenant_id = $1 and id = $2 returning ",
+        member_columns!()
+    ))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(role)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let changed = changed.ok_or(MemberError::NotFound)?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// Removes a member; their chat sessions and per-user quotas go with them (by cascade), their
+/// uploads stay the tenant's and the ledger keeps what they spent. The tenant keeps an admin.
+pub async fn remove(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid) -> Result<(), MemberError> {
+    let mut tx = db.begin().await?;
+    keeps_an_admin(&mut tx, tenant_id, id).await?;
+    let removed = sqlx::query("delete from users where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if removed == 0 {
+        return Err(MemberError::NotFound);
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Refuses when `id` is the tenant's only admin. The admins' rows are locked, so two admins
+/// demoting each other at once cannot both succeed.
+async fn keeps_an_admin(conn: &mut sqlx::PgConnection, tenant_id: Uuid, id: Uuid) -> Result<(), MemberError> {
+    let admins: Vec<Uuid> =
+        sqlx::query_scalar("select id from users where tenant_id = $1 and role = 'admin' order by id for update")
+            .bind(tenant_id)
+            .fetch_all(conn)
+            .await?;
+    if admins == [id] { Err(MemberError::LastAdmin) } else { Ok(()) }
 }

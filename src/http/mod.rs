@@ -21,7 +21,7 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{app::AppState, auth, chat, documents, error::error_response, usage};
+use crate::{app::AppState, auth, chat, documents, error::error_response, tenants, usage};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::routes::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
         .merge(chat::routes::router())
+        .merge(tenants::routes::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_json_bytes))

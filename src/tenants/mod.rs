@@ -1,7 +1,9 @@
-//! Tenants: creation (CLI), lookup, and the cache behind the `X-Tenant-ID` resolver every
-//! tenant-scoped request goes through ([`extractors::TenantCtx`]).
+//! Tenants: creation (CLI), lookup, their login policy, and the cache behind the `X-Tenant-ID`
+//! resolver every tenant-scoped request goes through ([`extractors::TenantCtx`]). The policy is
+//! read from the database at each login, never from the cache, so a change applies at once.
 
 pub mod extractors;
+pub mod routes;
 
 use std::{
     collections::HashMap,
@@ -55,6 +57,8 @@ pub enum TenantError {
     InvalidSlug(&'static str),
     #[error("a tenant with slug `{0}` already exists")]
     SlugTaken(String),
+    #[error("{0}")]
+    InvalidDomain(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -65,9 +69,94 @@ impl From<TenantError> for ApiError {
             TenantError::InvalidName => ApiError::bad_request("invalid_name", e.to_string()),
             TenantError::InvalidSlug(m) => ApiError::bad_request("invalid_slug", m),
             TenantError::SlugTaken(_) => ApiError::Conflict { code: "slug_taken", message: e.to_string() },
+            TenantError::InvalidDomain(m) => ApiError::bad_request("invalid_domain", m),
             TenantError::Database(e) => e.into(),
         }
     }
+}
+
+/// Who may log in to a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum Signup {
+    /// the tenant's admin address and the addresses its admins added
+    Invite,
+    /// also any address in one of the allowed domains (as a member)
+    Domain,
+    /// anyone (as a member): for demos
+    Open,
+}
+
+impl Signup {
+    pub fn parse(s: &str) -> Option<Signup> {
+        match s {
+            "invite" => Some(Signup::Invite),
+            "domain" => Some(Signup::Domain),
+            "open" => Some(Signup::Open),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant's login policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Access {
+    pub signup: Signup,
+    pub allowed_domains: Vec<String>,
+}
+
+/// Lower-cases and checks domains (`example.com`, `mail.example.co.uk`): labels of letters,
+/// digits and inner hyphens, at least two of them. At most 100.
+pub fn clean_domains(domains: &[String]) -> Result<Vec<String>, TenantError> {
+    if domains.len() > 100 {
+        return Err(TenantError::InvalidDomain("at most 100 domains".into()));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(domains.len());
+    for raw in domains {
+        let d = raw.trim().trim_start_matches('@').to_ascii_lowercase();
+        let labels: Vec<&str> = d.split('.').collect();
+        let label_ok = |l: &&str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if d.len() > 253 || labels.len() < 2 || !labels.iter().all(label_ok) {
+            return Err(TenantError::InvalidDomain(format!("`{raw}` is not a domain such as example.com")));
+        }
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The tenant's login policy.
+pub async fn access(db: impl PgExecutor<'_>, tenant: Uuid) -> Result<Access, sqlx::Error> {
+    sqlx::query_as("select signup, allowed_domains from tenants where id = $1").bind(tenant).fetch_one(db).await
+}
+
+/// Sets the tenant's login policy (domains as given to [`clean_domains`]).
+pub async fn set_access(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    signup: Signup,
+    domains: &[String],
+) -> Result<Access, TenantError> {
+    let domains = clean_domains(domains)?;
+    if signup == Signup::Domain && domains.is_empty() {
+        return Err(TenantError::InvalidDomain("the `domain` policy needs at least one allowed domain".into()));
+    }
+    Ok(sqlx::query_as(
+        "update tenants set signup = $2, allowed_domains = $3 where id = $1 returning signup, allowed_domains",
+    )
+    .bind(tenant)
+    .bind(signup)
+    .bind(&domains)
+    .fetch_one(db)
+    .await?)
 }
 
 pub async fn create(

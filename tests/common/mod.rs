@@ -160,7 +160,17 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// A tenant that anyone may log in to (`open`): the suites about other capabilities log in
+    /// members freely; the login policy itself is tested with `invite_tenant`.
     pub async fn create_tenant(&self, slug: &str, admin_email: &str) -> Tenant {
+        let tenant = self.invite_tenant(slug, admin_email).await;
+        tenants::set_access(&self.db, tenant.id, tenants::Signup::Open, &[]).await.expect("open tenant");
+        tenant
+    }
+
+    /// A tenant as the command line creates it by default: only its admin address and the
+    /// members its admins add may log in.
+    pub async fn invite_tenant(&self, slug: &str, admin_email: &str) -> Tenant {
         tenants::create(&self.db, &format!("Tenant {slug}"), slug, &Email::parse(admin_email).unwrap())
             .await
             .expect("create tenant")

@@ -1,0 +1,250 @@
+//! Who may join a tenant: the login policy (`invite`, `domain`, `open`), the members API, and
+//! that a removal or a role change applies to the member's next request.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{ADMIN, TestApp, database_url_of, error_of};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+async fn send(app: &TestApp, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Response {
+    let mut req = app.client.request(method, app.url(path)).header("X-Tenant-ID", "acme").bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+async fn users_named(app: &TestApp, email: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from users where email = $1").bind(email).fetch_one(&app.db).await.unwrap()
+}
+
+#[sqlx::test]
+async fn a_stranger_cannot_join_an_invite_tenant_and_cannot_tell_it_was_refused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.invite_tenant("acme", ADMIN).await;
+    let mail = app.mail.as_ref().unwrap();
+
+    // the admin address may log in; a stranger's request is answered the same way
+    let allowed = app.request_code("acme", ADMIN).await;
+    let refused = app.request_code("acme", "eve@elsewhere.example").await;
+    assert_eq!(allowed.status(), refused.status());
+    assert_eq!(allowed.status(), StatusCode::ACCEPTED);
+    let (allowed, refused): (Value, Value) = (allowed.json().await.unwrap(), refused.json().await.unwrap());
+    assert_eq!(allowed, refused);
+    assert!(mail.next_to(ADMIN, Duration::from_secs(10)).await.is_some());
+    // no mail for the stranger, nothing created, and every code is wrong
+    assert!(mail.next_to("eve@elsewhere.example", Duration::from_millis(500)).await.is_none());
+    for code in ["000000", "123456"] {
+        let (status, code, _) = error_of(app.verify_code("acme", "eve@elsewhere.example", code).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_code"));
+    }
+    assert_eq!(users_named(&app, "eve@elsewhere.example").await, 0);
+
+    // once an admin adds the address, it may log in, as the role it was given
+    let admin = app.login("acme", ADMIN).await;
+    let resp =
+        send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": "Ann@Acme.example"}))).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ann: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (ann["email"].as_str(), ann["role"].as_str(), ann["status"].as_str()),
+        (Some("ann@acme.example"), Some("member"), Some("invited"))
+    );
+    let again =
+        send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": "ann@acme.example"}))).await;
+    let (status, code, _) = error_of(again).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "member_exists"));
+    let token = app.login("acme", "ann@acme.example").await;
+    let me: Value = app.get_as("/v1/me", "acme", &token).await.json().await.unwrap();
+    assert_eq!(me["user"]["role"], "member");
+    let listed: Value = app.get_as("/v1/members", "acme", &admin).await.json().await.unwrap();
+    let ann = listed["members"].as_array().unwrap().iter().find(|m| m["email"] == "ann@acme.example").unwrap().clone();
+    assert_eq!(ann["status"], "active");
+    // members do not manage members
+    assert_eq!(app.get_as("/v1/members", "acme", &token).await.status(), StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test]
+async fn a_domain_tenant_admits_only_its_domains(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.invite_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    let tenant: Value = app.get_as("/v1/tenant", "acme", &admin).await.json().await.unwrap();
+    assert_eq!((tenant["signup"].as_str(), tenant["allowed_domains"].clone()), (Some("invite"), json!([])));
+    // the policy needs real domains, and at least one for `domain`
+    for body in [json!({"signup": "domain"}), json!({"signup": "domain", "allowed_domains": ["not a domain"]})] {
+        let (status, code, _) =
+            error_of(send(&app, reqwest::Method::PATCH, "/v1/tenant", &admin, Some(body)).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "invalid_domain"));
+    }
+    let resp = send(
+        &app,
+        reqwest::Method::PATCH,
+        "/v1/tenant",
+        &admin,
+        Some(json!({"signup": "domain", "allowed_domains": ["Acme.example", "@partner.example"]})),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let policy: Value = resp.json().await.unwrap();
+    assert_eq!(policy["allowed_domains"], json!(["acme.example", "partner.example"]));
+
+    let carl = app.login("acme", "carl@partner.example").await;
+    let me: Value = app.get_as("/v1/me", "acme", &carl).await.json().await.unwrap();
+    assert_eq!(me["user"]["role"], "member");
+    // not a sub-domain, not a look-alike
+    for stranger in ["eve@evil.acme.example.net", "eve@sub.acme.example", "eve@acme.example.evil"] {
+        assert_eq!(app.request_code("acme", stranger).await.status(), StatusCode::ACCEPTED);
+        assert!(app.mail.as_ref().unwrap().next_to(stranger, Duration::from_millis(300)).await.is_none(), "{stranger}");
+        assert_eq!(users_named(&app, stranger).await, 0);
+    }
+    // members may not read or change the policy
+    assert_eq!(app.get_as("/v1/tenant", "acme", &carl).await.status(), StatusCode::FORBIDDEN);
+    let resp = send(&app, reqwest::Method::PATCH, "/v1/tenant", &carl, Some(json!({"signup": "open"}))).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test]
+async fn removal_and_role_changes_apply_to_the_next_request(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.invite_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    let boss: Value = app.get_as("/v1/me", "acme", &admin).await.json().await.unwrap();
+    let boss_id = boss["user"]["id"].as_str().unwrap().to_owned();
+    let ann: Value =
+        send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": "ann@acme.example"})))
+            .await
+            .json()
+            .await
+            .unwrap();
+    let ann_id = ann["id"].as_str().unwrap().to_owned();
+    let ann_token = app.login("acme", "ann@acme.example").await;
+
+    // the last admin can be neither demoted nor removed
+    let path = format!("/v1/members/{boss_id}");
+    let (status, code, _) =
+        error_of(send(&app, reqwest::Method::PATCH, &path, &admin, Some(json!({"role": "member"}))).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "last_admin"));
+    let (status, code, _) = error_of(send(&app, reqwest::Method::DELETE, &path, &admin, None).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "last_admin"));
+
+    // promoted: the same token may manage members at once; demoted again: it may not
+    let ann_path = format!("/v1/members/{ann_id}");
+    assert_eq!(app.get_as("/v1/members", "acme", &ann_token).await.status(), StatusCode::FORBIDDEN);
+    let promoted = send(&app, reqwest::Method::PATCH, &ann_path, &admin, Some(json!({"role": "admin"}))).await;
+    assert_eq!(promoted.status(), StatusCode::OK);
+    assert_eq!(app.get_as("/v1/members", "acme", &ann_token).await.status(), StatusCode::OK);
+    // with two admins, the first may step down
+    let stepped = send(&app, reqwest::Method::PATCH, &path, &ann_token, Some(json!({"role": "member"}))).await;
+    assert_eq!(stepped.status(), StatusCode::OK);
+    assert_eq!(app.get_as("/v1/members", "acme", &admin).await.status(), StatusCode::FORBIDDEN);
+    let restored = send(&app, reqwest::Method::PATCH, &path, &ann_token, Some(json!({"role": "admin"}))).await;
+    assert_eq!(restored.status(), StatusCode::OK);
+
+    // removed: the token stops working at once, and the address may not log in again
+    assert_eq!(send(&app, reqwest::Method::DELETE, &ann_path, &admin, None).await.status(), StatusCode::NO_CONTENT);
+    let (status, code, _) = error_of(app.get_as("/v1/me", "acme", &ann_token).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_token"));
+    assert_eq!(app.request_code("acme", "ann@acme.example").await.status(), StatusCode::ACCEPTED);
+    assert!(app.mail.as_ref().unwrap().next_to("ann@acme.example", Duration::from_millis(500)).await.is_none());
+    let (status, _, _) = error_of(send(&app, reqwest::Method::DELETE, &ann_path, &admin, None).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // another tenant's admin cannot touch acme's members
+    app.create_tenant("other", "root@other.example").await;
+    let outsider = app.login("other", "root@other.example").await;
+    let resp =
+        app.client.delete(app.url(&path)).header("X-Tenant-ID", "other").bearer_auth(&outsider).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test]
+async fn members_are_listed_in_pages(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.invite_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    for i in 0..5 {
+        let body = json!({"email": format!("m{i}@acme.example"), "role": if i == 0 { "admin" } else { "member" }});
+        assert_eq!(
+            send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(body)).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/members?limit=2&after={a}"),
+            None => "/v1/members?limit=2".to_owned(),
+        };
+        let page: Value = app.get_as(&path, "acme", &admin).await.json().await.unwrap();
+        for m in page["members"].as_array().unwrap() {
+            seen.push(m["email"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => after = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        [ADMIN, "m0@acme.example", "m1@acme.example", "m2@acme.example", "m3@acme.example", "m4@acme.example"]
+    );
+    let (status, code, _) = error_of(app.get_as("/v1/members?limit=0", "acme", &admin).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "invalid_limit"));
+}
+
+#[sqlx::test]
+async fn operators_set_the_policy_and_members_from_the_command_line(db: PgPool) {
+    let url = database_url_of(&db);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_docuchat"))
+            .current_dir(std::env::temp_dir())
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let out =
+        run(&["tenant", "create", "--name", "Acme", "--slug", "acme", "--admin-email", ADMIN, "--signup", "domain"]);
+    assert!(!out.status.success(), "`domain` without a domain is refused");
+    let out = run(&[
+        "tenant",
+        "create",
+        "--name",
+        "Acme",
+        "--slug",
+        "acme",
+        "--admin-email",
+        ADMIN,
+        "--signup",
+        "domain",
+        "--allowed-domain",
+        "acme.example",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tenant: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (tenant["signup"].as_str(), tenant["allowed_domains"].clone()),
+        (Some("domain"), json!(["acme.example"]))
+    );
+
+    let out = run(&["member", "add", "--tenant", "acme", "--email", "ops@partner.example", "--role", "admin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["member", "add", "--tenant", "acme", "--email", "ops@partner.example"]);
+    assert!(!out.status.success(), "adding a member twice fails");
+    let listed: Value = serde_json::from_slice(&run(&["member", "list", "--tenant", "acme"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!((listed[0]["role"].as_str(), listed[0]["status"].as_str()), (Some("admin"), Some("invited")));
+    // the only admin cannot be removed; a second admin lets the first go
+    let out = run(&["member", "remove", "--tenant", "acme", "--email", "ops@partner.example"]);
+    assert!(!out.status.success());
+    run(&["member", "add", "--tenant", "acme", "--email", ADMIN, "--role", "admin"]);
+    let out = run(&["member", "remove", "--tenant", "acme", "--email", "ops@partner.example"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&run(&["member", "list", "--tenant", "acme"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
