@@ -152,7 +152,8 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         .collect();
     let vectors = vec![unit(); chunks.len()];
     insert_chunks(&mut *pool.acquire().await?, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
-    let token = JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin)?;
+    let token =
+        JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin, 0)?;
 
     let upstream = fake_openai().await;
     let server = support::Server::start(&[

@@ -59,7 +59,7 @@ async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyho
     let email = Email::parse("bench@bench.example").unwrap();
     let tenant = tenants::create(&pool, "Bench", "bench", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let user = users::upsert_on_login(&pool, tenant.id, &email, Role::Admin).await?;
-    let token = state.jwt.issue(user.id, tenant.id, Role::Admin)?;
+    let token = state.jwt.issue(user.id, tenant.id, Role::Admin, 0)?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -114,7 +114,7 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
     let mut members = Vec::new();
     for (id, tenant, slug, role) in &users {
         let role = if role == "admin" { Role::Admin } else { Role::Member };
-        let caller = Caller { slug: slug.clone(), bearer: keys.issue(*id, *tenant, role)? };
+        let caller = Caller { slug: slug.clone(), bearer: keys.issue(*id, *tenant, role, 0)? };
         if role == Role::Admin { admins.push(caller) } else { members.push(caller) }
     }
     let mut api_keys = Vec::new();

@@ -55,7 +55,7 @@ async fn serve(db: &PgPool, vars: &[(&str, &str)]) -> Server {
     let email = Email::parse("boss@acme.example").unwrap();
     let tenant = tenants::create(db, "Acme", "acme", &email).await.unwrap();
     let user = users::upsert_on_login(db, tenant.id, &email, Role::Admin).await.unwrap();
-    let token = JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin);
+    let token = JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin, 0);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_docuchat"));
     cmd.current_dir(std::env::temp_dir())

@@ -132,18 +132,28 @@ async fn removal_and_role_changes_apply_to_the_next_request(db: PgPool) {
     let (status, code, _) = error_of(send(&app, reqwest::Method::DELETE, &path, &admin, None).await).await;
     assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "last_admin"));
 
-    // promoted: the same token may manage members at once; demoted again: it may not
+    // a new role revokes the member's tokens: she logs in again, with the new rights
     let ann_path = format!("/v1/members/{ann_id}");
     assert_eq!(app.get_as("/v1/members", "acme", &ann_token).await.status(), StatusCode::FORBIDDEN);
     let promoted = send(&app, reqwest::Method::PATCH, &ann_path, &admin, Some(json!({"role": "admin"}))).await;
     assert_eq!(promoted.status(), StatusCode::OK);
+    let (status, code, _) = error_of(app.get_as("/v1/members", "acme", &ann_token).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_revoked"));
+    let ann_token = app.login("acme", "ann@acme.example").await;
     assert_eq!(app.get_as("/v1/members", "acme", &ann_token).await.status(), StatusCode::OK);
-    // with two admins, the first may step down
+    // setting the role it already has revokes nothing
+    let same = send(&app, reqwest::Method::PATCH, &ann_path, &admin, Some(json!({"role": "admin"}))).await;
+    assert_eq!(same.status(), StatusCode::OK);
+    assert_eq!(app.get_as("/v1/members", "acme", &ann_token).await.status(), StatusCode::OK);
+    // with two admins, the first may be demoted: his token stops, and his new one is a member's
     let stepped = send(&app, reqwest::Method::PATCH, &path, &ann_token, Some(json!({"role": "member"}))).await;
     assert_eq!(stepped.status(), StatusCode::OK);
+    assert_eq!(app.get_as("/v1/members", "acme", &admin).await.status(), StatusCode::UNAUTHORIZED);
+    let admin = app.login("acme", ADMIN).await;
     assert_eq!(app.get_as("/v1/members", "acme", &admin).await.status(), StatusCode::FORBIDDEN);
     let restored = send(&app, reqwest::Method::PATCH, &path, &ann_token, Some(json!({"role": "admin"}))).await;
     assert_eq!(restored.status(), StatusCode::OK);
+    let admin = app.login("acme", ADMIN).await;
 
     // removed: the token stops working at once, and the address may not log in again
     assert_eq!(send(&app, reqwest::Method::DELETE, &ann_path, &admin, None).await.status(), StatusCode::NO_CONTENT);
@@ -247,4 +257,40 @@ async fn operators_set_the_policy_and_members_from_the_command_line(db: PgPool) 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: Value = serde_json::from_slice(&run(&["member", "list", "--tenant", "acme"]).stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+#[sqlx::test]
+async fn logout_revokes_the_token_and_logout_all_every_token(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", ADMIN).await;
+    let (first, second) = (app.login("acme", ADMIN).await, app.login("acme", ADMIN).await);
+    // logout: this token only
+    assert_eq!(
+        send(&app, reqwest::Method::POST, "/v1/auth/logout", &first, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let (status, code, _) = error_of(app.get_as("/v1/me", "acme", &first).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_revoked"));
+    assert_eq!(app.get_as("/v1/me", "acme", &second).await.status(), StatusCode::OK);
+    // a revoked token cannot open a chat socket either
+    let ws = tokio_tungstenite::connect_async(format!("ws://{}/ws/chat?token={first}", app.addr)).await;
+    match ws {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // logout-all: every token issued until now, and a new login works
+    let third = app.login("acme", ADMIN).await;
+    assert_eq!(
+        send(&app, reqwest::Method::POST, "/v1/auth/logout-all", &second, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    for token in [&second, &third] {
+        let (status, code, _) = error_of(app.get_as("/v1/me", "acme", token).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "token_revoked"));
+    }
+    let fresh = app.login("acme", ADMIN).await;
+    assert_eq!(app.get_as("/v1/me", "acme", &fresh).await.status(), StatusCode::OK);
+    // without a token there is nothing to log out of
+    let resp = app.client.post(app.url("/v1/auth/logout")).header("X-Tenant-ID", "acme").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{
     api_keys::{self, KeyCaller, Scope},
     jwt::{Role, TokenError},
-    users::{self, User},
+    users::{self, TokenOwner, User},
 };
 use crate::{
     app::AppState,
@@ -21,11 +21,14 @@ use crate::{
     tenants::{TENANT_HEADER, Tenant, TenantCtx},
 };
 
-/// The logged-in user of the request's tenant. Rejects a token issued for another tenant.
+/// The logged-in user of the request's tenant. Rejects a token issued for another tenant, and
+/// tokens revoked by a logout or a change of role.
 #[derive(Clone, Debug)]
 pub struct CurrentUser {
     pub user: User,
     pub tenant: TenantCtx,
+    /// the presented token's id and expiry (a logout revokes it)
+    pub token: (Uuid, u64),
 }
 
 impl CurrentUser {
@@ -69,8 +72,12 @@ async fn user_from_token(state: &AppState, tenant: Option<&Tenant>, token: &str)
         }
         None => state.tenants.resolve(&state.db, &claims.tid.to_string()).await?.ok_or_else(invalid_token)?,
     };
-    let user = users::find(&state.db, tenant.id, claims.sub).await?.ok_or_else(invalid_token)?;
-    Ok(CurrentUser { user, tenant: TenantCtx(tenant) })
+    let user = match users::find_for_token(&state.db, tenant.id, claims.sub, claims.jti, claims.r#gen).await? {
+        TokenOwner::Live(user) => user,
+        TokenOwner::Revoked => return Err(unauthorized("token_revoked", "the token was revoked: log in again")),
+        TokenOwner::Gone => return Err(invalid_token()),
+    };
+    Ok(CurrentUser { user, tenant: TenantCtx(tenant), token: (claims.jti, claims.exp) })
 }
 
 impl FromRequestParts<AppState> for CurrentUser {

@@ -36,6 +36,9 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     pub jti: Uuid,
+    /// the user's token generation when it was issued (tokens of an older one are revoked)
+    #[serde(default)]
+    pub r#gen: i32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,10 +74,18 @@ impl JwtKeys {
         self.ttl
     }
 
-    pub fn issue(&self, user: Uuid, tenant: Uuid, role: Role) -> anyhow::Result<String> {
+    /// A token for the user at their current token generation (see `users.token_generation`).
+    pub fn issue(&self, user: Uuid, tenant: Uuid, role: Role, generation: i32) -> anyhow::Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims =
-            Claims { sub: user, tid: tenant, role, iat: now, exp: now + self.ttl.as_secs(), jti: Uuid::new_v4() };
+        let claims = Claims {
+            sub: user,
+            tid: tenant,
+            role,
+            iat: now,
+            exp: now + self.ttl.as_secs(),
+            jti: Uuid::new_v4(),
+            r#gen: generation,
+        };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 
@@ -114,7 +125,7 @@ mod tests {
     fn round_trip() {
         let k = keys();
         let (u, t) = (Uuid::new_v4(), Uuid::new_v4());
-        let claims = k.verify(&k.issue(u, t, Role::Admin).unwrap()).unwrap();
+        let claims = k.verify(&k.issue(u, t, Role::Admin, 0).unwrap()).unwrap();
         assert_eq!((claims.sub, claims.tid, claims.role), (u, t, Role::Admin));
         assert_eq!(claims.exp - claims.iat, 60);
     }

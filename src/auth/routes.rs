@@ -36,6 +36,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/request-code", post(request_code))
         .route("/v1/auth/verify-code", post(verify_code))
         .route("/v1/me", get(me))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/logout-all", post(logout_all))
         .route("/v1/api-keys", get(list_keys).post(create_key))
         .route("/v1/members", get(list_members).post(add_member))
         .route("/v1/members/{id}", axum::routing::patch(change_member).delete(remove_member))
@@ -110,13 +112,29 @@ async fn verify_code(
     // removed (or the policy changed) since the code was sent: as if the code were wrong
     let role = users::may_log_in(&state.db, &tenant.0, &email).await?.ok_or(CodeError::Invalid)?;
     let user = users::upsert_on_login(&state.db, tenant.0.id, &email, role).await?;
-    let token = state.jwt.issue(user.id, tenant.0.id, user.role)?;
+    let token = state.jwt.issue(user.id, tenant.0.id, user.role, user.token_generation)?;
     tracing::info!(user_id = %user.id, tenant_id = %tenant.0.id, "user logged in");
     Ok(Json(json!({
         "access_token": token,
         "token_type": "bearer",
         "expires_in": state.jwt.ttl().as_secs(),
     })))
+}
+
+/// Revokes the presented token.
+async fn logout(State(state): State<AppState>, user: CurrentUser) -> ApiResult<StatusCode> {
+    let (jti, exp) = user.token;
+    let expires_at = chrono::DateTime::from_timestamp(exp as i64, 0).unwrap_or_else(chrono::Utc::now);
+    users::revoke_token(&state.db, user.tenant.0.id, user.user.id, jti, expires_at).await?;
+    tracing::info!(user_id = %user.user.id, "logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes every token of the caller, this one included.
+async fn logout_all(State(state): State<AppState>, user: CurrentUser) -> ApiResult<StatusCode> {
+    users::revoke_all_tokens(&state.db, user.tenant.0.id, user.user.id).await?;
+    tracing::info!(user_id = %user.user.id, "logged out everywhere");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn me(user: CurrentUser) -> Json<Value> {

@@ -18,11 +18,14 @@ pub struct User {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// tokens issued at an older generation are revoked
+    #[serde(skip)]
+    pub token_generation: i32,
 }
 
 macro_rules! columns {
     () => {
-        "id, tenant_id, email, role, created_at, last_login_at"
+        "id, tenant_id, email, role, created_at, last_login_at, token_generation"
     };
 }
 
@@ -45,6 +48,84 @@ pub async fn upsert_on_login(
     .bind(role_if_new)
     .fetch_one(db)
     .await
+}
+
+/// The user a token names, if the token is still theirs: of their current token generation and
+/// not revoked by itself (one statement: checking costs no more than loading the user).
+pub async fn find_for_token(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    id: Uuid,
+    jti: Uuid,
+    generation: i32,
+) -> Result<TokenOwner, sqlx::Error> {
+    let row: Option<(User, bool)> = sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        ", token_generation = $4 and not exists (select 1 from revoked_tokens r where r.jti = $3) as live
+           from users where tenant_id = $1 and id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(id)
+    .bind(jti)
+    .bind(generation)
+    .fetch_optional(db)
+    .await
+    .map(|r: Option<UserAndFlag>| r.map(|r| (r.user, r.live)))?;
+    Ok(match row {
+        None => TokenOwner::Gone,
+        Some((_, false)) => TokenOwner::Revoked,
+        Some((user, true)) => TokenOwner::Live(user),
+    })
+}
+
+/// Whose a token is.
+pub enum TokenOwner {
+    Live(User),
+    /// logged out, or the user's role changed since
+    Revoked,
+    /// no such user (removed)
+    Gone,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserAndFlag {
+    #[sqlx(flatten)]
+    user: User,
+    live: bool,
+}
+
+/// Revokes one token until it would have expired; expired revocations are swept on the way.
+pub async fn revoke_token(
+    db: &sqlx::PgPool,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    jti: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "with swept as (delete from revoked_tokens where ctid in
+                            (select ctid from revoked_tokens where expires_at < now() limit 100))
+         insert into revoked_tokens (jti, tenant_id, user_id, expires_at) values ($1, $2, $3, $4)
+         on conflict (jti) do nothing",
+    )
+    .bind(jti)
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(expires_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Revokes every token of the user issued so far.
+pub async fn revoke_all_tokens(db: impl PgExecutor<'_>, tenant_id: Uuid, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update users set token_generation = token_generation + 1 where tenant_id = $1 and id = $2")
+        .bind(tenant_id)
+        .bind(user_id)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 pub async fn find(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<User>, sqlx::Error> {
@@ -191,8 +272,10 @@ pub async fn set_role(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid, role: Role) 
     if role == Role::Member {
         keeps_an_admin(&mut tx, tenant_id, id).await?;
     }
+    // a new role revokes the member's tokens: they log in again with it
     let changed: Option<Member> = sqlx::query_as(concat!(
-        "update users set role = $3 where tenant_id = $1 and id = $2 returning ",
+        "update users set role = $3, token_generation = token_generation + (role <> $3)::int
+          where tenant_id = $1 and id = $2 returning ",
         member_columns!()
     ))
     .bind(tenant_id)
