@@ -12,7 +12,7 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
+    auth::{access::AccessWatch, codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
     chat::record::Recorder,
     config::{Config, IngestionConfig},
     db, embed, http,
@@ -41,6 +41,8 @@ pub struct AppState {
     pub tenants: Arc<tenants::TenantCache>,
     /// The chat models and the allow-list.
     pub models: Arc<Models>,
+    /// Wakes the open sockets of a user whose access changed.
+    pub access: Arc<AccessWatch>,
     /// Which tenants have quotas (admission without a round trip for those without).
     pub quotas: Arc<QuotaGate>,
     /// Runs the PDF-reading children (uploads' inspections, the workers' extractions).
@@ -76,6 +78,7 @@ impl AppState {
             models: Arc::new(Models::new(config.clone())),
             config,
             quotas: QuotaGate::new(db.clone()),
+            access: AccessWatch::new(db.clone()),
             db,
             redis,
             jwt,

@@ -294,3 +294,68 @@ async fn logout_revokes_the_token_and_logout_all_every_token(db: PgPool) {
     let resp = app.client.post(app.url("/v1/auth/logout")).header("X-Tenant-ID", "acme").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The error frame a socket gets before it is closed, and that it is closed, within `secs`.
+async fn closed_with(ws: &mut common::ws::Socket, secs: u64) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut code = None;
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await.expect("the socket was not closed in time") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["type"], "error", "{v}");
+                code = v["code"].as_str().map(str::to_owned);
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    code.expect("an error frame before the close")
+}
+
+#[sqlx::test]
+async fn open_sockets_close_when_their_token_is_revoked_or_expires(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    let ann = app.login("acme", "ann@acme.example").await;
+    let ann_me: Value = app.get_as("/v1/me", "acme", &ann).await.json().await.unwrap();
+    let ann_id = ann_me["user"]["id"].as_str().unwrap().to_owned();
+
+    // removed: both of her sockets are closed at once
+    let (mut one, mut two) = (common::ws::connect(&app, &ann).await, common::ws::connect(&app, &ann).await);
+    let mut boss = common::ws::connect(&app, &admin).await;
+    let resp = send(&app, reqwest::Method::DELETE, &format!("/v1/members/{ann_id}"), &admin, None).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(closed_with(&mut one, 5).await, "access_revoked");
+    assert_eq!(closed_with(&mut two, 5).await, "access_revoked");
+
+    // the admin's socket is not touched by that, and still answers
+    let frames = common::ws::ask(&mut boss, None, "anything?").await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+    // logged out everywhere: revoked
+    let resp = send(&app, reqwest::Method::POST, "/v1/auth/logout-all", &admin, None).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(closed_with(&mut boss, 5).await, "token_revoked");
+
+    // a token that expires in two seconds: its socket closes then
+    let admin = app.login("acme", ADMIN).await;
+    let me: Value = app.get_as("/v1/me", "acme", &admin).await.json().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let generation: i32 = sqlx::query_scalar("select token_generation from users where email = $1")
+        .bind(ADMIN)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let short = app.state.jwt.sign_raw(&json!({
+        "sub": me["user"]["id"], "tid": me["tenant"]["id"], "role": "admin",
+        "iat": now, "exp": now + 2, "jti": uuid::Uuid::new_v4(), "gen": generation,
+    }));
+    let mut expiring = common::ws::connect(&app, &short).await;
+    let started = std::time::Instant::now();
+    assert_eq!(closed_with(&mut expiring, 8).await, "token_expired");
+    assert!(started.elapsed() >= Duration::from_secs(1), "closed before it expired");
+}

@@ -256,7 +256,7 @@ async fn a_tenant_without_quotas_is_admitted_from_memory_until_a_quota_appears_a
     sqlx::query("delete from quotas where tenant_id = $1").bind(tenant).execute(&app.db).await.unwrap();
     let killed: i64 = sqlx::query_scalar(
         "select count(pg_terminate_backend(pid)) from pg_stat_activity
-          where datname = current_database() and query ilike 'listen%'",
+          where datname = current_database() and query ilike 'listen%docuchat_quotas%'",
     )
     .fetch_one(&app.db)
     .await

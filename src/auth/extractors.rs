@@ -27,8 +27,28 @@ use crate::{
 pub struct CurrentUser {
     pub user: User,
     pub tenant: TenantCtx,
-    /// the presented token's id and expiry (a logout revokes it)
-    pub token: (Uuid, u64),
+    /// the presented token
+    pub token: TokenRef,
+}
+
+/// What a request knows of its token: a logout revokes it by id; a socket closes at its expiry,
+/// and checks it again (id and generation) when the user's access changes.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenRef {
+    pub jti: Uuid,
+    /// seconds since the epoch
+    pub exp: u64,
+    pub generation: i32,
+}
+
+/// Whether a token is still its user's, as [`user_from_token`] judges it: `Err` is the refusal.
+pub async fn recheck(db: &sqlx::PgPool, caller: &CurrentUser) -> Result<(), ApiError> {
+    let t = caller.token;
+    match users::find_for_token(db, caller.tenant.0.id, caller.user.id, t.jti, t.generation).await? {
+        TokenOwner::Live(_) => Ok(()),
+        TokenOwner::Revoked => Err(unauthorized("token_revoked", "the token was revoked: log in again")),
+        TokenOwner::Gone => Err(unauthorized("access_revoked", "you are no longer a member of this tenant")),
+    }
 }
 
 impl CurrentUser {
@@ -77,7 +97,8 @@ async fn user_from_token(state: &AppState, tenant: Option<&Tenant>, token: &str)
         TokenOwner::Revoked => return Err(unauthorized("token_revoked", "the token was revoked: log in again")),
         TokenOwner::Gone => return Err(invalid_token()),
     };
-    Ok(CurrentUser { user, tenant: TenantCtx(tenant), token: (claims.jti, claims.exp) })
+    let token = TokenRef { jti: claims.jti, exp: claims.exp, generation: claims.r#gen };
+    Ok(CurrentUser { user, tenant: TenantCtx(tenant), token })
 }
 
 impl FromRequestParts<AppState> for CurrentUser {

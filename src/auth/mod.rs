@@ -1,5 +1,6 @@
 //! Authentication: e-mail codes, the mailer, JWTs, API keys, and the extractors handlers use.
 
+pub mod access;
 pub mod api_keys;
 pub mod codes;
 pub mod email;

@@ -123,9 +123,9 @@ async fn verify_code(
 
 /// Revokes the presented token.
 async fn logout(State(state): State<AppState>, user: CurrentUser) -> ApiResult<StatusCode> {
-    let (jti, exp) = user.token;
-    let expires_at = chrono::DateTime::from_timestamp(exp as i64, 0).unwrap_or_else(chrono::Utc::now);
-    users::revoke_token(&state.db, user.tenant.0.id, user.user.id, jti, expires_at).await?;
+    let t = user.token;
+    let expires_at = chrono::DateTime::from_timestamp(t.exp as i64, 0).unwrap_or_else(chrono::Utc::now);
+    users::revoke_token(&state.db, user.tenant.0.id, user.user.id, t.jti, expires_at).await?;
     tracing::info!(user_id = %user.user.id, "logged out");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -48,6 +48,7 @@ async fn chat_socket(
         },
         limits: state.limits.clone(),
         models: state.models.clone(),
+        access: state.access.clone(),
     };
     ws::accept(ws, context, caller)
 }

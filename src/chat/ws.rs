@@ -30,7 +30,8 @@ use uuid::Uuid;
 
 use super::turn::{self, Frame, FrameSink, Services, Turn};
 use crate::{
-    auth::CurrentUser,
+    auth::{CurrentUser, access::AccessWatch, extractors::recheck},
+    error::ApiError,
     llm::Models,
     ratelimit::{Limited, Limiter},
 };
@@ -46,6 +47,7 @@ pub struct Context {
     pub turns: Services,
     pub limits: Arc<Limiter>,
     pub models: Arc<Models>,
+    pub access: Arc<AccessWatch>,
 }
 
 /// Takes the socket of an authenticated caller.
@@ -134,8 +136,28 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
     let mut ping = tokio::time::interval(PING_EVERY.min(idle / 2));
     ping.tick().await;
     let mut running: Option<Running> = None;
+    // the socket ends with its token: at its expiry, or when it is revoked (a logout, a change of
+    // role, the member's removal), which the access watch reports at once
+    let mut access = context.access.watch(caller.user.id);
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(caller.token.exp.saturating_sub(epoch_seconds())).min(Duration::from_secs(1 << 30));
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(expires) => {
+                let _ = out.send(error_frame("token_expired", "the token has expired: log in again")).await;
+                let _ = out.send(Message::Close(None)).await;
+                break;
+            }
+            () = access.changed() => match recheck(&context.turns.db, &caller).await {
+                Ok(()) => {}
+                Err(ApiError::Unauthorized { code, message }) => {
+                    let _ = out.send(error_frame(code, message)).await;
+                    let _ = out.send(Message::Close(None)).await;
+                    break;
+                }
+                // the database did not answer: the next change, or the expiry, decides
+                Err(e) => tracing::warn!(error = %e, "cannot check a socket's token again"),
+            },
             incoming = stream.next() => {
                 let Some(Ok(message)) = incoming else { break };
                 // idle means no frames from the client; its pongs only show it is alive
@@ -173,6 +195,11 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
     }
     drop(out);
     let _ = writer.await;
+}
+
+/// Seconds since the epoch, as tokens count them.
+fn epoch_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Reads a client frame: `Err` is the error frame to answer with.
