@@ -37,3 +37,53 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("database migration failed")
 }
+
+/// What a [`listen`] loop reports to its owner.
+pub enum Listening<'a> {
+    /// subscribed (again): notifications sent while not listening were missed
+    Live,
+    Notified(&'a str),
+    /// the connection was lost; it is tried again a second later
+    Lost,
+}
+
+/// Listens on `channel` for as long as `owner` lives (a weak reference: the loop ends with it),
+/// reconnecting a second after the connection is lost, and tells `owner` through `on`. `what`
+/// names the loss in the log.
+pub async fn listen<T>(
+    owner: std::sync::Weak<T>,
+    db_of: fn(&T) -> PgPool,
+    channel: &'static str,
+    what: &'static str,
+    on: fn(&T, Listening<'_>),
+) {
+    loop {
+        let Some(db) = owner.upgrade().map(|o| db_of(&o)) else { return };
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&db).await?;
+            l.listen(channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(mut l) => {
+                let Some(o) = owner.upgrade() else { return };
+                on(&o, Listening::Live);
+                drop(o);
+                // Ok(None) or an error: the connection was lost
+                while let Ok(Some(n)) = l.try_recv().await {
+                    let Some(o) = owner.upgrade() else { return };
+                    on(&o, Listening::Notified(n.payload()));
+                }
+                let Some(o) = owner.upgrade() else { return };
+                on(&o, Listening::Lost);
+            }
+            Err(e) => {
+                if db.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "cannot listen for {what}");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

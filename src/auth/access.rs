@@ -6,15 +6,17 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Once, Weak},
-    time::Duration,
+    sync::{Arc, Mutex, Once},
 };
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::db::{self, Listening};
+
 const CHANNEL: &str = "docuchat_access";
+const ACCESS_CHANGES: &str = "access changes; open sockets are checked when it reconnects";
 
 pub struct AccessWatch {
     db: PgPool,
@@ -61,7 +63,26 @@ impl AccessWatch {
     /// Subscribes a socket of `user`.
     pub fn watch(self: &Arc<Self>, user: Uuid) -> Watch {
         self.listener.call_once(|| {
-            tokio::spawn(listen(Arc::downgrade(self)));
+            tokio::spawn(db::listen(
+                Arc::downgrade(self),
+                |w| w.db.clone(),
+                CHANNEL,
+                ACCESS_CHANGES,
+                |w, event| {
+                    match event {
+                        // whatever happened while not listening: every socket checks again
+                        Listening::Live => {
+                            let _ = w.everyone.send(());
+                        }
+                        Listening::Notified(payload) => {
+                            if let Ok(user) = Uuid::try_parse(payload) {
+                                w.wake(user);
+                            }
+                        }
+                        Listening::Lost => {}
+                    }
+                },
+            ));
         });
         let mine = {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -74,40 +95,5 @@ impl AccessWatch {
         if let Some(tx) = self.users.lock().unwrap_or_else(|e| e.into_inner()).get(&user) {
             let _ = tx.send(());
         }
-    }
-}
-
-async fn listen(watch: Weak<AccessWatch>) {
-    loop {
-        let Some(db) = watch.upgrade().map(|w| w.db.clone()) else { return };
-        let listener = async {
-            let mut l = PgListener::connect_with(&db).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match listener.await {
-            Ok(mut l) => {
-                // whatever happened while not listening: every socket checks again
-                match watch.upgrade() {
-                    Some(w) => {
-                        let _ = w.everyone.send(());
-                    }
-                    None => return,
-                }
-                while let Ok(Some(n)) = l.try_recv().await {
-                    let Some(w) = watch.upgrade() else { return };
-                    if let Ok(user) = Uuid::try_parse(n.payload()) {
-                        w.wake(user);
-                    }
-                }
-            }
-            Err(e) => {
-                if db.is_closed() {
-                    return;
-                }
-                tracing::warn!(error = %e, "cannot listen for access changes; open sockets are checked when it reconnects");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -20,12 +20,14 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::quota::{self, AdmitError, Hold};
+use crate::db::{self, Listening};
 
 const CHANNEL: &str = "docuchat_quotas";
+const QUOTA_CHANGES: &str = "quota changes; every admission asks the database";
 /// The smallest pool that gives a connection to listening.
 const MIN_POOL_TO_LISTEN: u32 = 4;
 
@@ -69,7 +71,17 @@ impl QuotaGate {
         self.listener.call_once(|| {
             // listening keeps one connection: not with a pool too small to spare it
             if self.db.options().get_max_connections() >= MIN_POOL_TO_LISTEN {
-                tokio::spawn(listen(Arc::downgrade(self)));
+                tokio::spawn(db::listen(
+                    Arc::downgrade(self),
+                    |g| g.db.clone(),
+                    CHANNEL,
+                    QUOTA_CHANGES,
+                    |g, event| match event {
+                        Listening::Live => g.set_live(true),
+                        Listening::Notified(_) => g.forget(),
+                        Listening::Lost => g.set_live(false),
+                    },
+                ));
             }
         });
         let generation = {
@@ -116,43 +128,5 @@ impl QuotaGate {
         // lookup that raced it cannot leave an answer behind
         self.live.store(live, Ordering::Release);
         self.forget();
-    }
-}
-
-/// Listens for quota changes until the gate is dropped; reconnects after a second when the
-/// connection is lost.
-async fn listen(gate: std::sync::Weak<QuotaGate>) {
-    loop {
-        let Some(db) = gate.upgrade().map(|g| g.db.clone()) else { return };
-        let listener = async {
-            let mut l = PgListener::connect_with(&db).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match listener.await {
-            Ok(mut l) => {
-                let Some(g) = gate.upgrade() else { return };
-                g.set_live(true);
-                drop(g);
-                // Ok(None) or an error: the connection was lost, notifications may have been missed
-                while let Ok(Some(_)) = l.try_recv().await {
-                    match gate.upgrade() {
-                        Some(g) => g.forget(),
-                        None => return,
-                    }
-                }
-                match gate.upgrade() {
-                    Some(g) => g.set_live(false),
-                    None => return,
-                }
-            }
-            Err(e) => {
-                if db.is_closed() {
-                    return;
-                }
-                tracing::warn!(error = %e, "cannot listen for quota changes; every admission asks the database");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
