@@ -297,6 +297,9 @@ async fn an_embedding_request_that_cannot_succeed_fails_the_document_at_once(db:
     let doc = document(&s, id).await;
     assert_eq!(doc["status"], "failed");
     assert_eq!(doc["error"]["code"], "embedding_failed");
+    // a sentence of ours, not the upstream's answer or address
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("HTTP") && !message.contains("127.0.0.1") && !message.contains("bad input"), "{message}");
     let jobs: i64 = sqlx::query_scalar("select count(*) from ingestion_jobs").fetch_one(&s.app.db).await.unwrap();
     assert_eq!(jobs, 0);
 }

@@ -171,6 +171,9 @@ impl Config {
                 if environment == Environment::Production && secret.len() < MIN_JWT_SECRET_LEN {
                     bail!("JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} bytes in production");
                 }
+                if environment == Environment::Production && secret == DEV_JWT_SECRET {
+                    bail!("JWT_SECRET is the development key, which anyone can read: set a random one in production");
+                }
                 Secret::new(secret)
             }
             None if environment == Environment::Production => {

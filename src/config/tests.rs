@@ -29,6 +29,10 @@ fn production_refuses_missing_or_short_secret_and_log_mailer() {
         config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", "short"), ("SMTP_URL", "smtp://m:25")]).unwrap_err();
     assert!(err.to_string().contains("at least 32 bytes"), "{err}");
 
+    let err = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", DEV_JWT_SECRET), ("SMTP_URL", "smtp://m:25")])
+        .unwrap_err();
+    assert!(err.to_string().contains("development key"), "{err}");
+
     let long = "x".repeat(40);
     let err = config(&[("ENVIRONMENT", "production"), ("JWT_SECRET", &long)]).unwrap_err();
     assert!(err.to_string().contains("SMTP_URL is required"), "{err}");

@@ -87,6 +87,17 @@ impl JobError {
         }
     }
 
+    /// The sentence a failed document shows: the reader's own words for the file, never the
+    /// text of an upstream or database error (it can name hosts and URLs); that goes to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            JobError::Pdf(e) => e.to_string(),
+            JobError::Quota(e) => e.message(),
+            JobError::Embed(_) => "the embedding service could not embed this document".to_owned(),
+            JobError::Database(_) | JobError::NotNow(_) => "the document could not be processed".to_owned(),
+        }
+    }
+
     /// The code a failed document shows.
     pub fn code(&self) -> &'static str {
         match self {

@@ -143,12 +143,10 @@ impl Workers {
     async fn try_run(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Result<Outcome, sqlx::Error> {
         let db = self.db();
         if job.attempts > job.max_attempts {
+            // the last error is for the log only: it may be an upstream's or the database's text
             let last = queue::last_error(db, job.id).await?;
-            let message = format!(
-                "ingestion failed after {} attempts{}",
-                job.max_attempts,
-                last.map(|e| format!(": {e}")).unwrap_or_default()
-            );
+            tracing::warn!(document_id = %job.document_id, last_error = ?last, "ingestion gave up");
+            let message = format!("ingestion failed after {} attempts", job.max_attempts);
             return self.fail(job, worker, "ingestion_failed", &message).await;
         }
         let upload = if lifecycle::start_processing(db, job.tenant_id, job.document_id).await? {
@@ -209,7 +207,10 @@ impl Workers {
                 lifecycle::requeue(db, job.tenant_id, job.document_id, None).await?;
                 Ok(Outcome::Retry)
             }
-            Err(e) => self.fail(job, worker, e.code(), &e.to_string()).await,
+            Err(e) => {
+                tracing::warn!(document_id = %job.document_id, error = %e, "ingestion failed");
+                self.fail(job, worker, e.code(), &e.public_message()).await
+            }
         }
     }
 
