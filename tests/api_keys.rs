@@ -91,3 +91,25 @@ async fn api_keys_work_within_their_scopes_until_revoked(db: PgPool) {
     assert!(revoked["revoked_at"].is_string());
     assert!(revoked["last_used_at"].is_string());
 }
+
+#[sqlx::test]
+async fn a_tenant_s_live_keys_are_capped(db: PgPool) {
+    let app = TestApp::builder().config(|c| c.api_keys_per_tenant = 2).spawn(db).await;
+    let (admin, _, outsider) = two_tenants(&app).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let resp = create_key(&app, "acme", &admin, &["usage:read"]).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        ids.push(resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let (status, code, _) = error_of(create_key(&app, "acme", &admin, &["usage:read"]).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "api_key_limit"));
+    // another tenant has a cap of its own
+    assert_eq!(create_key(&app, "other", &outsider, &["usage:read"]).await.status(), StatusCode::CREATED);
+    // a revoked key no longer counts
+    assert_eq!(
+        app.delete_as(&format!("/v1/api-keys/{}", ids[0]), "acme", &admin).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(create_key(&app, "acme", &admin, &["usage:read"]).await.status(), StatusCode::CREATED);
+}

@@ -128,22 +128,25 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
     Ok(KeyCaller { id, scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect() })
 }
 
-/// Creates a key with these scopes; returns it with its secret, which is shown only now.
+/// Creates a key with these scopes, unless the tenant already has `max_live` keys that are not
+/// revoked (`None` then); returns it with its secret, which is shown only now.
 pub async fn create(
     db: impl PgExecutor<'_>,
     tenant_id: Uuid,
     created_by: Uuid,
     name: &str,
     scopes: &[Scope],
-) -> Result<(ApiKey, String), sqlx::Error> {
+    max_live: i64,
+) -> Result<Option<(ApiKey, String)>, sqlx::Error> {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let secret = format!("{KEY_PREFIX}{}", hex::encode(raw));
     let prefix = secret[..KEY_PREFIX.len() + 6].to_owned();
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    let key: ApiKey = sqlx::query_as(
+    let key: Option<ApiKey> = sqlx::query_as(
         "insert into api_keys (id, tenant_id, name, prefix, secret_hash, scopes, created_by)
-         values ($1, $2, $3, $4, $5, $6, $7)
+         select $1, $2, $3, $4, $5, $6, $7
+          where (select count(*) from api_keys where tenant_id = $2 and revoked_at is null) < $8
          returning id, name, prefix, scopes, created_by, created_at, last_used_at, revoked_at",
     )
     .bind(Uuid::now_v7())
@@ -153,9 +156,10 @@ pub async fn create(
     .bind(&hash(&secret)[..])
     .bind(&scopes)
     .bind(created_by)
-    .fetch_one(db)
+    .bind(max_live)
+    .fetch_optional(db)
     .await?;
-    Ok((key, secret))
+    Ok(key.map(|k| (k, secret)))
 }
 
 pub async fn list(db: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<ApiKey>, sqlx::Error> {

@@ -183,7 +183,13 @@ async fn create_key(
     if scopes.is_empty() {
         return Err(ApiError::bad_request("invalid_scope", "give a key at least one scope"));
     }
-    let (key, secret) = api_keys::create(&state.db, user.tenant.0.id, user.user.id, name, &scopes).await?;
+    let max = state.config.api_keys_per_tenant;
+    let (key, secret) = api_keys::create(&state.db, user.tenant.0.id, user.user.id, name, &scopes, max)
+        .await?
+        .ok_or_else(|| ApiError::Conflict {
+            code: "api_key_limit",
+            message: format!("the tenant has {max} API keys already: revoke one first"),
+        })?;
     tracing::info!(key_id = %key.id, scopes = ?key.scopes, "API key created");
     let mut body = serde_json::to_value(&key).map_err(anyhow::Error::from)?;
     body["key"] = Value::String(secret);

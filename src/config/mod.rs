@@ -30,6 +30,8 @@ pub enum EmbeddingProvider {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Live (not revoked) API keys a tenant may have.
+    pub api_keys_per_tenant: i64,
     pub environment: Environment,
     pub database_url: ConnUrl,
     pub database_max_connections: u32,
@@ -325,7 +327,27 @@ impl Config {
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR")?,
             max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
                 .context("MAX_JSON_BYTES is too large")?,
-            auth: AuthLimits::default(),
+            auth: {
+                // a company behind one NAT address logs in more often than a person does: the caps
+                // per client address are the operator's (the per-mailbox caps protect a mailbox
+                // and stay fixed)
+                let defaults = AuthLimits::default();
+                let per_hour = |name: &str, default: u32| -> anyhow::Result<u32> {
+                    Ok(parse_u64(name, u64::from(default))?.clamp(1, 1_000_000) as u32)
+                };
+                AuthLimits {
+                    codes_per_ip_per_hour: per_hour(
+                        "LOGIN_CODES_PER_ADDRESS_PER_HOUR",
+                        defaults.codes_per_ip_per_hour,
+                    )?,
+                    verifies_per_ip_per_hour: per_hour(
+                        "LOGIN_CHECKS_PER_ADDRESS_PER_HOUR",
+                        defaults.verifies_per_ip_per_hour,
+                    )?,
+                    ..defaults
+                }
+            },
+            api_keys_per_tenant: parse_u64("API_KEYS_PER_TENANT", 100)?.clamp(1, 100_000) as i64,
             rate_limits,
         })
     }

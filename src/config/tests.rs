@@ -81,3 +81,20 @@ fn allow_list_always_contains_the_default_model() {
     let c = config(&[("CHAT_MODEL", "m1"), ("CHAT_MODELS_ALLOWED", "m2, m3")]).unwrap();
     assert_eq!(c.chat_models_allowed, vec!["m1", "m2", "m3"]);
 }
+
+#[test]
+fn login_caps_per_client_address_are_configurable() {
+    let c = config(&[]).unwrap();
+    assert_eq!((c.auth.codes_per_ip_per_hour, c.auth.verifies_per_ip_per_hour), (30, 120));
+    assert_eq!(c.api_keys_per_tenant, 100);
+    let c = config(&[
+        ("LOGIN_CODES_PER_ADDRESS_PER_HOUR", "600"),
+        ("LOGIN_CHECKS_PER_ADDRESS_PER_HOUR", "2400"),
+        ("API_KEYS_PER_TENANT", "3"),
+    ])
+    .unwrap();
+    assert_eq!((c.auth.codes_per_ip_per_hour, c.auth.verifies_per_ip_per_hour), (600, 2400));
+    assert_eq!(c.auth.codes_per_email_per_hour, 5, "the per-mailbox cap stays");
+    assert_eq!(c.api_keys_per_tenant, 3);
+    assert!(config(&[("LOGIN_CODES_PER_ADDRESS_PER_HOUR", "many")]).is_err());
+}
