@@ -144,6 +144,24 @@ async fn malformed_frames_get_errors_and_the_socket_stays_usable(db: PgPool) {
     // control characters (NUL cannot be stored) are left out, not an internal error
     let frames = ask(&mut ws, None, "What\u{0} is\u{1b} R?").await;
     assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+
+    // one frame past the frame limit (256 KiB) ends that socket, not the server
+    let mut big = connect(&app, &token).await;
+    let _ = big.send(Message::Binary(vec![0u8; 1 << 20].into())).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        loop {
+            match big.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(ended, "a 1 MiB frame was accepted");
+    let frames = ask(&mut ws, None, "What is R?").await;
+    assert_eq!(frames.last().unwrap()["type"], "done");
 }
 
 #[sqlx::test]

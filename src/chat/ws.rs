@@ -55,7 +55,10 @@ pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser) -> Re
     // small buffers: thousands of mostly idle sockets must stay cheap (the defaults are 128 KiB
     // each way). Frames are gathered in the write buffer and sent with one write when the writer
     // flushes — after every burst it takes from the outbox, so tokens are not held back.
+    // a frame is read whole before the message limit is checked: it gets the same bound (the
+    // default would let every socket make the server hold 16 MiB)
     ws.max_message_size(MAX_FRAME_BYTES * 4)
+        .max_frame_size(MAX_FRAME_BYTES * 4)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| run(socket, Arc::new(context), Arc::new(caller)))
