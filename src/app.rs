@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{access::AccessWatch, codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
-    chat::record::Recorder,
+    chat::{record::Recorder, sockets::SocketCaps},
     config::{Config, IngestionConfig},
     db, embed, http,
     ingestion::{
@@ -41,6 +41,8 @@ pub struct AppState {
     pub tenants: Arc<tenants::TenantCache>,
     /// The chat models and the allow-list.
     pub models: Arc<Models>,
+    /// Caps on the chat sockets open at once, per user and per tenant.
+    pub sockets: Arc<SocketCaps>,
     /// Wakes the open sockets of a user whose access changed.
     pub access: Arc<AccessWatch>,
     /// Which tenants have quotas (admission without a round trip for those without).
@@ -72,8 +74,10 @@ impl AppState {
         let mailer = Mailer::from_config(&config)?;
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
         let sandbox = Arc::new(Sandbox::new(sandbox_config(&config.ingestion)?));
+        let sockets = SocketCaps::new(config.sockets_per_user, config.sockets_per_tenant);
         let config = Arc::new(config);
         Ok(Self {
+            sockets,
             sandbox,
             models: Arc::new(Models::new(config.clone())),
             config,

@@ -399,3 +399,43 @@ async fn a_turn_runs_without_a_socket_and_a_cancelled_one_is_saved_and_metered(d
     assert_eq!(charged[1].1, done["usage"]["prompt_tokens"].as_i64().unwrap());
     assert!(charged.iter().all(|(_, t)| *t > 0));
 }
+
+#[sqlx::test]
+async fn open_sockets_are_capped_per_user_and_per_tenant(db: PgPool) {
+    let app = TestApp::builder()
+        .config(|c| {
+            c.sockets_per_user = 2;
+            c.sockets_per_tenant = 3;
+        })
+        .spawn(db)
+        .await;
+    let admin = app.acme_with_document().await;
+    let ann = app.login("acme", "ann@acme.example").await;
+    let refused = |token: String| {
+        let url = format!("ws://{}/ws/chat?token={token}", app.addr);
+        async move {
+            match connect_async(url).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Ok(_) => 101,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let first = connect(&app, &admin).await;
+    let _second = connect(&app, &admin).await;
+    assert_eq!(refused(admin.clone()).await, 429, "a third socket of one user");
+    let _third = connect(&app, &ann).await;
+    assert_eq!(refused(ann.clone()).await, 429, "a fourth socket of the tenant");
+    // closing a socket gives its place back
+    drop(first);
+    let mut reopened = false;
+    for _ in 0..100 {
+        if let Ok((ws, _)) = connect_async(format!("ws://{}/ws/chat?token={admin}", app.addr)).await {
+            drop(ws);
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the closed socket's place was not given back");
+}

@@ -5,6 +5,7 @@
 pub mod prompt;
 pub mod record;
 pub mod routes;
+pub mod sockets;
 pub mod store;
 pub mod turn;
 pub mod ws;

@@ -38,6 +38,14 @@ async fn chat_socket(
     let Ok(ws) = ws else {
         return ApiError::bad_request("websocket_required", "connect with a WebSocket upgrade").into_response();
     };
+    let Some(slot) = state.sockets.open(caller.tenant.0.id, caller.user.id) else {
+        return ApiError::TooManyRequests {
+            code: "too_many_sockets",
+            message: "too many chat connections are open: close one first".into(),
+            retry_after: std::time::Duration::from_secs(5),
+        }
+        .into_response();
+    };
     let context = ws::Context {
         turns: turn::Services {
             db: state.db.clone(),
@@ -50,7 +58,7 @@ async fn chat_socket(
         models: state.models.clone(),
         access: state.access.clone(),
     };
-    ws::accept(ws, context, caller)
+    ws::accept(ws, context, caller, slot)
 }
 
 fn not_found() -> ApiError {

@@ -28,7 +28,10 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::turn::{self, Frame, FrameSink, Services, Turn};
+use super::{
+    sockets::Slot,
+    turn::{self, Frame, FrameSink, Services, Turn},
+};
 use crate::{
     auth::{CurrentUser, access::AccessWatch, extractors::recheck},
     error::ApiError,
@@ -50,8 +53,9 @@ pub struct Context {
     pub access: Arc<AccessWatch>,
 }
 
-/// Takes the socket of an authenticated caller.
-pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser) -> Response {
+/// Takes the socket of an authenticated caller; its place under the caps is given back when it
+/// ends.
+pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser, slot: Slot) -> Response {
     // small buffers: thousands of mostly idle sockets must stay cheap (the defaults are 128 KiB
     // each way). Frames are gathered in the write buffer and sent with one write when the writer
     // flushes — after every burst it takes from the outbox, so tokens are not held back.
@@ -61,7 +65,10 @@ pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser) -> Re
         .max_frame_size(MAX_FRAME_BYTES * 4)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| run(socket, Arc::new(context), Arc::new(caller)))
+        .on_upgrade(move |socket| async move {
+            run(socket, Arc::new(context), Arc::new(caller)).await;
+            drop(slot);
+        })
 }
 
 #[derive(Deserialize)]
