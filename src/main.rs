@@ -295,12 +295,10 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
             let tenant = match tenants::find_by_slug(&pool, "demo").await? {
                 Some(t) => t,
-                None => {
-                    let t = tenants::create(&pool, "Demo", "demo", &email).await?;
-                    tenants::set_access(&pool, t.id, tenants::Signup::Open, &[]).await?;
-                    t
-                }
+                None => tenants::create(&pool, "Demo", "demo", &email).await?,
             };
+            // the demo tenant is open, also one made before tenants had a login policy
+            tenants::set_access(&pool, tenant.id, tenants::Signup::Open, &[]).await?;
             let base = format!("http://{}", config.bind_addr);
             eprintln!(
                 "\nDemo tenant `{slug}` (id {id}), admin {admin}; it is open: any address may log in. To log in:\n\

@@ -359,3 +359,25 @@ async fn open_sockets_close_when_their_token_is_revoked_or_expires(db: PgPool) {
     assert_eq!(closed_with(&mut expiring, 8).await, "token_expired");
     assert!(started.elapsed() >= Duration::from_secs(1), "closed before it expired");
 }
+
+#[sqlx::test]
+async fn the_demo_tenant_is_open_even_one_made_before_it_had_a_policy(db: PgPool) {
+    let url = database_url_of(&db);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_docuchat"))
+            .current_dir(std::env::temp_dir())
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    // as a tenant made before the policy existed is now: invite
+    let out = run(&["tenant", "create", "--name", "Demo", "--slug", "demo", "--admin-email", "admin@demo.example"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["tenant", "ensure-demo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("open"));
+    let signup: String =
+        sqlx::query_scalar("select signup from tenants where slug = 'demo'").fetch_one(&db).await.unwrap();
+    assert_eq!(signup, "open");
+}
