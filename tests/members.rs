@@ -18,6 +18,16 @@ async fn send(app: &TestApp, method: reqwest::Method, path: &str, token: &str, b
     req.send().await.unwrap()
 }
 
+/// Runs the `docuchat` command against the test's database.
+fn docuchat(db: &PgPool, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_docuchat"))
+        .current_dir(std::env::temp_dir())
+        .args(args)
+        .env("DATABASE_URL", database_url_of(db))
+        .output()
+        .unwrap()
+}
+
 async fn users_named(app: &TestApp, email: &str) -> i64 {
     sqlx::query_scalar("select count(*) from users where email = $1").bind(email).fetch_one(&app.db).await.unwrap()
 }
@@ -209,15 +219,7 @@ async fn members_are_listed_in_pages(db: PgPool) {
 
 #[sqlx::test]
 async fn operators_set_the_policy_and_members_from_the_command_line(db: PgPool) {
-    let url = database_url_of(&db);
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_docuchat"))
-            .current_dir(std::env::temp_dir())
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| docuchat(&db, args);
     let out =
         run(&["tenant", "create", "--name", "Acme", "--slug", "acme", "--admin-email", ADMIN, "--signup", "domain"]);
     assert!(!out.status.success(), "`domain` without a domain is refused");
@@ -362,15 +364,7 @@ async fn open_sockets_close_when_their_token_is_revoked_or_expires(db: PgPool) {
 
 #[sqlx::test]
 async fn the_demo_tenant_is_open_even_one_made_before_it_had_a_policy(db: PgPool) {
-    let url = database_url_of(&db);
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_docuchat"))
-            .current_dir(std::env::temp_dir())
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| docuchat(&db, args);
     // as a tenant made before the policy existed is now: invite
     let out = run(&["tenant", "create", "--name", "Demo", "--slug", "demo", "--admin-email", "admin@demo.example"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

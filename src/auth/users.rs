@@ -128,14 +128,6 @@ pub async fn revoke_all_tokens(db: impl PgExecutor<'_>, tenant_id: Uuid, user_id
     Ok(())
 }
 
-pub async fn find(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(concat!("select ", columns!(), " from users where tenant_id = $1 and id = $2"))
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(db)
-        .await
-}
-
 /// The user with this address, if they have logged in once.
 pub async fn find_by_email(
     db: impl PgExecutor<'_>,

@@ -150,7 +150,8 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
     // role, the member's removal), which the access watch reports at once
     let mut access = context.access.watch(caller.user.id);
     let expires = tokio::time::Instant::now()
-        + Duration::from_secs(caller.token.exp.saturating_sub(epoch_seconds())).min(Duration::from_secs(1 << 30));
+        + Duration::from_secs(caller.token.exp.saturating_sub(jsonwebtoken::get_current_timestamp()))
+            .min(Duration::from_secs(1 << 30));
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(expires) => {
@@ -205,11 +206,6 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
     }
     drop(out);
     let _ = writer.await;
-}
-
-/// Seconds since the epoch, as tokens count them.
-fn epoch_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Reads a client frame: `Err` is the error frame to answer with.
