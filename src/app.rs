@@ -2,7 +2,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::{Arc, OnceLock},
 };
 
@@ -70,7 +69,7 @@ impl AppState {
             .await
             .with_context(|| format!("Redis at {}", config.redis_url.redacted()))?;
         let jwt = Arc::new(JwtKeys::new(&config.jwt_secret, config.jwt_ttl));
-        let codes = CodeStore::new(redis.clone(), config.jwt_secret.clone(), config.auth.clone());
+        let codes = CodeStore::new(redis.clone(), config.login_code_key.clone(), config.auth.clone());
         let mailer = Mailer::from_config(&config)?;
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
         let sandbox = Arc::new(Sandbox::new(sandbox_config(&config.ingestion)?));
@@ -154,15 +153,9 @@ pub async fn serve(
             None
         }
     };
+    let header_read_timeout = state.config.header_read_timeout;
     let app = http::router(state);
-    // no Nagle delay on small writes (streamed tokens, WebSocket frames)
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error");
+    let served = http::server::serve(listener, app, header_read_timeout, shutdown).await.context("server error");
     stop_workers.cancel();
     if let Some(w) = workers {
         let _ = w.await;

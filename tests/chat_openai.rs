@@ -224,3 +224,39 @@ async fn a_client_that_does_not_read_holds_up_only_itself(db: PgPool) {
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(stalled);
 }
+
+/// A client that stops reading is disconnected after the write timeout: its answer ends
+/// `cancelled`, what was produced is metered, and the upstream stream stops.
+#[sqlx::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_answer_metered(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[("WS_WRITE_TIMEOUT_SECONDS", "1")]).await;
+    // more than every buffer on the way can hold
+    const TOKENS: usize = 400_000;
+    server.control.chat_tokens.store(TOKENS, Ordering::SeqCst);
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/ws/chat?token={token}", app.addr);
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    // from here on the client reads nothing
+    let mut saved = None;
+    for _ in 0..300 {
+        saved = sqlx::query_as::<_, (Uuid, String, i32)>("select id, status, completion_tokens from messages")
+            .fetch_optional(&app.db)
+            .await
+            .unwrap();
+        if saved.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (message, status, completion) = saved.expect("the answer was saved once the client was cut off");
+    assert_eq!(status, "cancelled");
+    assert!(completion > 0);
+    assert_eq!(ledger(&app, &message.to_string()).await.1, completion as i64);
+    let sent = server.control.chat_sent.load(Ordering::SeqCst);
+    assert!(sent < TOKENS, "the upstream streamed the whole answer to nobody ({sent})");
+    drop(ws);
+}

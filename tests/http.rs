@@ -259,3 +259,103 @@ fn production_refuses_to_start_without_a_real_secret() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SMTP_URL"));
 }
+
+/// The per-address login caps count the address the trusted proxy saw, not what a client wrote
+/// at the left of `X-Forwarded-For`, and IPv6 clients per /64.
+#[sqlx::test]
+async fn client_addresses_come_only_from_trusted_proxies(db: PgPool) {
+    // the test client connects from 127.0.0.1: that is the one proxy in front of the service
+    let app =
+        TestApp::builder().var("TRUSTED_PROXIES", "1").config(|c| c.auth.codes_per_ip_per_hour = 2).spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let ask = |forwarded: String| {
+        let email = format!("u{}@acme.example", uuid::Uuid::new_v4().simple());
+        app.client
+            .post(app.url("/v1/auth/request-code"))
+            .header("X-Tenant-ID", "acme")
+            .header("X-Forwarded-For", forwarded)
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+    };
+    // one client making up a new left-most entry each time is still one client
+    for i in 0..2 {
+        assert_eq!(ask(format!("10.0.0.{i}, 203.0.113.5")).await.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    let (status, code, _) = error_of(ask("10.0.0.9, 203.0.113.5".into()).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    // another address the proxy saw has its own allowance
+    assert_eq!(ask("203.0.113.5, 203.0.113.6".into()).await.unwrap().status(), StatusCode::ACCEPTED);
+    // IPv6: addresses of one /64 share one allowance; another /64 has its own
+    assert_eq!(ask("2001:db8:0:1::1".into()).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(ask("2001:db8:0:1::2".into()).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(ask("2001:db8:0:1:ffff::3".into()).await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(ask("2001:db8:0:2::1".into()).await.unwrap().status(), StatusCode::ACCEPTED);
+}
+
+#[sqlx::test]
+async fn without_trusted_proxies_forwarded_for_is_ignored(db: PgPool) {
+    let app = TestApp::builder().config(|c| c.auth.codes_per_ip_per_hour = 2).spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let email = format!("u{i}@acme.example");
+        let resp = app
+            .client
+            .post(app.url("/v1/auth/request-code"))
+            .header("X-Tenant-ID", "acme")
+            .header("X-Forwarded-For", format!("198.51.100.{i}"))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS]);
+}
+
+#[test]
+fn trust_forwarded_for_is_refused_for_its_left_most_entry() {
+    let err = docuchat::config::Config::from_lookup(|k| (k == "TRUST_FORWARDED_FOR").then(|| "true".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TRUSTED_PROXIES"), "{err}");
+}
+
+/// A client that sends its headers slowly (or never finishes them) loses the connection after
+/// the header timeout; other clients are served meanwhile.
+#[sqlx::test]
+async fn slow_headers_lose_the_connection(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder().var("HTTP_HEADER_TIMEOUT_SECONDS", "1").spawn(db).await;
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
+        slow.push(tcp);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    // a byte now and then does not keep a connection: the deadline is for the whole head
+    let mut dripping = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    dripping.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    for tcp in slow.iter_mut().chain(std::iter::once(&mut dripping)) {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                // keep dripping until the server has had enough
+                let _ = tcp.write_all(b"b").await;
+                let mut chunk = [0u8; 512];
+                match tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut chunk)).await {
+                    Ok(Ok(0) | Err(_)) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a slow-header connection stayed open");
+        // whatever was answered, it was not the health page
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "{}", String::from_utf8_lossy(&buf));
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+}

@@ -1,7 +1,8 @@
 //! One-time login codes, kept in Redis.
 //!
 //! A code is six digits from the operating system's CSPRNG. Redis holds only an HMAC of it
-//! (keyed with the server secret, bound to tenant and address), so a copy of Redis does not let
+//! (keyed with the login-code key — `LOGIN_CODE_KEY`, or one derived from the JWT secret —
+//! bound to tenant and address), so a copy of Redis does not let
 //! anyone log in. Key names carry a keyed hash of the address, never the address itself.
 //! A new request replaces the old code; every guess is counted *before* it is compared, so
 //! concurrent guesses cannot get past the attempt limit (a guess past it is refused without being

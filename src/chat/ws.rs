@@ -123,21 +123,34 @@ struct Running {
 async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+    // set when the writer gives up: the client went away, or stopped reading for longer than the
+    // write timeout (it would otherwise hold its answer, and the answer's quota hold, for as long
+    // as its TCP connection stays open)
+    let gone = CancellationToken::new();
+    let write_timeout = context.turns.config.chat.write_timeout;
     // frames waiting in the outbox go out together: one flush (one write) for a burst of tokens
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        'write: while outbox.recv_many(&mut batch, OUTBOX).await > 0 {
-            for message in batch.drain(..) {
-                let close = matches!(message, Message::Close(_));
-                if sink.feed(message).await.is_err() || close {
-                    break 'write;
+    let writer = tokio::spawn({
+        let gone = gone.clone();
+        async move {
+            let mut batch = Vec::new();
+            'write: while outbox.recv_many(&mut batch, OUTBOX).await > 0 {
+                for message in batch.drain(..) {
+                    let close = matches!(message, Message::Close(_));
+                    // feeding waits too once the write buffer is full
+                    match tokio::time::timeout(write_timeout, sink.feed(message)).await {
+                        Ok(Ok(())) if !close => {}
+                        _ => break 'write,
+                    }
+                }
+                if !matches!(tokio::time::timeout(write_timeout, sink.flush()).await, Ok(Ok(()))) {
+                    tracing::info!("closing a chat socket whose client stopped reading");
+                    break;
                 }
             }
-            if sink.flush().await.is_err() {
-                break;
-            }
+            gone.cancel();
+            // the close handshake gets the same patience, no more
+            let _ = tokio::time::timeout(write_timeout, sink.close()).await;
         }
-        let _ = sink.close().await;
     });
 
     let idle = context.turns.config.chat.idle_timeout;
@@ -154,6 +167,8 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
             .min(Duration::from_secs(1 << 30));
     loop {
         tokio::select! {
+            // nothing more can reach the client: what it was being sent is ended (and saved)
+            () = gone.cancelled() => break,
             () = tokio::time::sleep_until(expires) => {
                 let _ = out.send(error_frame("token_expired", "the token has expired: log in again")).await;
                 let _ = out.send(Message::Close(None)).await;

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, bail};
 
 pub use self::secret::{ConnUrl, Secret};
-pub use crate::ratelimit::RateLimits;
+pub use crate::{http::proxy::TrustedProxies, ratelimit::RateLimits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Environment {
@@ -43,6 +43,9 @@ pub struct Config {
     pub redis_key_prefix: String,
     pub bind_addr: SocketAddr,
     pub jwt_secret: Secret,
+    /// The key of the login codes' HMACs: `LOGIN_CODE_KEY`, or one derived from `JWT_SECRET`
+    /// with a label of its own, so that the two purposes never share a key.
+    pub login_code_key: Secret,
     pub jwt_ttl: Duration,
     pub smtp_url: Option<ConnUrl>,
     pub mail_from: String,
@@ -62,8 +65,10 @@ pub struct Config {
     pub chat: ChatConfig,
     pub cors_origins: Vec<String>,
     pub log_format: LogFormat,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
-    pub trust_forwarded_for: bool,
+    /// The reverse proxies whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Longest wait for a request's headers once a connection has started sending one.
+    pub header_read_timeout: Duration,
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
     pub auth: AuthLimits,
@@ -115,6 +120,8 @@ pub struct ChatConfig {
     pub max_question_chars: usize,
     /// A socket with no frame from the client for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that takes no frames for this long, with frames waiting for it, is disconnected.
+    pub write_timeout: Duration,
     /// Longest wait for the model server to connect or to send the next piece of an answer.
     pub upstream_timeout: Duration,
     /// Most tokens a model may write in one answer (also what a quota holds for it).
@@ -185,6 +192,19 @@ impl Config {
                 bail!("JWT_SECRET is required in production (at least {MIN_JWT_SECRET_LEN} random bytes)")
             }
             None => Secret::new(DEV_JWT_SECRET),
+        };
+
+        let login_code_key = match var("LOGIN_CODE_KEY") {
+            Some(key) => {
+                if environment == Environment::Production && key.len() < MIN_JWT_SECRET_LEN {
+                    bail!("LOGIN_CODE_KEY must be at least {MIN_JWT_SECRET_LEN} bytes in production");
+                }
+                if key == jwt_secret.expose() {
+                    bail!("LOGIN_CODE_KEY must not be JWT_SECRET: leave it unset to derive one from it");
+                }
+                Secret::new(key)
+            }
+            None => derive_key(&jwt_secret, "docuchat/login-code-key/v1"),
         };
 
         let smtp_url = var("SMTP_URL").map(ConnUrl::new);
@@ -279,6 +299,7 @@ impl Config {
             ef_search: parse_u64("RETRIEVAL_EF_SEARCH", u64::from(DEFAULT_EF_SEARCH))?.clamp(10, 1000) as u32,
             max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
             idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
+            write_timeout: Duration::from_secs(parse_u64("WS_WRITE_TIMEOUT_SECONDS", 30)?.clamp(1, 3600)),
             upstream_timeout: Duration::from_millis(parse_u64("CHAT_TIMEOUT_MS", 60_000)?.max(100)),
             max_answer_tokens: parse_u64("CHAT_MAX_ANSWER_TOKENS", 1024)?.clamp(16, 100_000) as usize,
         };
@@ -307,6 +328,7 @@ impl Config {
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_else(|| "docuchat:".into()),
             bind_addr,
             jwt_secret,
+            login_code_key,
             jwt_ttl,
             smtp_url,
             mail_from: var("MAIL_FROM").unwrap_or_else(|| "DocuChat <no-reply@docuchat.localhost>".into()),
@@ -327,7 +349,17 @@ impl Config {
             chat,
             cors_origins: list("CORS_ORIGINS"),
             log_format,
-            trust_forwarded_for: flag("TRUST_FORWARDED_FOR")?,
+            trusted_proxies: {
+                if flag("TRUST_FORWARDED_FOR")? {
+                    // it believed the left-most entry, which the client writes
+                    bail!(
+                        "TRUST_FORWARDED_FOR is replaced by TRUSTED_PROXIES: the number of proxies in front of the \
+                         service (`1`) or their addresses (`10.0.0.0/8,127.0.0.1`)"
+                    );
+                }
+                TrustedProxies::parse(&var("TRUSTED_PROXIES").unwrap_or_default())?
+            },
+            header_read_timeout: Duration::from_secs(parse_u64("HTTP_HEADER_TIMEOUT_SECONDS", 30)?.clamp(1, 3600)),
             max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
                 .context("MAX_JSON_BYTES is too large")?,
             auth: {
@@ -360,6 +392,15 @@ impl Config {
     pub fn is_production(&self) -> bool {
         self.environment == Environment::Production
     }
+}
+
+/// A key for one purpose, from a secret and the purpose's label (HMAC-SHA256 as a PRF, the
+/// extract-free half of HKDF: the secret is already a key).
+fn derive_key(secret: &Secret, label: &str) -> Secret {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+    mac.update(label.as_bytes());
+    Secret::new(hex::encode(mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]

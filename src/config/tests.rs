@@ -45,13 +45,14 @@ fn production_refuses_missing_or_short_secret_and_log_mailer() {
 fn secrets_are_redacted_in_debug() {
     let c = config(&[
         ("JWT_SECRET", "super-secret-value-123"),
+        ("LOGIN_CODE_KEY", "code-key-value-xyz"),
         ("OPENAI_API_KEY", "sk-live-abcdef"),
         ("DATABASE_URL", "postgres://app:hunter2@db:5432/app"),
         ("SMTP_URL", "smtp://mailer:mailpass@smtp:587"),
     ])
     .unwrap();
     let printed = format!("{c:?}");
-    for secret in ["super-secret-value-123", "sk-live-abcdef", "hunter2", "mailpass"] {
+    for secret in ["super-secret-value-123", "code-key-value-xyz", "sk-live-abcdef", "hunter2", "mailpass"] {
         assert!(!printed.contains(secret), "{secret} leaked in {printed}");
     }
     assert!(printed.contains("postgres://app:***@db:5432/app"), "{printed}");
@@ -97,4 +98,41 @@ fn login_caps_per_client_address_are_configurable() {
     assert_eq!(c.auth.codes_per_email_per_hour, 5, "the per-mailbox cap stays");
     assert_eq!(c.api_keys_per_tenant, 3);
     assert!(config(&[("LOGIN_CODES_PER_ADDRESS_PER_HOUR", "many")]).is_err());
+}
+
+#[test]
+fn login_codes_have_a_key_of_their_own() {
+    let c = config(&[("JWT_SECRET", "a-jwt-secret-of-enough-length-000000")]).unwrap();
+    assert_ne!(c.login_code_key, c.jwt_secret);
+    // derived: the same secret gives the same key (codes survive a restart), another another
+    let again = config(&[("JWT_SECRET", "a-jwt-secret-of-enough-length-000000")]).unwrap();
+    assert_eq!(again.login_code_key, c.login_code_key);
+    let other = config(&[("JWT_SECRET", "a-jwt-secret-of-enough-length-000001")]).unwrap();
+    assert_ne!(other.login_code_key, c.login_code_key);
+
+    let own = config(&[("LOGIN_CODE_KEY", "a-key-for-codes-only")]).unwrap();
+    assert_eq!(own.login_code_key.expose(), "a-key-for-codes-only");
+    let err = config(&[("JWT_SECRET", "same-key-for-both"), ("LOGIN_CODE_KEY", "same-key-for-both")]).unwrap_err();
+    assert!(err.to_string().contains("must not be JWT_SECRET"), "{err}");
+    let long = "x".repeat(40);
+    let err = config(&[
+        ("ENVIRONMENT", "production"),
+        ("JWT_SECRET", &long),
+        ("SMTP_URL", "smtp://m:25"),
+        ("LOGIN_CODE_KEY", "short"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("LOGIN_CODE_KEY must be at least 32 bytes"), "{err}");
+}
+
+#[test]
+fn proxies_and_header_timeout() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.trusted_proxies, TrustedProxies::None);
+    assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+    let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"), ("HTTP_HEADER_TIMEOUT_SECONDS", "5")]).unwrap();
+    assert!(matches!(c.trusted_proxies, TrustedProxies::Networks(ref n) if n.len() == 2));
+    assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+    let err = config(&[("TRUSTED_PROXIES", "10.0.0.0/99")]).unwrap_err();
+    assert!(format!("{err:#}").contains("TRUSTED_PROXIES"), "{err:#}");
 }

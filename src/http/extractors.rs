@@ -53,8 +53,8 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
     }
 }
 
-/// The client's address: the peer address, or the first `X-Forwarded-For` entry when the
-/// service is configured to trust its reverse proxy.
+/// The client's address as the rate limits count it: the peer address, or the one the trusted
+/// proxies report (see [`super::proxy`]), with an IPv6 address cut to its /64.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -62,17 +62,8 @@ impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if state.config.trust_forwarded_for {
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok());
-            if forwarded.is_some() {
-                return Ok(Self(forwarded));
-            }
-        }
-        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let client = state.config.trusted_proxies.client(peer, &parts.headers);
+        Ok(Self(client.map(super::proxy::limit_identity)))
     }
 }

@@ -2,7 +2,9 @@
 //! passes through (request id, tracing span, CORS, body limit, panic guard).
 
 pub mod extractors;
+pub mod proxy;
 pub mod routes;
+pub mod server;
 
 use std::{any::Any, time::Duration};
 
