@@ -121,8 +121,30 @@ impl ApiError {
     }
 }
 
-fn is_connectivity(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+/// Whether a database error means Postgres cannot be reached (or is going down), as opposed to
+/// a statement that failed: the first is `503 service_unavailable`, the second a bug.
+pub fn is_connectivity(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        // connection exceptions (class 08); admin, crash and start-up shutdowns (57P01..57P03)
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
+}
+
+/// Whether an error somewhere in `e`'s chain is Postgres (or Redis) being out of reach.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(db) = cause.downcast_ref::<sqlx::Error>() {
+            return is_connectivity(db);
+        }
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            return api.status_code() == StatusCode::SERVICE_UNAVAILABLE;
+        }
+        cause.downcast_ref::<fred::error::Error>().is_some()
+    })
 }
 
 /// Builds the envelope response; also used by handlers that are not `ApiError`s (fallbacks,

@@ -359,3 +359,53 @@ async fn slow_headers_lose_the_connection(db: PgPool) {
     }
     assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
 }
+
+/// While Postgres cannot be reached, requests are `503 service_unavailable` and questions get an
+/// `error` frame with that code; once it is back the service answers again, without a restart.
+#[sqlx::test]
+async fn an_unreachable_database_is_service_unavailable_and_recovery_is_at_once(db: PgPool) {
+    use common::{tcp_proxy::TcpProxy, ws};
+    use sqlx::postgres::PgConnectOptions;
+    let options: PgConnectOptions = database_url_of(&db).parse().unwrap();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port())).await.unwrap().next().unwrap();
+    let mut proxy = TcpProxy::start(target).await;
+    let through_proxy = docuchat::db::pool_options(200)
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
+        .await
+        .unwrap();
+    let app = TestApp::spawn(through_proxy).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let token = app.login("acme", "boss@acme.example").await;
+    let mut socket = ws::connect(&app, &token).await;
+    assert_eq!(app.get_as("/v1/documents", "acme", &token).await.status(), StatusCode::OK);
+
+    proxy.cut().await;
+    for path in ["/v1/documents", "/v1/usage", "/v1/members"] {
+        let (status, code, message) = error_of(app.get_as(path, "acme", &token).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"), "{path}");
+        assert!(!message.contains("127.0.0.1") && !message.contains("pool"), "{message}");
+    }
+    let (status, code, _) = error_of(app.request_code("acme", "boss@acme.example").await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"));
+    let frames = ws::ask(&mut socket, None, "what is in the documents?").await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["code"].as_str()),
+        (Some("error"), Some("service_unavailable")),
+        "{frames:?}"
+    );
+
+    proxy.restore().await;
+    let back = std::time::Instant::now();
+    loop {
+        if app.get_as("/v1/documents", "acme", &token).await.status() == StatusCode::OK {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "the service did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let frames = ws::ask(&mut socket, None, "what is in the documents?").await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+}

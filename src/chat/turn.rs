@@ -150,8 +150,14 @@ impl<S: FrameSink> Turn<S> {
             tracing::warn!(error = %e, "could not release a quota hold (it expires on its own)");
         }
         if let Err(e) = result {
-            tracing::error!(error = format!("{e:#}"), "chat answer failed");
-            self.sink.send(Frame::error("internal_error", "the answer could not be completed")).await;
+            if crate::error::is_unavailable(&e) {
+                tracing::warn!(error = format!("{e:#}"), "chat answer failed: a backing service is unreachable");
+                let message = "a backing service is unavailable, try again shortly";
+                self.sink.send(Frame::error("service_unavailable", message)).await;
+            } else {
+                tracing::error!(error = format!("{e:#}"), "chat answer failed");
+                self.sink.send(Frame::error("internal_error", "the answer could not be completed")).await;
+            }
         }
     }
 

@@ -7,6 +7,7 @@ pub mod metering;
 pub mod openai;
 pub mod pdfgen;
 pub mod smtp;
+pub mod tcp_proxy;
 pub mod ws;
 
 use std::{
