@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized { code: &'static str, message: &'static str },
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Forbidden for a reason with a code of its own.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     /// An API key without the scope an endpoint needs.
     #[error("{0}")]
     MissingScope(&'static str),
@@ -70,6 +73,10 @@ impl ApiError {
         Self::Unprocessable { code, message: message.into() }
     }
 
+    pub fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused { code, message: message.into() }
+    }
+
     pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
         Self::TooManyRequests { code: "rate_limited", message: message.into(), retry_after }
     }
@@ -78,7 +85,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) | Self::MissingScope(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::MissingScope(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,7 +107,8 @@ impl ApiError {
             | Self::PayloadTooLarge { code, .. }
             | Self::Unsupported { code, .. }
             | Self::Unprocessable { code, .. }
-            | Self::TooManyRequests { code, .. } => code,
+            | Self::TooManyRequests { code, .. }
+            | Self::Refused { code, .. } => code,
             Self::Forbidden(_) => "forbidden",
             Self::MissingScope(_) => "insufficient_scope",
             Self::Unavailable(_) | Self::Redis(_) => "service_unavailable",

@@ -283,8 +283,16 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
                 };
                 let scope =
                     if per_user || user_id.is_some() { quota::QuotaScope::User } else { quota::QuotaScope::Tenant };
-                let changed =
-                    quota::set(&pool, found.id, scope, user_id, period, if remove { None } else { tokens }).await?;
+                let changed = quota::set(
+                    &pool,
+                    found.id,
+                    scope,
+                    user_id,
+                    period,
+                    if remove { None } else { tokens },
+                    quota::SetBy::Operator,
+                )
+                .await?;
                 if remove && !changed {
                     anyhow::bail!("there is no such quota");
                 }
@@ -333,7 +341,7 @@ async fn member(command: MemberCommand, config: &Config) -> anyhow::Result<()> {
             let tenant = find(tenant).await?;
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
             let role = if role == "admin" { Role::Admin } else { Role::Member };
-            let member = users::invite(&pool, tenant.id, &email, role).await?;
+            let member = users::invite(&pool, tenant.id, &email, role, i64::MAX).await?;
             println!("{}", serde_json::to_string_pretty(&member)?);
         }
         MemberCommand::List { tenant } => {

@@ -310,7 +310,9 @@ async fn a_document_deleted_while_it_is_embedded_is_still_charged(db: PgPool) {
     let s = setup(db).await;
     let tenant: Uuid = sqlx::query_scalar("select id from tenants").fetch_one(&s.app.db).await.unwrap();
     // a quota, so that the embedding is admitted with a hold
-    quota::set(&s.app.db, tenant, QuotaScope::Tenant, None, Period::Day, Some(10_000_000)).await.unwrap();
+    quota::set(&s.app.db, tenant, QuotaScope::Tenant, None, Period::Day, Some(10_000_000), quota::SetBy::Admin)
+        .await
+        .unwrap();
     s.app.state.quotas.forget();
     s.embeddings.control.delay_ms.store(1500, Ordering::SeqCst);
     let id = upload_ok(&s, "two-column.pdf").await;

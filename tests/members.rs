@@ -375,3 +375,41 @@ async fn the_demo_tenant_is_open_even_one_made_before_it_had_a_policy(db: PgPool
         sqlx::query_scalar("select signup from tenants where slug = 'demo'").fetch_one(&db).await.unwrap();
     assert_eq!(signup, "open");
 }
+
+/// A tenant has at most MEMBERS_PER_TENANT users: an admin's addition past it is `409
+/// member_limit`, an open tenant admits no new address (no mail, like any refused address), and
+/// the members already in keep logging in.
+#[sqlx::test]
+async fn a_full_tenant_admits_nobody_new(db: PgPool) {
+    let app = TestApp::builder().var("MEMBERS_PER_TENANT", "3").spawn(db).await;
+    app.create_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    for who in ["ann@acme.example", "bob@acme.example"] {
+        let resp = send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": who}))).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+    }
+    let resp =
+        send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": "cat@acme.example"}))).await;
+    let (status, code, _) = error_of(resp).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "member_limit"));
+    // an address already in is still `member_exists`, not the limit
+    let resp =
+        send(&app, reqwest::Method::POST, "/v1/members", &admin, Some(json!({"email": "ann@acme.example"}))).await;
+    assert_eq!(error_of(resp).await.1, "member_exists");
+
+    // the tenant is open, but full: a new address gets the usual answer and no code
+    let mail = app.mail.as_ref().unwrap();
+    assert_eq!(app.request_code("acme", "dan@elsewhere.example").await.status(), StatusCode::ACCEPTED);
+    assert!(mail.next_to("dan@elsewhere.example", Duration::from_millis(500)).await.is_none());
+    assert_eq!(users_named(&app, "dan@elsewhere.example").await, 0);
+    // members who are in still log in
+    app.login("acme", "bob@acme.example").await;
+    // removing one makes room
+    let bob: String = sqlx::query_scalar("select id::text from users where email = 'bob@acme.example'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let resp = send(&app, reqwest::Method::DELETE, &format!("/v1/members/{bob}"), &admin, None).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    app.login("acme", "dan@elsewhere.example").await;
+}

@@ -275,3 +275,62 @@ async fn a_tenant_without_quotas_is_admitted_from_memory_until_a_quota_appears_a
     }
     assert!(answered, "listening again, the gate remembers again");
 }
+
+/// A quota the operator set with the command line binds the tenant's admins: the API cannot
+/// raise, lower or remove it; the admins' own quotas stay theirs, and the operator may take one over.
+#[sqlx::test]
+async fn admins_cannot_change_the_quotas_the_operator_set(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", "boss@acme.example").await;
+    let admin = app.login("acme", "boss@acme.example").await;
+    let url = common::database_url_of(&app.db);
+    let operator = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_docuchat"))
+            .args(["tenant", "quota", "--tenant", "acme"])
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let listed = operator(&["--period", "month", "--tokens", "5000"]);
+    assert_eq!(listed[0]["set_by"], "operator", "{listed}");
+
+    for limit in [json!(1_000_000), json!(10), json!(null)] {
+        let resp = put_quota(&app, &admin, json!({"scope": "tenant", "period": "month", "token_limit": limit})).await;
+        let (status, code, _) = common::error_of(resp).await;
+        assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "operator_quota"), "{limit}");
+    }
+    let resp = app
+        .client
+        .delete(app.url("/v1/quotas?scope=tenant&period=month"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = common::error_of(resp).await;
+    assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "operator_quota"));
+    let limit: i64 = sqlx::query_scalar("select token_limit from quotas where scope = 'tenant' and period = 'month'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(limit, 5000);
+
+    // the admin's own quota (another period) is theirs to change and remove
+    let resp = put_quota(&app, &admin, json!({"scope": "tenant", "period": "day", "token_limit": 300})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    let day = body["quotas"].as_array().unwrap().iter().find(|q| q["period"] == "day").unwrap().clone();
+    assert_eq!(day["set_by"], "admin");
+    let resp = put_quota(&app, &admin, json!({"scope": "tenant", "period": "day", "token_limit": 400})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // the operator takes it over: from then on it is the operator's
+    operator(&["--period", "day", "--tokens", "200"]);
+    let resp = put_quota(&app, &admin, json!({"scope": "tenant", "period": "day", "token_limit": 900})).await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // and the operator can remove it
+    let listed = operator(&["--period", "day", "--remove"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}

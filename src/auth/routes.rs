@@ -71,7 +71,7 @@ async fn request_code(
     state.limits.check_auth(ip).await?;
     let email = parse_email(&body.email)?;
     // an address that may not log in gets the same answer, and no code
-    let allowed = users::may_log_in(&state.db, &tenant.0, &email).await?.is_some();
+    let allowed = users::may_log_in(&state.db, &tenant.0, &email, state.config.members_per_tenant).await?.is_some();
     let code = state.codes.issue(tenant.0.id, &email, ip, allowed).await?;
     let ttl = state.codes.limits().code_ttl;
     // Delivery happens off the request path: the answer (and its timing) says nothing about it.
@@ -110,7 +110,9 @@ async fn verify_code(
     let email = parse_email(&body.email)?;
     state.codes.verify(tenant.0.id, &email, body.code.trim()).await?;
     // removed (or the policy changed) since the code was sent: as if the code were wrong
-    let role = users::may_log_in(&state.db, &tenant.0, &email).await?.ok_or(CodeError::Invalid)?;
+    let role = users::may_log_in(&state.db, &tenant.0, &email, state.config.members_per_tenant)
+        .await?
+        .ok_or(CodeError::Invalid)?;
     let user = users::upsert_on_login(&state.db, tenant.0.id, &email, role).await?;
     let token = state.jwt.issue(user.id, tenant.0.id, user.role, user.token_generation)?;
     tracing::info!(user_id = %user.id, tenant_id = %tenant.0.id, "user logged in");
@@ -233,7 +235,7 @@ async fn add_member(
 ) -> ApiResult<(StatusCode, Json<users::Member>)> {
     user.require_admin()?;
     let email = parse_email(&body.email)?;
-    let member = users::invite(&state.db, user.tenant.0.id, &email, body.role).await?;
+    let member = users::invite(&state.db, user.tenant.0.id, &email, body.role, state.config.members_per_tenant).await?;
     tracing::info!(member_id = %member.id, role = ?member.role, "member added");
     Ok((StatusCode::CREATED, Json(member)))
 }

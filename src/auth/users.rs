@@ -157,7 +157,14 @@ pub async fn emails(
 /// The role an address logs in to the tenant with, or `None` when it may not: a member (invited
 /// or not) keeps their role; the tenant's admin address is an admin; anyone else only where the
 /// policy is `open`, or `domain` and the address is in an allowed domain.
-pub async fn may_log_in(db: &sqlx::PgPool, tenant: &Tenant, email: &Email) -> Result<Option<Role>, sqlx::Error> {
+/// A tenant that has `max_members` users admits no new address by its policy (an `open` tenant
+/// could otherwise be filled with users by anyone with many mailboxes).
+pub async fn may_log_in(
+    db: &sqlx::PgPool,
+    tenant: &Tenant,
+    email: &Email,
+    max_members: i64,
+) -> Result<Option<Role>, sqlx::Error> {
     if let Some(user) = find_by_email(db, tenant.id, email).await? {
         return Ok(Some(user.role));
     }
@@ -170,7 +177,15 @@ pub async fn may_log_in(db: &sqlx::PgPool, tenant: &Tenant, email: &Email) -> Re
         Signup::Domain => access.allowed_domains.iter().any(|d| d == email.domain()),
         Signup::Invite => false,
     };
+    if admitted && count(db, tenant.id).await? >= max_members {
+        tracing::warn!(tenant = %tenant.slug, max_members, "the tenant is full: a new address was not admitted");
+        return Ok(None);
+    }
     Ok(admitted.then_some(Role::Member))
+}
+
+async fn count(db: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from users where tenant_id = $1").bind(tenant_id).fetch_one(db).await
 }
 
 /// A member as admins see them.
@@ -201,6 +216,8 @@ pub enum MemberError {
     NotFound,
     #[error("the tenant's last admin cannot be demoted or removed")]
     LastAdmin,
+    #[error("the tenant has {0} members, as many as it may have: remove one first")]
+    Full(i64),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -212,20 +229,24 @@ impl From<MemberError> for crate::error::ApiError {
             MemberError::Exists(_) => ApiError::Conflict { code: "member_exists", message: e.to_string() },
             MemberError::NotFound => ApiError::not_found("member_not_found", e.to_string()),
             MemberError::LastAdmin => ApiError::Conflict { code: "last_admin", message: e.to_string() },
+            MemberError::Full(_) => ApiError::Conflict { code: "member_limit", message: e.to_string() },
             MemberError::Database(e) => e.into(),
         }
     }
 }
 
-/// Adds an address to the tenant with a role; it may log in from now on.
+/// Adds an address to the tenant with a role; it may log in from now on. The tenant may have at
+/// most `max_members` users.
 pub async fn invite(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     tenant_id: Uuid,
     email: &Email,
     role: Role,
+    max_members: i64,
 ) -> Result<Member, MemberError> {
     let added: Option<Member> = sqlx::query_as(concat!(
-        "insert into users (id, tenant_id, email, role) values ($1, $2, $3, $4)
+        "insert into users (id, tenant_id, email, role)
+         select $1, $2, $3, $4 where (select count(*) from users where tenant_id = $2) < $5
          on conflict (tenant_id, email) do nothing
          returning ",
         member_columns!()
@@ -234,9 +255,16 @@ pub async fn invite(
     .bind(tenant_id)
     .bind(email.as_str())
     .bind(role)
+    .bind(max_members)
     .fetch_optional(db)
     .await?;
-    added.ok_or_else(|| MemberError::Exists(email.as_str().to_owned()))
+    match added {
+        Some(member) => Ok(member),
+        None if find_by_email(db, tenant_id, email).await?.is_some() => {
+            Err(MemberError::Exists(email.as_str().to_owned()))
+        }
+        None => Err(MemberError::Full(max_members)),
+    }
 }
 
 /// Members in the order they were added; `after` continues after that member.

@@ -32,6 +32,9 @@ pub enum EmbeddingProvider {
 pub struct Config {
     /// Live (not revoked) API keys a tenant may have.
     pub api_keys_per_tenant: i64,
+    /// Users a tenant may have (admins' additions and logins of new addresses; the operator's
+    /// command line is not bound by it).
+    pub members_per_tenant: i64,
     /// Chat sockets open at once per user, and per tenant, in one process.
     pub sockets_per_user: usize,
     pub sockets_per_tenant: usize,
@@ -383,6 +386,7 @@ impl Config {
                 }
             },
             api_keys_per_tenant: parse_u64("API_KEYS_PER_TENANT", 100)?.clamp(1, 100_000) as i64,
+            members_per_tenant: parse_u64("MEMBERS_PER_TENANT", 10_000)?.clamp(1, 100_000_000) as i64,
             sockets_per_user: parse_u64("WS_MAX_PER_USER", 20)?.clamp(1, 1_000_000) as usize,
             sockets_per_tenant: parse_u64("WS_MAX_PER_TENANT", 20_000)?.clamp(1, 10_000_000) as usize,
             rate_limits,

@@ -80,6 +80,9 @@ pub enum QuotaError {
     NegativeLimit,
     #[error("no such user in this tenant")]
     UnknownUser,
+    /// The operator set it (with the command line): the tenant's admins cannot change it.
+    #[error("this quota was set by the operator of the service: only they can change or remove it")]
+    OperatorSet,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -91,6 +94,7 @@ impl From<QuotaError> for ApiError {
                 ApiError::bad_request("invalid_quota", e.to_string())
             }
             QuotaError::UnknownUser => ApiError::not_found("user_not_found", e.to_string()),
+            QuotaError::OperatorSet => ApiError::refused("operator_quota", e.to_string()),
             QuotaError::Database(e) => e.into(),
         }
     }
@@ -190,6 +194,22 @@ impl QuotaScope {
     }
 }
 
+/// Who sets a quota: a tenant admin through the API, or the operator with the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetBy {
+    Admin,
+    Operator,
+}
+
+impl SetBy {
+    fn as_str(self) -> &'static str {
+        match self {
+            SetBy::Admin => "admin",
+            SetBy::Operator => "operator",
+        }
+    }
+}
+
 impl Period {
     fn as_str(self) -> &'static str {
         match self {
@@ -210,13 +230,16 @@ pub struct QuotaView {
     pub used: Option<i64>,
     pub resets_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `operator` (binds the admins too) or `admin`; in the admins' view only
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
 }
 
 const VIEW: &str = "select q.scope, q.user_id, q.period, q.token_limit,
         case when q.scope = 'tenant' or q.user_id is not null
              then quota_used(q.tenant_id, q.scope, q.user_id, q.period) end as used,
         quota_reset(q.period) as resets_at,
-        q.updated_at
+        q.updated_at, q.set_by
    from quotas q";
 
 /// All of a tenant's quotas.
@@ -230,7 +253,9 @@ pub async fn list(db: impl PgExecutor<'_>, tenant: Uuid) -> Result<Vec<QuotaView
 }
 
 /// Sets (or, with `limit: None`, removes) one quota. `user` is only for the `user` scope: `None`
-/// there means every user of the tenant.
+/// there means every user of the tenant. A quota the operator set is the operator's: an admin's
+/// change or removal of it is refused ([`QuotaError::OperatorSet`]); the operator's own change of
+/// an admin's quota makes it the operator's.
 pub async fn set(
     db: impl PgExecutor<'_>,
     tenant: Uuid,
@@ -238,44 +263,53 @@ pub async fn set(
     user: Option<Uuid>,
     period: Period,
     limit: Option<i64>,
+    by: SetBy,
 ) -> Result<bool, QuotaError> {
     if scope == QuotaScope::Tenant && user.is_some() {
         return Err(QuotaError::TenantWithUser);
     }
-    let Some(limit) = limit else {
-        let removed = sqlx::query(
-            "delete from quotas where tenant_id = $1 and scope = $2 and user_id is not distinct from $3 and period = $4",
-        )
+    if limit.is_some_and(|l| l < 0) {
+        return Err(QuotaError::NegativeLimit);
+    }
+    // one statement: `changed` is whether it took effect, `operators` whether an operator's quota
+    // stood in the way
+    let statement = if limit.is_none() {
+        "with target as (
+             select set_by from quotas
+              where tenant_id = $1 and scope = $2 and user_id is not distinct from $3 and period = $4),
+         removed as (
+             delete from quotas
+              where tenant_id = $1 and scope = $2 and user_id is not distinct from $3 and period = $4
+                and (set_by = 'admin' or $6 = 'operator')
+             returning 1)
+         select exists (select 1 from removed) as changed,
+                exists (select 1 from target where set_by = 'operator') and $6 <> 'operator' as operators
+           from (select $5::bigint) unused"
+    } else {
+        "with written as (
+             insert into quotas (tenant_id, scope, user_id, period, token_limit, set_by)
+             values ($1, $2, $3, $4, $5, $6)
+             on conflict (tenant_id, scope, user_id, period)
+             do update set token_limit = excluded.token_limit, set_by = excluded.set_by, updated_at = now()
+                 where quotas.set_by = 'admin' or excluded.set_by = 'operator'
+             returning 1)
+         select exists (select 1 from written) as changed,
+                not exists (select 1 from written) as operators"
+    };
+    let result: Result<(bool, bool), sqlx::Error> = sqlx::query_as(statement)
         .bind(tenant)
         .bind(scope.as_str())
         .bind(user)
         .bind(period.as_str())
-        .execute(db)
-        .await?
-        .rows_affected();
-        return Ok(removed > 0);
-    };
-    if limit < 0 {
-        return Err(QuotaError::NegativeLimit);
-    }
-    let result = sqlx::query(
-        "insert into quotas (tenant_id, scope, user_id, period, token_limit) values ($1, $2, $3, $4, $5)
-         on conflict (tenant_id, scope, user_id, period)
-         do update set token_limit = excluded.token_limit, updated_at = now()",
-    )
-    .bind(tenant)
-    .bind(scope.as_str())
-    .bind(user)
-    .bind(period.as_str())
-    .bind(limit)
-    .execute(db)
-    .await;
+        .bind(limit)
+        .bind(by.as_str())
+        .fetch_one(db)
+        .await;
     match result {
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Err(QuotaError::UnknownUser),
-        other => {
-            other?;
-            Ok(true)
-        }
+        Err(e) => Err(e.into()),
+        Ok((_, true)) => Err(QuotaError::OperatorSet),
+        Ok((changed, false)) => Ok(changed),
     }
 }
 
@@ -287,7 +321,7 @@ pub async fn list_for_user(db: impl PgExecutor<'_>, tenant: Uuid, user: Uuid) ->
          select m.scope, case when m.scope = 'user' then $2 end as user_id, m.period, m.token_limit,
                 quota_used($1, m.scope, $2, m.period) as used,
                 quota_reset(m.period) as resets_at,
-                now() as updated_at
+                now() as updated_at, null::text as set_by
            from mine m order by m.scope, m.period",
     )
     .bind(tenant)

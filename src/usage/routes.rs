@@ -197,7 +197,7 @@ async fn put_quota(
 ) -> ApiResult<Json<Value>> {
     user.require_admin()?;
     let tenant = user.tenant.0.id;
-    quota::set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit).await?;
+    quota::set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit, quota::SetBy::Admin).await?;
     // this process's questions see it at once; others when the change's notification arrives
     state.quotas.forget();
     tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
@@ -221,7 +221,8 @@ async fn remove_quota(
     let Query(q) = query.map_err(|_| {
         ApiError::bad_request("invalid_quota", "name the quota: ?scope=tenant|user&period=day|month[&user_id=…]")
     })?;
-    let removed = quota::set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None).await?;
+    let removed =
+        quota::set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None, quota::SetBy::Admin).await?;
     state.quotas.forget();
     if removed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("quota_not_found", "no such quota")) }
 }
