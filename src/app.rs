@@ -3,6 +3,7 @@
 use std::{
     future::Future,
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -154,8 +155,15 @@ pub async fn serve(
         }
     };
     let header_read_timeout = state.config.header_read_timeout;
+    let (sockets, grace) = (state.sockets.clone(), state.config.chat.shutdown_grace);
     let app = http::router(state);
     let served = http::server::serve(listener, app, header_read_timeout, shutdown).await.context("server error");
+    // no new connections now; the chat sockets finish their answers (or cut them past the grace
+    // period), save and charge them, and close
+    sockets.close_all();
+    if tokio::time::timeout(grace + Duration::from_secs(5), sockets.closed()).await.is_err() {
+        tracing::warn!("chat sockets were still open at exit");
+    }
     stop_workers.cancel();
     if let Some(w) = workers {
         let _ = w.await;

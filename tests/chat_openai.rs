@@ -204,6 +204,9 @@ async fn a_disconnect_saves_the_partial_answer(db: PgPool) {
     assert_eq!(status, "cancelled");
     assert!(answer.starts_with(&chat_token(0)));
     assert!(server.control.chat_sent.load(Ordering::SeqCst) < 100);
+    // charged for what was said before the client went away
+    let completion = ledger(&app, &message).await.1;
+    assert_eq!(completion, docuchat::ingestion::chunk::count_tokens(&answer) as i64);
 }
 
 #[sqlx::test]
@@ -259,4 +262,226 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_answer_metered(db: PgPoo
     let sent = server.control.chat_sent.load(Ordering::SeqCst);
     assert!(sent < TOKENS, "the upstream streamed the whole answer to nobody ({sent})");
     drop(ws);
+}
+
+/// The ledger rows of one message, by kind: (embedding, prompt, completion).
+async fn charged(app: &TestApp, message: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "select coalesce(sum(tokens) filter (where kind = 'embedding'), 0)::bigint,
+                coalesce(sum(tokens) filter (where kind = 'prompt'), 0)::bigint,
+                coalesce(sum(tokens) filter (where kind = 'completion'), 0)::bigint
+           from usage_events where message_id = $1",
+    )
+    .bind(Uuid::parse_str(message).unwrap())
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn holds(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&app.db).await.unwrap()
+}
+
+async fn messages_with_id(app: &TestApp, message: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from messages where id = $1")
+        .bind(Uuid::parse_str(message).unwrap())
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Reads frames until the socket's last one for this answer (`done` or `error`), or its close.
+async fn read_to_end(ws: &mut Socket, got: &mut String) -> Option<Value> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), futures_util::StreamExt::next(ws)).await.unwrap();
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = next else { return None };
+        let f: Value = serde_json::from_str(t.as_str()).unwrap();
+        match f["type"].as_str().unwrap() {
+            "token" => got.push_str(f["content"].as_str().unwrap()),
+            "done" | "error" => return Some(f),
+            _ => {}
+        }
+    }
+}
+
+/// A quota on the tenant, so that every answer holds tokens until its charge settles them.
+async fn with_a_quota(app: &TestApp) {
+    let tenant: Uuid =
+        sqlx::query_scalar("select id from tenants where slug = 'acme'").fetch_one(&app.db).await.unwrap();
+    docuchat::usage::quota::set(
+        &app.db,
+        tenant,
+        docuchat::usage::quota::QuotaScope::Tenant,
+        None,
+        docuchat::usage::quota::Period::Month,
+        Some(100_000_000),
+        docuchat::usage::quota::SetBy::Operator,
+    )
+    .await
+    .unwrap();
+}
+
+/// An answer whose session is deleted while it streams is charged in full — the embedding of the
+/// question, the prompt as the model reported it and every completion token — and its hold is
+/// settled; the message itself has nowhere to go, and the last frame says so.
+#[sqlx::test]
+async fn an_answer_whose_session_is_deleted_meanwhile_is_charged_in_full(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[]).await;
+    with_a_quota(&app).await;
+    let mut ws = connect(&app, &token).await;
+    let first = ask(&mut ws, None, QUESTION).await;
+    let session = first[0]["session_id"].as_str().unwrap().to_owned();
+
+    const TOKENS: usize = 60;
+    server.control.chat_tokens.store(TOKENS, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    send(&mut ws, json!({"type": "ask", "session_id": session, "content": QUESTION})).await;
+    let (message, mut got) = read_tokens(&mut ws, 3).await;
+    let deleted = app.delete_as(&format!("/v1/chat/sessions/{session}"), "acme", &token).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let last = read_to_end(&mut ws, &mut got).await.expect("a last frame");
+    assert_eq!((last["type"].as_str(), last["code"].as_str()), (Some("error"), Some("session_not_found")), "{last}");
+
+    let expected: String = (0..TOKENS).map(chat_token).collect();
+    assert_eq!(got, expected, "the whole answer was streamed");
+    assert_eq!(messages_with_id(&app, &message).await, 0);
+    let (embedding, prompt, completion) = charged(&app, &message).await;
+    assert!(embedding > 0);
+    assert_eq!((prompt, completion), (CHAT_PROMPT_TOKENS as i64, TOKENS as i64));
+    assert_eq!(holds(&app).await, 0);
+}
+
+/// A member removed while an answer streams: the socket is closed, the answer cut, and what was
+/// produced is charged (to the user who is gone; the ledger keeps no key a removal can break).
+#[sqlx::test]
+async fn an_answer_of_a_member_removed_meanwhile_is_charged(db: PgPool) {
+    let (app, server, admin) = setup_with(db, &[]).await;
+    with_a_quota(&app).await;
+    let member = app.login("acme", "ann@acme.example").await;
+    server.control.chat_tokens.store(400, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    let mut ws = connect(&app, &member).await;
+    ask(&mut ws, None, QUESTION).await;
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    let (message, mut got) = read_tokens(&mut ws, 3).await;
+    let ann: String = sqlx::query_scalar("select id::text from users where email = 'ann@acme.example'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let removed = app.delete_as(&format!("/v1/members/{ann}"), "acme", &admin).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let last = read_to_end(&mut ws, &mut got).await;
+    assert_eq!(last.as_ref().and_then(|f| f["code"].as_str()), Some("access_revoked"), "{last:?}");
+
+    let mut charge = (0, 0, 0);
+    for _ in 0..100 {
+        charge = charged(&app, &message).await;
+        if charge.2 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (embedding, prompt, completion) = charge;
+    assert!(embedding > 0 && prompt > 0);
+    // what the client got, at least, and no more than the model server produced
+    let produced: String = (0..server.control.chat_sent.load(Ordering::SeqCst)).map(chat_token).collect();
+    let count = |s: &str| docuchat::ingestion::chunk::count_tokens(s) as i64;
+    assert!(
+        count(&got) <= completion && completion <= count(&produced),
+        "{} ≤ {completion} ≤ {}",
+        count(&got),
+        count(&produced)
+    );
+    assert!(completion < count(&(0..400).map(chat_token).collect::<String>()), "the answer was cut");
+    assert_eq!(messages_with_id(&app, &message).await, 0);
+    assert_eq!(holds(&app).await, 0);
+    let charged_to: Option<Uuid> =
+        sqlx::query_scalar("select distinct user_id from usage_events where message_id = $1")
+            .bind(Uuid::parse_str(&message).unwrap())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(charged_to.map(|u| u.to_string()), Some(ann));
+}
+
+/// A server that stops lets an answer in flight finish within SHUTDOWN_GRACE_SECONDS and charges it;
+/// the socket then gets `shutting_down`.
+#[sqlx::test]
+async fn a_stopping_server_finishes_the_answers_in_flight_and_charges_them(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[("SHUTDOWN_GRACE_SECONDS", "30")]).await;
+    with_a_quota(&app).await;
+    const TOKENS: usize = 50;
+    server.control.chat_tokens.store(TOKENS, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    let mut ws = connect(&app, &token).await;
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    let (message, mut got) = read_tokens(&mut ws, 3).await;
+    let db = app.db.clone();
+    let stopped = tokio::spawn(app.stop());
+    let last = read_to_end(&mut ws, &mut got).await.expect("the answer's last frame");
+    assert_eq!(last["type"], "done", "{last}");
+    assert_eq!(last["status"], "complete");
+    let after = read_to_end(&mut ws, &mut String::new()).await;
+    assert_eq!(after.as_ref().and_then(|f| f["code"].as_str()), Some("shutting_down"), "{after:?}");
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the server stopped").unwrap();
+
+    let expected: String = (0..TOKENS).map(chat_token).collect();
+    assert_eq!(got, expected);
+    let id = Uuid::parse_str(&message).unwrap();
+    let (status, completion): (String, i32) =
+        sqlx::query_as("select status, completion_tokens from messages where id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), completion), ("complete", TOKENS as i32));
+    let charged: i64 = sqlx::query_scalar(
+        "select coalesce(sum(tokens), 0)::bigint from usage_events where message_id = $1 and kind = 'completion'",
+    )
+    .bind(id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(charged, TOKENS as i64);
+    let held: i64 = sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&db).await.unwrap();
+    assert_eq!(held, 0);
+}
+
+/// Past the grace period an answer in flight is cut, saved `cancelled` and charged for what was
+/// produced, before the process exits.
+#[sqlx::test]
+async fn a_stopping_server_cuts_a_long_answer_and_charges_it(db: PgPool) {
+    let (app, server, token) = setup_with(db, &[("SHUTDOWN_GRACE_SECONDS", "1")]).await;
+    with_a_quota(&app).await;
+    server.control.chat_tokens.store(2000, Ordering::SeqCst);
+    server.control.chat_token_delay_ms.store(20, Ordering::SeqCst);
+    let mut ws = connect(&app, &token).await;
+    send(&mut ws, json!({"type": "ask", "session_id": null, "content": QUESTION})).await;
+    let (message, mut got) = read_tokens(&mut ws, 3).await;
+    let db = app.db.clone();
+    let stopped = tokio::spawn(app.stop());
+    let last = read_to_end(&mut ws, &mut got).await.expect("the answer's last frame");
+    assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("done"), Some("cancelled")), "{last}");
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the server stopped").unwrap();
+
+    let id = Uuid::parse_str(&message).unwrap();
+    let (status, answer, completion): (String, String, i32) =
+        sqlx::query_as("select status, answer, completion_tokens from messages where id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(status, "cancelled");
+    assert_eq!(answer, got, "the client got all that was saved");
+    let charged: i64 = sqlx::query_scalar(
+        "select coalesce(sum(tokens), 0)::bigint from usage_events where message_id = $1 and kind = 'completion'",
+    )
+    .bind(id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(charged, i64::from(completion));
+    assert_eq!(charged, docuchat::ingestion::chunk::count_tokens(&got) as i64);
+    let held: i64 = sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&db).await.unwrap();
+    assert_eq!(held, 0);
 }

@@ -6,7 +6,8 @@
 //! each take whatever has queued up while the previous write ran. A lone answer is written at
 //! once; under load the batches grow by themselves, with no timer. If a batch fails (a session
 //! deleted while its answer ran), its answers are written one by one, so one failure fails only
-//! its own answer.
+//! its own answer — and an answer that cannot be kept is charged all the same: its ledger rows are
+//! written on their own (pointing at a message that does not exist), since what it cost was spent.
 
 use std::sync::Arc;
 
@@ -44,7 +45,17 @@ pub struct Record {
     pub hold: Option<Uuid>,
 }
 
-type Job = (Record, oneshot::Sender<Result<(), String>>);
+/// What became of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// the message, its ledger rows and the settling of its hold
+    Message,
+    /// only the ledger rows (and the hold settled): the message could not be kept — its session,
+    /// or its user, was deleted while it was answered
+    ChargedOnly,
+}
+
+type Job = (Record, oneshot::Sender<Result<Saved, String>>);
 
 /// The queue to the writer tasks.
 #[derive(Clone)]
@@ -74,12 +85,13 @@ impl Recorder {
         Recorder { tx }
     }
 
-    /// Saves one answer; returns once it is committed.
-    pub async fn save(&self, record: Record) -> anyhow::Result<()> {
+    /// Saves one answer; returns once it is committed. An error means that not even its charge
+    /// could be written (the database is out of reach).
+    pub async fn save(&self, record: Record) -> anyhow::Result<Saved> {
         let (done, result) = oneshot::channel();
         self.tx.send((record, done)).await.map_err(|_| anyhow::anyhow!("the message writer has stopped"))?;
         match result.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(saved)) => Ok(saved),
             Ok(Err(e)) => Err(anyhow::anyhow!("saving the message: {e}")),
             Err(_) => Err(anyhow::anyhow!("the message writer has stopped")),
         }
@@ -88,32 +100,33 @@ impl Recorder {
 
 async fn write(db: &PgPool, batch: Vec<Job>) {
     let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
-    match insert(db, &records).await {
-        Ok(()) => {
-            for (_, done) in batch {
-                let _ = done.send(Ok(()));
-            }
+    if insert(db, &records).await.is_ok() {
+        for (_, done) in batch {
+            let _ = done.send(Ok(Saved::Message));
         }
-        Err(e) if batch.len() == 1 => {
-            let (_, done) = batch.into_iter().next().expect("one");
-            let _ = done.send(Err(e.to_string()));
-        }
-        Err(_) => {
-            // one at a time: only the answers that cannot be written fail
-            for (record, done) in batch {
-                let _ = done.send(insert(db, &[&record]).await.map_err(|e| e.to_string()));
-            }
-        }
+        return;
+    }
+    // one at a time: only the answers that cannot be written fail, and they are charged anyway
+    for (record, done) in batch {
+        let saved = match insert(db, &[&record]).await {
+            Ok(()) => Ok(Saved::Message),
+            Err(kept) => match charge(db, &[&record]).await {
+                Ok(()) => {
+                    tracing::info!(message_id = %record.message_id, error = %kept, "an answer could not be kept; it is charged");
+                    Ok(Saved::ChargedOnly)
+                }
+                Err(e) => {
+                    tracing::error!(message_id = %record.message_id, error = %e, "an answer could not be charged");
+                    Err(e.to_string())
+                }
+            },
+        };
+        let _ = done.send(saved);
     }
 }
 
-/// Writes answers in one transaction of two statements: new sessions, the messages and the time
-/// of the sessions they continue; then their ledger rows (the embedding of the question, the
-/// prompt and the completion), which settle their holds.
-pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    super::store::insert_messages(&mut tx, records).await?;
-    let charges: Vec<AnswerCharge<'_>> = records
+fn charges<'a>(records: &[&'a Record]) -> Vec<AnswerCharge<'a>> {
+    records
         .iter()
         .map(|r| AnswerCharge {
             tenant: r.tenant,
@@ -126,8 +139,23 @@ pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error>
             completion_tokens: i64::from(r.completion_tokens),
             hold: r.hold,
         })
-        .collect();
-    ledger::charge_answers(&mut tx, &charges).await?;
+        .collect()
+}
+
+/// Writes only the answers' ledger rows (settling their holds): for answers whose messages cannot
+/// be kept.
+pub async fn charge(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    ledger::charge_answers(&mut conn, &charges(records)).await
+}
+
+/// Writes answers in one transaction of two statements: new sessions, the messages and the time
+/// of the sessions they continue; then their ledger rows (the embedding of the question, the
+/// prompt and the completion), which settle their holds.
+pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    super::store::insert_messages(&mut tx, records).await?;
+    ledger::charge_answers(&mut tx, &charges(records)).await?;
     tx.commit().await
 }
 
@@ -137,7 +165,7 @@ mod tests {
     use sqlx::PgPool;
     use uuid::Uuid;
 
-    use super::{Record, Recorder, insert};
+    use super::{Record, Recorder, Saved, insert};
     use crate::{
         auth::{email::Email, jwt::Role, users},
         tenants,
@@ -166,7 +194,7 @@ mod tests {
     }
 
     #[sqlx::test]
-    async fn answers_written_together_are_each_saved_whole_and_one_bad_answer_fails_alone(db: PgPool) {
+    async fn answers_written_together_are_each_saved_whole_and_one_that_cannot_be_kept_is_still_charged(db: PgPool) {
         let email = Email::parse("boss@acme.example").unwrap();
         let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap();
         let user = users::upsert_on_login(&db, tenant.id, &email, Role::Admin).await.unwrap();
@@ -255,12 +283,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(written, 0);
-        // ... and through the writer, which batches answers that arrive together, only it fails
+        // ... and through the writer, which batches answers that arrive together, only it is not
+        // kept — and it is charged all the same, its hold settled
         let recorder = Recorder::start(db.clone());
+        let orphan_hold = Uuid::now_v7();
+        hold(orphan_hold).await.unwrap();
         let batch: Vec<Record> = (20..40)
             .map(|n| {
                 if n == 30 {
-                    record(tenant, user, Uuid::now_v7(), None, None, n)
+                    record(tenant, user, Uuid::now_v7(), None, Some(orphan_hold), n)
                 } else {
                     record(tenant, user, existing, None, None, n)
                 }
@@ -273,13 +304,22 @@ mod tests {
                 .fetch_one(&db)
                 .await
                 .unwrap();
+            let charged: i64 =
+                sqlx::query_scalar("select coalesce(sum(tokens), 0)::bigint from usage_events where message_id = $1")
+                    .bind(r.message_id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            assert_eq!(charged, 5 + i64::from(r.prompt_tokens) + i64::from(r.completion_tokens));
             if r.prompt_tokens == 130 {
-                assert!(result.is_err());
+                assert_eq!(result.as_ref().unwrap(), &Saved::ChargedOnly);
                 assert_eq!(saved, 0);
             } else {
-                assert!(result.is_ok(), "{result:?}");
+                assert_eq!(result.as_ref().unwrap(), &Saved::Message);
                 assert_eq!(saved, 1);
             }
         }
+        let held: i64 = sqlx::query_scalar("select count(*) from quota_holds").fetch_one(&db).await.unwrap();
+        assert_eq!(held, 0, "the hold of the answer that was not kept is settled by its charge");
     }
 }

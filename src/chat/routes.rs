@@ -57,6 +57,7 @@ async fn chat_socket(
         limits: state.limits.clone(),
         models: state.models.clone(),
         access: state.access.clone(),
+        closing: state.sockets.closing(),
     };
     ws::accept(ws, context, caller, slot)
 }

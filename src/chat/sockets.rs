@@ -2,12 +2,18 @@
 //! opens sockets by the thousand holds memory and tasks that other members and tenants need. Over
 //! a cap the handshake is refused with `429 too_many_sockets`. The counts are per process (a
 //! socket lives on the process it connected to); behind a load balancer the caps hold per server.
+//!
+//! The same places let a stopping server end its sockets: [`SocketCaps::close_all`] tells every
+//! socket to finish (its answer in flight is finished or cut, and charged either way), and
+//! [`SocketCaps::closed`] waits until the last place is given back.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Default)]
@@ -20,6 +26,9 @@ pub struct SocketCaps {
     per_user: usize,
     per_tenant: usize,
     counts: Mutex<Counts>,
+    /// sockets open in this process
+    open: watch::Sender<usize>,
+    closing: CancellationToken,
 }
 
 /// A socket's place under the caps, given back when it is dropped.
@@ -31,7 +40,29 @@ pub struct Slot {
 
 impl SocketCaps {
     pub fn new(per_user: usize, per_tenant: usize) -> Arc<Self> {
-        Arc::new(Self { per_user, per_tenant, counts: Mutex::default() })
+        Arc::new(Self {
+            per_user,
+            per_tenant,
+            counts: Mutex::default(),
+            open: watch::Sender::new(0),
+            closing: CancellationToken::new(),
+        })
+    }
+
+    /// Cancelled when the process stops: every socket finishes then.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    /// Tells every socket to finish.
+    pub fn close_all(&self) {
+        self.closing.cancel();
+    }
+
+    /// Resolves once no socket is open.
+    pub async fn closed(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
     }
 
     /// A place for one more socket of `user` in `tenant`, if both caps allow it.
@@ -43,6 +74,7 @@ impl SocketCaps {
         }
         counts.users.insert(user, u + 1);
         counts.tenants.insert(tenant, t + 1);
+        self.open.send_modify(|n| *n += 1);
         Some(Slot { caps: self.clone(), tenant, user })
     }
 }
@@ -60,6 +92,7 @@ impl Drop for Slot {
         let mut counts = self.caps.counts.lock().unwrap_or_else(|e| e.into_inner());
         give_back(&mut counts.users, self.user);
         give_back(&mut counts.tenants, self.tenant);
+        self.caps.open.send_modify(|n| *n -= 1);
     }
 }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     prompt,
-    record::{Record, Recorder},
+    record::{Record, Recorder, Saved},
     store,
 };
 use crate::{
@@ -193,7 +193,8 @@ impl<S: FrameSink> Turn<S> {
         self.sink.send(Frame::Sources { sources: &request.sources }).await;
 
         let mut generated = self.generate(&request, cancel).await;
-        self.services
+        let saved = self
+            .services
             .recorder
             .save(Record {
                 message_id,
@@ -216,6 +217,12 @@ impl<S: FrameSink> Turn<S> {
             .await?;
         *hold = None;
 
+        if saved == Saved::ChargedOnly {
+            // what was said is charged, but there is nowhere left to keep it
+            let message = "the chat session was deleted while it was answered: the answer was not kept";
+            self.sink.send(Frame::error("session_not_found", message)).await;
+            return Ok(());
+        }
         self.finish(message_id, &generated).await;
         Ok(())
     }

@@ -51,6 +51,8 @@ pub struct Context {
     pub limits: Arc<Limiter>,
     pub models: Arc<Models>,
     pub access: Arc<AccessWatch>,
+    /// cancelled when the server stops
+    pub closing: CancellationToken,
 }
 
 /// Takes the socket of an authenticated caller; its place under the caps is given back when it
@@ -165,10 +167,15 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
     let expires = tokio::time::Instant::now()
         + Duration::from_secs(caller.token.exp.saturating_sub(jsonwebtoken::get_current_timestamp()))
             .min(Duration::from_secs(1 << 30));
+    let mut stopping = false;
     loop {
         tokio::select! {
             // nothing more can reach the client: what it was being sent is ended (and saved)
             () = gone.cancelled() => break,
+            () = context.closing.cancelled() => {
+                stopping = true;
+                break;
+            }
             () = tokio::time::sleep_until(expires) => {
                 let _ = out.send(error_frame("token_expired", "the token has expired: log in again")).await;
                 let _ = out.send(Message::Close(None)).await;
@@ -214,10 +221,18 @@ async fn run(socket: WebSocket, context: Arc<Context>, caller: Arc<CurrentUser>)
             }
         }
     }
-    // a disconnect stops the answer in progress; it saves what it has
-    if let Some(r) = running {
-        r.cancel.cancel();
-        let _ = r.handle.await;
+    // a server that stops gives the answer in progress a moment to finish; a disconnect stops it
+    // at once. Either way it saves (and charges) what it has.
+    if let Some(mut r) = running {
+        let grace = if stopping { context.turns.config.chat.shutdown_grace } else { Duration::ZERO };
+        if tokio::time::timeout(grace, &mut r.handle).await.is_err() {
+            r.cancel.cancel();
+            let _ = r.handle.await;
+        }
+    }
+    if stopping {
+        let _ = out.send(error_frame("shutting_down", "the server is restarting: connect again")).await;
+        let _ = out.send(Message::Close(None)).await;
     }
     drop(out);
     let _ = writer.await;

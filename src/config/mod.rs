@@ -125,6 +125,8 @@ pub struct ChatConfig {
     pub idle_timeout: Duration,
     /// A client that takes no frames for this long, with frames waiting for it, is disconnected.
     pub write_timeout: Duration,
+    /// When the server stops, how long an answer in flight may take to finish before it is cut.
+    pub shutdown_grace: Duration,
     /// Longest wait for the model server to connect or to send the next piece of an answer.
     pub upstream_timeout: Duration,
     /// Most tokens a model may write in one answer (also what a quota holds for it).
@@ -303,6 +305,7 @@ impl Config {
             max_question_chars: parse_u64("MAX_QUESTION_CHARS", 4000)?.clamp(1, 100_000) as usize,
             idle_timeout: Duration::from_secs(parse_u64("WS_IDLE_SECONDS", 300)?.max(5)),
             write_timeout: Duration::from_secs(parse_u64("WS_WRITE_TIMEOUT_SECONDS", 30)?.clamp(1, 3600)),
+            shutdown_grace: Duration::from_secs(parse_u64("SHUTDOWN_GRACE_SECONDS", 10)?.min(3600)),
             upstream_timeout: Duration::from_millis(parse_u64("CHAT_TIMEOUT_MS", 60_000)?.max(100)),
             max_answer_tokens: parse_u64("CHAT_MAX_ANSWER_TOKENS", 1024)?.clamp(16, 100_000) as usize,
         };
