@@ -151,7 +151,9 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         })
         .collect();
     let vectors = vec![unit(); chunks.len()];
-    insert_chunks(&mut *pool.acquire().await?, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
+    let mut tx = pool.begin().await?;
+    insert_chunks(&mut tx, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
+    tx.commit().await?;
     let token =
         JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin, 0)?;
 

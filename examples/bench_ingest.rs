@@ -52,7 +52,9 @@ async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyho
     config.redis_key_prefix = format!("bench:{}:", uuid::Uuid::new_v4());
     // one upload after another, as fast as they go: not a client to rate-limit
     config.rate_limits.upload_per_minute = 0;
-    let state = AppState::with_pool(config, pool.clone()).await?;
+    // the service's pool works as the service's role (row-level security), as in production
+    let service = db::pool_options(config.chat.ef_search).max_connections(10).connect(url).await?;
+    let state = AppState::with_pool(config, service.clone()).await?;
     let embedder = state.embedder()?;
     println!("embedder: {} ({} dimensions)", embedder.model(), embedder.dimensions());
 
@@ -184,7 +186,7 @@ async fn run(url: &str, pdf: &[u8], uploads: usize, insert_rows: usize) -> anyho
                 .bind(doc.as_bytes().repeat(2))
                 .execute(&pool)
                 .await?;
-            let mut tx = pool.begin().await?;
+            let mut tx = db::for_tenant(&service, tenant.id).await?;
             let t = Instant::now();
             if copy {
                 insert_chunks(&mut tx, tenant.id, doc, &model, &chunks, &vectors).await?;

@@ -46,8 +46,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Result<()> {
-    let pool = docuchat::db::pool_options(DEFAULT_EF_SEARCH).max_connections(8).connect(url).await?;
-    docuchat::db::migrate(&pool).await?;
+    // loaded as the owner; searched as the service is, under row-level security
+    let owner = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(url).await?;
+    docuchat::db::migrate(&owner).await?;
+    let service = docuchat::db::pool_options(DEFAULT_EF_SEARCH).max_connections(8).connect(url).await?;
+    let pool = owner;
     let mut rng = Rng(42);
     let model = Model::from_env();
     println!("vectors: {} model", model.name());
@@ -94,8 +97,9 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
                     token_count: 12,
                 })
                 .collect();
-            let mut conn = pool.acquire().await?;
-            insert_chunks(&mut conn, tenant, doc, MODEL, &chunks, &vectors).await?;
+            let mut tx = pool.begin().await?;
+            insert_chunks(&mut tx, tenant, doc, MODEL, &chunks, &vectors).await?;
+            tx.commit().await?;
             tenant
         };
         tenants.push((tenant, size, topics));
@@ -146,17 +150,17 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
     for (label, picks) in [("random tenants", &all), ("the 20 smallest tenants", &small)] {
         let mut exact = Vec::with_capacity(picks.len());
         for (tenant, q) in picks.iter() {
-            exact.push(retrieval::nearest(&pool, *tenant, SPACE, q, 10, 100, true).await?);
+            exact.push(retrieval::nearest(&service, *tenant, SPACE, q, 10, 100, true).await?);
         }
         // an untimed pass brings the index into memory, as it is in a running service
         for (tenant, q) in picks.iter() {
-            retrieval::nearest(&pool, *tenant, SPACE, q, 10, DEFAULT_EF_SEARCH, false).await?;
+            retrieval::nearest(&service, *tenant, SPACE, q, 10, DEFAULT_EF_SEARCH, false).await?;
         }
         for &ef in &widths {
             let (mut hnsw_ms, mut recall_sum) = (Vec::new(), 0.0);
             for ((tenant, q), exact) in picks.iter().zip(&exact) {
                 let t = Instant::now();
-                let approx = retrieval::nearest(&pool, *tenant, SPACE, q, 10, ef, false).await?;
+                let approx = retrieval::nearest(&service, *tenant, SPACE, q, 10, ef, false).await?;
                 hnsw_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 let found = exact.iter().filter(|(id, _)| approx.iter().any(|(a, _)| a == id)).count();
                 recall_sum += found as f64 / exact.len().max(1) as f64;
@@ -173,7 +177,9 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
         let mut hybrid_ms = Vec::new();
         for (tenant, q) in picks.iter() {
             let t = Instant::now();
-            retrieval::search(&pool, *tenant, SPACE, q, "retrieval documents topic3", &Params::default()).await?;
+            let mut tx = docuchat::db::for_tenant(&service, *tenant).await?;
+            retrieval::search(&mut *tx, *tenant, SPACE, q, "retrieval documents topic3", &Params::default()).await?;
+            drop(tx);
             hybrid_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         hybrid_ms.sort_by(f64::total_cmp);

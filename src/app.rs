@@ -61,6 +61,7 @@ impl AppState {
     /// Connects to Postgres and Redis. Does not migrate (see `docuchat migrate`).
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let db = db::connect(&config).await?;
+        db::check_roles(&db, config.is_production()).await?;
         Self::with_pool(config, db).await
     }
 

@@ -3,19 +3,26 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator, postgres::PgPoolOptions};
+use uuid::Uuid;
 
 use crate::config::Config;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Pool options with the session settings retrieval relies on: HNSW search breadth
-/// (`ef_search`), and pgvector ≥ 0.8's iterative index scans (keep scanning until enough rows
-/// pass the tenant filter, so a small tenant in a big shared index keeps its recall). Set once per
-/// connection, so a search needs no transaction of its own.
+/// The role the service works as: it owns nothing, is no superuser and has no BYPASSRLS, so the
+/// row-level security policies hold for every statement it runs (migration 0011).
+pub const APP_ROLE: &str = "docuchat_app";
+
+/// Pool options for the service: every connection works as [`APP_ROLE`], with the session
+/// settings retrieval relies on: HNSW search breadth (`ef_search`), and pgvector ≥ 0.8's iterative
+/// index scans (keep scanning until enough rows pass the tenant filter, so a small tenant in a big
+/// shared index keeps its recall). Set once per connection, in one round trip.
 pub fn pool_options(ef_search: u32) -> PgPoolOptions {
-    let settings =
-        format!("set hnsw.ef_search = {}; set hnsw.iterative_scan = relaxed_order", ef_search.clamp(1, 1000));
+    let settings = format!(
+        "set role {APP_ROLE}; set hnsw.ef_search = {}; set hnsw.iterative_scan = relaxed_order",
+        ef_search.clamp(1, 1000)
+    );
     PgPoolOptions::new().after_connect(move |conn, _meta| {
         let settings = settings.clone();
         Box::pin(async move {
@@ -25,13 +32,81 @@ pub fn pool_options(ef_search: u32) -> PgPoolOptions {
     })
 }
 
+/// The service's pool (see [`pool_options`]).
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     pool_options(config.chat.ef_search)
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect(config.database_url.expose())
         .await
-        .with_context(|| format!("cannot connect to Postgres at {}", config.database_url.redacted()))
+        .with_context(|| {
+            format!(
+                "cannot connect to Postgres at {} as a member of the role {APP_ROLE} (migrated? see README, \"Database roles\")",
+                config.database_url.redacted()
+            )
+        })
+}
+
+/// A pool of the tables' owner, for migrations and the command line: `DATABASE_MIGRATION_URL`, or
+/// `DATABASE_URL` when that is unset (development, where one role does both).
+pub async fn connect_owner(config: &Config) -> anyhow::Result<PgPool> {
+    let url = config.database_migration_url.as_ref().unwrap_or(&config.database_url);
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url.expose())
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", url.redacted()))
+}
+
+/// A transaction working for one tenant: the row-level security policies admit that tenant's
+/// rows only. `BEGIN` and the setting go in one round trip. Commit what it writes; a transaction
+/// that only reads may simply be dropped (its rollback travels with the pool's check of the
+/// returned connection).
+pub async fn for_tenant(pool: &PgPool, tenant: Uuid) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    // a Uuid prints as hex digits and hyphens only: nothing to quote
+    pool.begin_with(sqlx::AssertSqlSafe(format!("begin; set local docuchat.tenant_id = '{tenant}'"))).await
+}
+
+/// Switches the transaction `conn` is in to another tenant (for writers that batch the work of
+/// several tenants into one transaction and one commit).
+pub async fn switch_tenant(conn: &mut sqlx::PgConnection, tenant: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set local docuchat.tenant_id = '{tenant}'"))).execute(conn).await?;
+    Ok(())
+}
+
+/// Who the service is in the database, checked at start: the login role and the role it works
+/// as must not own the tables, be superusers or bypass row-level security — in production the
+/// service refuses to start otherwise (a statement could `RESET ROLE` to its login role).
+pub async fn check_roles(pool: &PgPool, production: bool) -> anyhow::Result<()> {
+    let (session, current, session_strong, current_strong): (String, String, bool, bool) = sqlx::query_as(
+        "select session_user::text, current_user::text,
+                exists (select 1 from pg_roles r where r.rolname = session_user
+                         and (r.rolsuper or r.rolbypassrls
+                              or exists (select 1 from pg_tables t where t.schemaname = 'public'
+                                          and t.tablename = 'documents' and t.tableowner = r.rolname))),
+                exists (select 1 from pg_roles r where r.rolname = current_user
+                         and (r.rolsuper or r.rolbypassrls
+                              or exists (select 1 from pg_tables t where t.schemaname = 'public'
+                                          and t.tablename = 'documents' and t.tableowner = r.rolname)))",
+    )
+    .fetch_one(pool)
+    .await?;
+    if current_strong {
+        anyhow::bail!(
+            "the service works as `{current}`, which bypasses row-level security: see README, \"Database roles\""
+        );
+    }
+    if session_strong {
+        if production {
+            anyhow::bail!(
+                "DATABASE_URL logs in as `{session}`, which owns the tables or bypasses row-level security: \
+                 give the service a login role of its own, granted {APP_ROLE} (README, \"Database roles\")"
+            );
+        }
+        tracing::info!(login = %session, role = %current, "development: logged in as the owner, working as {APP_ROLE}");
+    }
+    Ok(())
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

@@ -189,10 +189,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let listener = TcpListener::bind(config.bind_addr)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.bind_addr))?;
-            let state = AppState::connect(config).await?;
             if migrate {
-                db::migrate(&state.db).await?;
+                // as the tables' owner, before the service's pool, which works as a role the
+                // migrations create
+                let owner = db::connect_owner(&config).await?;
+                db::migrate(&owner).await?;
+                owner.close().await;
             }
+            let state = AppState::connect(config).await?;
             app::serve(listener, state, app::shutdown_signal()).await
         }
         Command::Worker { concurrency } => {
@@ -210,7 +214,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reindex { tenant } => {
-            let pool = db::connect(&config).await?;
+            let pool = db::connect_owner(&config).await?;
             let tenant_id = match tenant {
                 Some(t) => {
                     Some(tenants::resolve(&pool, &t).await?.ok_or_else(|| anyhow::anyhow!("no tenant `{t}`"))?.id)
@@ -228,7 +232,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let pool = db::connect(&config).await?;
+            let pool = db::connect_owner(&config).await?;
             db::migrate(&pool).await?;
             eprintln!("migrations applied");
             Ok(())
@@ -239,8 +243,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// The command line is the operator's: it works as the tables' owner (see `db::connect_owner`).
 async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
-    let pool = db::connect(config).await?;
+    let pool = db::connect_owner(config).await?;
     match command {
         TenantCommand::Create { name, slug, admin_email, signup, allowed_domains } => {
             let email = Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email: {e}"))?;
@@ -331,7 +336,7 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
 }
 
 async fn member(command: MemberCommand, config: &Config) -> anyhow::Result<()> {
-    let pool = db::connect(config).await?;
+    let pool = db::connect_owner(config).await?;
     let find = |t: String| {
         let pool = pool.clone();
         async move { tenants::resolve(&pool, &t).await?.with_context(|| format!("no tenant `{t}`")) }
@@ -341,7 +346,7 @@ async fn member(command: MemberCommand, config: &Config) -> anyhow::Result<()> {
             let tenant = find(tenant).await?;
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
             let role = if role == "admin" { Role::Admin } else { Role::Member };
-            let member = users::invite(&pool, tenant.id, &email, role, i64::MAX).await?;
+            let member = users::invite(&mut *pool.acquire().await?, tenant.id, &email, role, i64::MAX).await?;
             println!("{}", serde_json::to_string_pretty(&member)?);
         }
         MemberCommand::List { tenant } => {

@@ -369,7 +369,8 @@ async fn an_unreachable_database_is_service_unavailable_and_recovery_is_at_once(
     let options: PgConnectOptions = database_url_of(&db).parse().unwrap();
     let target = tokio::net::lookup_host((options.get_host(), options.get_port())).await.unwrap().next().unwrap();
     let mut proxy = TcpProxy::start(target).await;
-    let through_proxy = docuchat::db::pool_options(200)
+    // the owner's pool, as `#[sqlx::test]` gives it; the service's own is made from its options
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(2))
         .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))

@@ -104,7 +104,8 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
            from api_keys where secret_hash = $1",
     )
     .bind(&hash(secret)[..])
-    .fetch_optional(db)
+    // the tenant's keys only (row-level security): another tenant's key is not found
+    .fetch_optional(&mut *crate::db::for_tenant(db, tenant_id).await?)
     .await?;
     let Some((id, key_tenant, scopes, revoked, stale)) = row else { return Err(KeyError::Invalid) };
     if key_tenant != tenant_id {
@@ -118,11 +119,15 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
         // the last-used stamp is written at most once a minute per key, off the request's path
         let db = db.clone();
         tokio::spawn(async move {
-            let _ = sqlx::query("update api_keys set last_used_at = now() where tenant_id = $1 and id = $2")
+            let Ok(mut tx) = crate::db::for_tenant(&db, tenant_id).await else { return };
+            let stamped = sqlx::query("update api_keys set last_used_at = now() where tenant_id = $1 and id = $2")
                 .bind(tenant_id)
                 .bind(id)
-                .execute(&db)
+                .execute(&mut *tx)
                 .await;
+            if stamped.is_ok() {
+                let _ = tx.commit().await;
+            }
         });
     }
     Ok(KeyCaller { id, scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect() })

@@ -44,7 +44,8 @@ pub struct TokenRef {
 /// Whether a token is still its user's, as [`user_from_token`] judges it: `Err` is the refusal.
 pub async fn recheck(db: &sqlx::PgPool, caller: &CurrentUser) -> Result<(), ApiError> {
     let t = caller.token;
-    match users::find_for_token(db, caller.tenant.0.id, caller.user.id, t.jti, t.generation).await? {
+    let mut tx = crate::db::for_tenant(db, caller.tenant.0.id).await?;
+    match users::find_for_token(&mut *tx, caller.tenant.0.id, caller.user.id, t.jti, t.generation).await? {
         TokenOwner::Live(_) => Ok(()),
         TokenOwner::Revoked => Err(unauthorized("token_revoked", "the token was revoked: log in again")),
         TokenOwner::Gone => Err(unauthorized("access_revoked", "you are no longer a member of this tenant")),
@@ -92,7 +93,10 @@ async fn user_from_token(state: &AppState, tenant: Option<&Tenant>, token: &str)
         }
         None => state.tenants.resolve(&state.db, &claims.tid.to_string()).await?.ok_or_else(invalid_token)?,
     };
-    let user = match users::find_for_token(&state.db, tenant.id, claims.sub, claims.jti, claims.r#gen).await? {
+    let mut tx = crate::db::for_tenant(&state.db, tenant.id).await?;
+    let owner = users::find_for_token(&mut *tx, tenant.id, claims.sub, claims.jti, claims.r#gen).await?;
+    drop(tx);
+    let user = match owner {
         TokenOwner::Live(user) => user,
         TokenOwner::Revoked => return Err(unauthorized("token_revoked", "the token was revoked: log in again")),
         TokenOwner::Gone => return Err(invalid_token()),

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    db,
     error::{ApiError, ApiResult},
     http::extractors::{AppJson, ClientIp},
     tenants::TenantCtx,
@@ -71,7 +72,10 @@ async fn request_code(
     state.limits.check_auth(ip).await?;
     let email = parse_email(&body.email)?;
     // an address that may not log in gets the same answer, and no code
-    let allowed = users::may_log_in(&state.db, &tenant.0, &email, state.config.members_per_tenant).await?.is_some();
+    let allowed = {
+        let mut tx = db::for_tenant(&state.db, tenant.0.id).await?;
+        users::may_log_in(&mut tx, &tenant.0, &email, state.config.members_per_tenant).await?.is_some()
+    };
     let code = state.codes.issue(tenant.0.id, &email, ip, allowed).await?;
     let ttl = state.codes.limits().code_ttl;
     // Delivery happens off the request path: the answer (and its timing) says nothing about it.
@@ -110,10 +114,12 @@ async fn verify_code(
     let email = parse_email(&body.email)?;
     state.codes.verify(tenant.0.id, &email, body.code.trim()).await?;
     // removed (or the policy changed) since the code was sent: as if the code were wrong
-    let role = users::may_log_in(&state.db, &tenant.0, &email, state.config.members_per_tenant)
+    let mut tx = db::for_tenant(&state.db, tenant.0.id).await?;
+    let role = users::may_log_in(&mut tx, &tenant.0, &email, state.config.members_per_tenant)
         .await?
         .ok_or(CodeError::Invalid)?;
-    let user = users::upsert_on_login(&state.db, tenant.0.id, &email, role).await?;
+    let user = users::upsert_on_login(&mut *tx, tenant.0.id, &email, role).await?;
+    tx.commit().await?;
     let token = state.jwt.issue(user.id, tenant.0.id, user.role, user.token_generation)?;
     tracing::info!(user_id = %user.id, tenant_id = %tenant.0.id, "user logged in");
     Ok(Json(json!({
@@ -134,7 +140,9 @@ async fn logout(State(state): State<AppState>, user: CurrentUser) -> ApiResult<S
 
 /// Revokes every token of the caller, this one included.
 async fn logout_all(State(state): State<AppState>, user: CurrentUser) -> ApiResult<StatusCode> {
-    users::revoke_all_tokens(&state.db, user.tenant.0.id, user.user.id).await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    users::revoke_all_tokens(&mut *tx, user.tenant.0.id, user.user.id).await?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.user.id, "logged out everywhere");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -186,12 +194,14 @@ async fn create_key(
         return Err(ApiError::bad_request("invalid_scope", "give a key at least one scope"));
     }
     let max = state.config.api_keys_per_tenant;
-    let (key, secret) = api_keys::create(&state.db, user.tenant.0.id, user.user.id, name, &scopes, max)
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    let (key, secret) = api_keys::create(&mut *tx, user.tenant.0.id, user.user.id, name, &scopes, max)
         .await?
         .ok_or_else(|| ApiError::Conflict {
             code: "api_key_limit",
             message: format!("the tenant has {max} API keys already: revoke one first"),
         })?;
+    tx.commit().await?;
     tracing::info!(key_id = %key.id, scopes = ?key.scopes, "API key created");
     let mut body = serde_json::to_value(&key).map_err(anyhow::Error::from)?;
     body["key"] = Value::String(secret);
@@ -200,7 +210,7 @@ async fn create_key(
 
 async fn list_keys(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
     user.require_admin()?;
-    let keys = api_keys::list(&state.db, user.tenant.0.id).await?;
+    let keys = api_keys::list(&mut *db::for_tenant(&state.db, user.tenant.0.id).await?, user.tenant.0.id).await?;
     Ok(Json(json!({ "api_keys": keys })))
 }
 
@@ -209,9 +219,11 @@ async fn revoke_key(State(state): State<AppState>, user: CurrentUser, Path(id): 
     user.require_admin()?;
     let not_found = || ApiError::not_found("api_key_not_found", "no such API key");
     let id = Uuid::try_parse(&id).map_err(|_| not_found())?;
-    if !api_keys::revoke(&state.db, user.tenant.0.id, id).await? {
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    if !api_keys::revoke(&mut *tx, user.tenant.0.id, id).await? {
         return Err(not_found());
     }
+    tx.commit().await?;
     tracing::info!(key_id = %id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -235,7 +247,9 @@ async fn add_member(
 ) -> ApiResult<(StatusCode, Json<users::Member>)> {
     user.require_admin()?;
     let email = parse_email(&body.email)?;
-    let member = users::invite(&state.db, user.tenant.0.id, &email, body.role, state.config.members_per_tenant).await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    let member = users::invite(&mut tx, user.tenant.0.id, &email, body.role, state.config.members_per_tenant).await?;
+    tx.commit().await?;
     tracing::info!(member_id = %member.id, role = ?member.role, "member added");
     Ok((StatusCode::CREATED, Json(member)))
 }
@@ -263,7 +277,9 @@ async fn list_members(
         ),
         None => None,
     };
-    let mut members = users::list_members(&state.db, user.tenant.0.id, after, limit + 1).await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    let mut members = users::list_members(&mut *tx, user.tenant.0.id, after, limit + 1).await?;
+    drop(tx);
     let next = if members.len() as i64 > limit {
         members.truncate(limit as usize);
         members.last().map(|m| m.id)

@@ -95,7 +95,8 @@ struct UserAndFlag {
     live: bool,
 }
 
-/// Revokes one token until it would have expired; expired revocations are swept on the way.
+/// Revokes one token until it would have expired; the tenant's expired revocations are swept on
+/// the way.
 pub async fn revoke_token(
     db: &sqlx::PgPool,
     tenant_id: Uuid,
@@ -103,6 +104,7 @@ pub async fn revoke_token(
     jti: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    let mut tx = crate::db::for_tenant(db, tenant_id).await?;
     sqlx::query(
         "with swept as (delete from revoked_tokens where ctid in
                             (select ctid from revoked_tokens where expires_at < now() limit 100))
@@ -113,9 +115,9 @@ pub async fn revoke_token(
     .bind(tenant_id)
     .bind(user_id)
     .bind(expires_at)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Revokes every token of the user issued so far.
@@ -160,24 +162,24 @@ pub async fn emails(
 /// A tenant that has `max_members` users admits no new address by its policy (an `open` tenant
 /// could otherwise be filled with users by anyone with many mailboxes).
 pub async fn may_log_in(
-    db: &sqlx::PgPool,
+    db: &mut sqlx::PgConnection,
     tenant: &Tenant,
     email: &Email,
     max_members: i64,
 ) -> Result<Option<Role>, sqlx::Error> {
-    if let Some(user) = find_by_email(db, tenant.id, email).await? {
+    if let Some(user) = find_by_email(&mut *db, tenant.id, email).await? {
         return Ok(Some(user.role));
     }
     if email.as_str() == tenant.admin_email {
         return Ok(Some(Role::Admin));
     }
-    let access = tenants::access(db, tenant.id).await?;
+    let access = tenants::access(&mut *db, tenant.id).await?;
     let admitted = match access.signup {
         Signup::Open => true,
         Signup::Domain => access.allowed_domains.iter().any(|d| d == email.domain()),
         Signup::Invite => false,
     };
-    if admitted && count(db, tenant.id).await? >= max_members {
+    if admitted && count(&mut *db, tenant.id).await? >= max_members {
         tracing::warn!(tenant = %tenant.slug, max_members, "the tenant is full: a new address was not admitted");
         return Ok(None);
     }
@@ -238,7 +240,7 @@ impl From<MemberError> for crate::error::ApiError {
 /// Adds an address to the tenant with a role; it may log in from now on. The tenant may have at
 /// most `max_members` users.
 pub async fn invite(
-    db: &sqlx::PgPool,
+    db: &mut sqlx::PgConnection,
     tenant_id: Uuid,
     email: &Email,
     role: Role,
@@ -256,11 +258,11 @@ pub async fn invite(
     .bind(email.as_str())
     .bind(role)
     .bind(max_members)
-    .fetch_optional(db)
+    .fetch_optional(&mut *db)
     .await?;
     match added {
         Some(member) => Ok(member),
-        None if find_by_email(db, tenant_id, email).await?.is_some() => {
+        None if find_by_email(&mut *db, tenant_id, email).await?.is_some() => {
             Err(MemberError::Exists(email.as_str().to_owned()))
         }
         None => Err(MemberError::Full(max_members)),
@@ -288,7 +290,7 @@ pub async fn list_members(
 
 /// Changes a member's role; the tenant keeps at least one admin.
 pub async fn set_role(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid, role: Role) -> Result<Member, MemberError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::for_tenant(db, tenant_id).await?;
     if role == Role::Member {
         keeps_an_admin(&mut tx, tenant_id, id).await?;
     }
@@ -311,7 +313,7 @@ pub async fn set_role(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid, role: Role) 
 /// Removes a member; their chat sessions and per-user quotas go with them (by cascade), their
 /// uploads stay the tenant's and the ledger keeps what they spent. The tenant keeps an admin.
 pub async fn remove(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid) -> Result<(), MemberError> {
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::for_tenant(db, tenant_id).await?;
     keeps_an_admin(&mut tx, tenant_id, id).await?;
     let removed = sqlx::query("delete from users where tenant_id = $1 and id = $2")
         .bind(tenant_id)

@@ -145,8 +145,25 @@ fn charges<'a>(records: &[&'a Record]) -> Vec<AnswerCharge<'a>> {
 /// Writes only the answers' ledger rows (settling their holds): for answers whose messages cannot
 /// be kept.
 pub async fn charge(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
-    let mut conn = db.acquire().await?;
-    ledger::charge_answers(&mut conn, &charges(records)).await
+    let mut tx = db.begin().await?;
+    for group in by_tenant(records) {
+        crate::db::switch_tenant(&mut tx, group[0].tenant).await?;
+        ledger::charge_answers(&mut tx, &charges(&group)).await?;
+    }
+    tx.commit().await
+}
+
+/// The records in groups of one tenant each: each group is written in that tenant's context
+/// (row-level security), all of them in one transaction.
+fn by_tenant<'a>(records: &[&'a Record]) -> Vec<Vec<&'a Record>> {
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    for r in records {
+        match groups.iter_mut().find(|g| g[0].tenant == r.tenant) {
+            Some(group) => group.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
 }
 
 /// Writes answers in one transaction of two statements: new sessions, the messages and the time
@@ -154,8 +171,11 @@ pub async fn charge(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error>
 /// prompt and the completion), which settle their holds.
 pub async fn insert(db: &PgPool, records: &[&Record]) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    super::store::insert_messages(&mut tx, records).await?;
-    ledger::charge_answers(&mut tx, &charges(records)).await?;
+    for group in by_tenant(records) {
+        crate::db::switch_tenant(&mut tx, group[0].tenant).await?;
+        super::store::insert_messages(&mut tx, &group).await?;
+        ledger::charge_answers(&mut tx, &charges(&group)).await?;
+    }
     tx.commit().await
 }
 

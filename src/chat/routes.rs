@@ -18,6 +18,7 @@ use super::{store, turn, ws};
 use crate::{
     app::AppState,
     auth::{ChatCaller, CurrentUser},
+    db,
     error::{ApiError, ApiResult},
 };
 
@@ -67,7 +68,8 @@ fn not_found() -> ApiError {
 }
 
 async fn list_sessions(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
-    let sessions = store::list_sessions(&state.db, user.tenant.0.id, user.user.id).await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    let sessions = store::list_sessions(&mut *tx, user.tenant.0.id, user.user.id).await?;
     Ok(Json(json!({ "sessions": sessions })))
 }
 
@@ -77,8 +79,9 @@ async fn list_messages(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = Uuid::try_parse(&id).map_err(|_| not_found())?;
-    store::find_session(&state.db, user.tenant.0.id, user.user.id, id).await?.ok_or_else(not_found)?;
-    let messages = store::messages(&state.db, user.tenant.0.id, id).await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    store::find_session(&mut *tx, user.tenant.0.id, user.user.id, id).await?.ok_or_else(not_found)?;
+    let messages = store::messages(&mut *tx, user.tenant.0.id, id).await?;
     Ok(Json(json!({ "session_id": id, "messages": messages })))
 }
 
@@ -88,7 +91,9 @@ async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = Uuid::try_parse(&id).map_err(|_| not_found())?;
-    if store::delete_session(&state.db, user.tenant.0.id, user.user.id, id).await? {
+    let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
+    if store::delete_session(&mut *tx, user.tenant.0.id, user.user.id, id).await? {
+        tx.commit().await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found())

@@ -117,6 +117,13 @@ pub struct Services {
     pub embedder: Result<Arc<dyn Embedder>, String>,
 }
 
+/// Gives back a hold in a transaction of its own.
+async fn release(db: &PgPool, tenant: Uuid, hold: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = crate::db::for_tenant(db, tenant).await?;
+    crate::usage::quota::release(&mut *tx, tenant, hold).await?;
+    tx.commit().await
+}
+
 /// One question of one caller, with the model that answers it and where its frames go.
 pub struct Turn<S> {
     pub services: Services,
@@ -145,7 +152,7 @@ impl<S: FrameSink> Turn<S> {
         let result = self.answer(session, &question, cancel, &mut hold).await;
         // the hold goes with the answer's ledger rows; an answer that wrote none gives it back
         if let Some(id) = hold
-            && let Err(e) = crate::usage::quota::release(&self.services.db, id).await
+            && let Err(e) = release(&self.services.db, self.tenant, id).await
         {
             tracing::warn!(error = %e, "could not release a quota hold (it expires on its own)");
         }
@@ -262,7 +269,14 @@ impl<S: FrameSink> Turn<S> {
         let Some(id) = session else {
             return Ok(Some((Uuid::now_v7(), Some(question.chars().take(80).collect()))));
         };
-        if store::find_session(&self.services.db, self.tenant, self.user, id).await?.is_some() {
+        let found = store::find_session(
+            &mut *crate::db::for_tenant(&self.services.db, self.tenant).await?,
+            self.tenant,
+            self.user,
+            id,
+        )
+        .await?;
+        if found.is_some() {
             return Ok(Some((id, None)));
         }
         self.sink.send(Frame::error("session_not_found", "no such chat session")).await;
@@ -320,13 +334,12 @@ impl<S: FrameSink> Turn<S> {
         let chat = &self.services.config.chat;
         let params = Params { k: chat.k, min_similarity: chat.min_similarity, ..Params::default() };
         let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
-        let sources = retrieval::search(&self.services.db, self.tenant, space, vector, question, &params).await?;
+        let mut tx = crate::db::for_tenant(&self.services.db, self.tenant).await?;
+        let sources = retrieval::search(&mut *tx, self.tenant, space, vector, question, &params).await?;
         // a session started by this question has no earlier turns
-        let history = if continued {
-            store::history(&self.services.db, self.tenant, session, HISTORY_TURNS).await?
-        } else {
-            Vec::new()
-        };
+        let history =
+            if continued { store::history(&mut *tx, self.tenant, session, HISTORY_TURNS).await? } else { Vec::new() };
+        drop(tx);
         Ok(prompt::build(&self.model_name, question, sources, &history, chat.context_tokens))
     }
 

@@ -40,6 +40,8 @@ pub struct Config {
     pub sockets_per_tenant: usize,
     pub environment: Environment,
     pub database_url: ConnUrl,
+    /// The tables' owner, for migrations and the command line (`None`: `database_url`).
+    pub database_migration_url: Option<ConnUrl>,
     pub database_max_connections: u32,
     pub redis_url: ConnUrl,
     /// Prepended to every Redis key, so that several deployments (or tests) can share one Redis.
@@ -329,6 +331,7 @@ impl Config {
         Ok(Self {
             environment,
             database_url: ConnUrl::new(var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into())),
+            database_migration_url: var("DATABASE_MIGRATION_URL").map(ConnUrl::new),
             database_max_connections,
             redis_url: ConnUrl::new(var("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.into())),
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_else(|| "docuchat:".into()),

@@ -20,6 +20,7 @@ use super::{DocumentView, NewDocument};
 use crate::{
     app::AppState,
     auth::{Principal, api_keys::Scope},
+    db,
     error::{ApiError, ApiResult},
     ingestion::{
         pdf::ExtractError,
@@ -89,12 +90,15 @@ async fn upload(
 
     let file = read_file(&mut multipart, max).await?;
     // bytes the tenant has uploaded before are not read again: the document they made answers
-    let pages = match super::find_by_sha256(&state.db, user.tenant_id(), &file.sha256).await? {
+    let known =
+        super::find_by_sha256(&mut *db::for_tenant(&state.db, user.tenant_id()).await?, user.tenant_id(), &file.sha256)
+            .await?;
+    let pages = match known {
         Some(existing) => existing.pages_total,
         None => inspect(&state.sandbox, &file.data, state.config.ingestion.max_pages).await? as i32,
     };
 
-    let mut tx = state.db.begin().await?;
+    let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
     let (doc, created) = super::create_with_job(
         &mut tx,
         NewDocument {
@@ -226,7 +230,9 @@ async fn list(State(state): State<AppState>, user: Principal, Query(q): Query<Li
         ),
         None => None,
     };
-    let docs = super::list(&state.db, user.tenant_id(), after, limit + 1).await?;
+    let docs =
+        super::list(&mut *db::for_tenant(&state.db, user.tenant_id()).await?, user.tenant_id(), after, limit + 1)
+            .await?;
     let has_more = docs.len() as i64 > limit;
     let docs: Vec<DocumentView> = docs.into_iter().take(limit as usize).map(Into::into).collect();
     let next = if has_more { docs.last().map(|d| d.id) } else { None };
@@ -236,14 +242,18 @@ async fn list(State(state): State<AppState>, user: Principal, Query(q): Query<Li
 async fn show(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<Json<DocumentView>> {
     user.require(Scope::DocumentsRead)?;
     let id = parse_id(&id)?;
-    let doc = super::get(&state.db, user.tenant_id(), id).await?.ok_or_else(not_found)?;
+    let doc = super::get(&mut *db::for_tenant(&state.db, user.tenant_id()).await?, user.tenant_id(), id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(Json(doc.into()))
 }
 
 async fn remove(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     user.require(Scope::DocumentsWrite)?;
     let id = parse_id(&id)?;
-    if super::delete(&state.db, user.tenant_id(), id).await? {
+    let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
+    if super::delete(&mut *tx, user.tenant_id(), id).await? {
+        tx.commit().await?;
         tracing::info!(document_id = %id, "document deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

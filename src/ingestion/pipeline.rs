@@ -142,12 +142,13 @@ impl Pipeline {
             None => Ok(Embedded { chunks, vectors, tokens, hold }),
             Some(e) => {
                 // the batches embedded before the failure were spent: charged, the rest released
-                let mut conn = self.db.acquire().await?;
+                let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
                 if tokens > 0 {
-                    self.charge(&mut conn, job, by, tokens, hold).await?;
+                    self.charge(&mut tx, job, by, tokens, hold).await?;
                 } else if let Some(hold) = hold {
-                    quota::release(&mut *conn, hold).await?;
+                    quota::release(&mut *tx, job.tenant_id, hold).await?;
                 }
+                tx.commit().await?;
                 Err(e.into())
             }
         }

@@ -42,21 +42,14 @@ pub async fn enqueue(
     sqlx::query("select pg_notify('docuchat_ingest', '')").execute(conn).await.map(|_| ())
 }
 
-/// Claims the next due job (or one whose lease expired) for `worker`.
+/// Claims the next due job (or one whose lease expired) for `worker`, of any tenant: through the
+/// security-definer function `docuchat_claim_job` (migration 0011), since the service's own role
+/// sees one tenant's rows at a time.
 pub async fn claim(db: &PgPool, worker: &str, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as(
-        "with next as (
-             select id from ingestion_jobs
-             where (locked_until is null and run_at <= now()) or locked_until < now()
-             order by run_at, id
-             limit 1
-             for update skip locked
-         )
-         update ingestion_jobs j
-            set locked_by = $1, locked_until = now() + $2::interval, attempts = j.attempts + 1
-           from next
-          where j.id = next.id
-         returning j.id, j.document_id, j.tenant_id, j.attempts, j.max_attempts",
+        "select job_id as id, job_document as document_id, job_tenant as tenant_id, job_attempts as attempts,
+                job_max_attempts as max_attempts
+           from docuchat_claim_job($1, $2::interval)",
     )
     .bind(worker)
     .bind(interval(lease))

@@ -1,5 +1,7 @@
 //! Writing chunks, inside the caller's transaction (the only writer of `chunks`; retrieval reads
-//! them): binary `COPY` (the default: the rows are encoded here, Postgres parses nothing), or
+//! them): binary `COPY` into a temporary table, moved by one `INSERT … SELECT` (the default: the
+//! rows are encoded here, Postgres parses nothing; `COPY` itself cannot write a table under
+//! row-level security), or
 //! `UNNEST` batches of 500 rows (one statement each). `bench_ingest` measures both.
 
 use pgvector::Vector;
@@ -30,9 +32,20 @@ pub async fn insert_chunks(
     vectors: &[Vec<f32>],
 ) -> Result<(), sqlx::Error> {
     assert_eq!(chunks.len(), vectors.len(), "one vector per chunk");
+    // `COPY` cannot write a table under row-level security: the rows go to a temporary table of
+    // this transaction, and one `INSERT … SELECT` moves them, checked by the tenant policy
+    sqlx::raw_sql(
+        "create temp table if not exists chunk_copy (
+             tenant_id uuid, document_id uuid, ordinal int, page_from int, page_to int, text text,
+             token_count int, embedding vector, embedding_model text
+         ) on commit drop;
+         truncate chunk_copy",
+    )
+    .execute(&mut *conn)
+    .await?;
     let mut copy = conn
         .copy_in_raw(
-            "copy chunks (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
+            "copy chunk_copy (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
              from stdin (format binary)",
         )
         .await?;
@@ -55,6 +68,13 @@ pub async fn insert_chunks(
         return Err(e);
     }
     copy.finish().await?;
+    sqlx::query(
+        "insert into chunks (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
+         select tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model
+           from chunk_copy",
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -25,7 +25,10 @@ use super::{
     pipeline::{JobError, Pipeline},
     queue::{self, Job},
 };
-use crate::documents::lifecycle::{self, Uploader};
+use crate::{
+    db,
+    documents::lifecycle::{self, Uploader},
+};
 
 /// How a job ended, for logs and tests.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,7 +137,12 @@ impl Workers {
                 // database trouble: try again later
                 let delay = queue::backoff(job.attempts);
                 tracing::warn!(document_id = %job.document_id, error = %e, "ingestion failed, retrying in {delay:?}");
-                let _ = queue::retry_later(self.db(), job.id, worker, delay, &e.to_string()).await;
+                let retried = async {
+                    let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
+                    queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
+                    tx.commit().await
+                };
+                let _ = retried.await;
                 Outcome::Retry
             }
         }
@@ -142,23 +150,28 @@ impl Workers {
 
     async fn try_run(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Result<Outcome, sqlx::Error> {
         let db = self.db();
+        // every step works in the job's tenant (row-level security), each in a transaction
+        let tenant = || db::for_tenant(db, job.tenant_id);
         if job.attempts > job.max_attempts {
             // the last error is for the log only: it may be an upstream's or the database's text
-            let last = queue::last_error(db, job.id).await?;
+            let last = queue::last_error(&mut *tenant().await?, job.id).await?;
             tracing::warn!(document_id = %job.document_id, last_error = ?last, "ingestion gave up");
             let message = format!("ingestion failed after {} attempts", job.max_attempts);
             return self.fail(job, worker, "ingestion_failed", &message).await;
         }
-        let upload = if lifecycle::start_processing(db, job.tenant_id, job.document_id).await? {
-            lifecycle::upload(db, job.tenant_id, job.document_id).await?
+        let mut tx = tenant().await?;
+        let upload = if lifecycle::start_processing(&mut *tx, job.tenant_id, job.document_id).await? {
+            lifecycle::upload(&mut *tx, job.tenant_id, job.document_id).await?
         } else {
             None
         };
         let Some(upload) = upload else {
             // the document was deleted
-            queue::finish(db, job.id, worker).await?;
+            queue::finish(&mut *tx, job.id, worker).await?;
+            tx.commit().await?;
             return Ok(Outcome::Lost);
         };
+        tx.commit().await?;
 
         // keep the lease and publish progress while the work runs
         let progress = Arc::new(AtomicUsize::new(0));
@@ -177,8 +190,9 @@ impl Workers {
         if lost.load(Ordering::SeqCst) {
             // taken over or deleted meanwhile: what was embedded is charged, nothing is stored
             if let Ok(embedded) = &result {
-                let mut conn = db.acquire().await?;
-                self.pipeline.charge(&mut conn, job, by, embedded.tokens, embedded.hold).await?;
+                let mut tx = tenant().await?;
+                self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
+                tx.commit().await?;
             }
             return Ok(Outcome::Lost);
         }
@@ -190,21 +204,28 @@ impl Workers {
                 // not the document's fault: it waits, queued, until the quota resets
                 let message = format!("waiting for the token quota: {}", exceeded.message());
                 tracing::info!(document_id = %job.document_id, "{message}");
-                queue::postpone(db, job.id, worker, exceeded.retry_after(), &message).await?;
-                lifecycle::requeue(db, job.tenant_id, job.document_id, Some(("quota_exceeded", &message))).await?;
+                let mut tx = tenant().await?;
+                queue::postpone(&mut *tx, job.id, worker, exceeded.retry_after(), &message).await?;
+                lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, Some(("quota_exceeded", &message)))
+                    .await?;
+                tx.commit().await?;
                 Ok(Outcome::Retry)
             }
             Err(JobError::NotNow(reason)) if stop.is_cancelled() => {
                 // the service is stopping: the job runs again at once elsewhere, or after restart
-                queue::postpone(db, job.id, worker, Duration::ZERO, &reason).await?;
-                lifecycle::requeue(db, job.tenant_id, job.document_id, None).await?;
+                let mut tx = tenant().await?;
+                queue::postpone(&mut *tx, job.id, worker, Duration::ZERO, &reason).await?;
+                lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, None).await?;
+                tx.commit().await?;
                 Ok(Outcome::Retry)
             }
             Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {
                 let delay = queue::backoff(job.attempts);
                 tracing::warn!(document_id = %job.document_id, error = %e, "ingestion attempt failed, retrying in {delay:?}");
-                queue::retry_later(db, job.id, worker, delay, &e.to_string()).await?;
-                lifecycle::requeue(db, job.tenant_id, job.document_id, None).await?;
+                let mut tx = tenant().await?;
+                queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
+                lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, None).await?;
+                tx.commit().await?;
                 Ok(Outcome::Retry)
             }
             Err(e) => {
@@ -222,7 +243,7 @@ impl Workers {
         by: Uploader,
         embedded: super::pipeline::Embedded,
     ) -> Result<Outcome, sqlx::Error> {
-        let mut tx = self.db().begin().await?;
+        let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
             // deleted (or taken over) while it was embedded: the chunks are not kept, the tokens
             // spent on them are charged all the same
@@ -236,7 +257,7 @@ impl Workers {
     }
 
     async fn fail(&self, job: &Job, worker: &str, code: &'static str, message: &str) -> Result<Outcome, sqlx::Error> {
-        let mut tx = self.db().begin().await?;
+        let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
         if !queue::finish(&mut *tx, job.id, worker).await? {
             return Ok(Outcome::Lost);
         }
@@ -257,14 +278,22 @@ async fn heartbeat(
     let mut last = 0;
     loop {
         tokio::time::sleep((lease / 3).min(Duration::from_secs(1))).await;
-        if let Ok(false) = queue::renew(&db, job.id, &worker, lease).await {
+        let beat = async {
+            let mut tx = db::for_tenant(&db, job.tenant_id).await?;
+            if !queue::renew(&mut *tx, job.id, &worker, lease).await? {
+                return Ok(false);
+            }
+            let done = progress.load(Ordering::Relaxed);
+            if done != last {
+                last = done;
+                lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, done as i32).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(true)
+        };
+        if let Ok(false) = beat.await {
             lost.store(true, Ordering::SeqCst);
             return;
-        }
-        let done = progress.load(Ordering::Relaxed);
-        if done != last {
-            last = done;
-            let _ = lifecycle::set_progress(&db, job.tenant_id, job.document_id, done as i32).await;
         }
     }
 }

@@ -310,7 +310,7 @@ pub async fn nearest(
           where c.tenant_id = $2 and c.embedding_model = {model} order by {order} limit $3",
         model = literal(model)
     );
-    let mut tx = db.begin().await?;
+    let mut tx = crate::db::for_tenant(db, tenant_id).await?;
     sqlx::query(
         "select set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
     )
@@ -331,7 +331,7 @@ pub async fn nearest(
 /// The HNSW settings (search breadth, iterative scans) are session settings of the pool's
 /// connections (see `db::pool_options`).
 pub async fn search(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     tenant_id: Uuid,
     space: Space<'_>,
     query_vector: &[f32],

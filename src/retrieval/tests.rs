@@ -76,10 +76,11 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
         chunk(3, "a zebra far away in the long grass of another land"),
     ];
     let vectors = [at_angle(5.0), at_angle(20.0), at_angle(40.0), at_angle(85.0)];
-    let mut conn = db.acquire().await.unwrap();
-    insert_chunks(&mut conn, tenant, ready, "t", &chunks, &vectors).await.unwrap();
-    insert_chunks(&mut conn, tenant, processing, "t", &[chunk(0, "zebra everywhere")], &[at_angle(1.0)]).await.unwrap();
-    drop(conn);
+    // chunks are written in a transaction (the worker's)
+    let mut tx = db.begin().await.unwrap();
+    insert_chunks(&mut tx, tenant, ready, "t", &chunks, &vectors).await.unwrap();
+    insert_chunks(&mut tx, tenant, processing, "t", &[chunk(0, "zebra everywhere")], &[at_angle(1.0)]).await.unwrap();
+    tx.commit().await.unwrap();
 
     let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 };
     let space = Space { model: "t", dims: 3 };

@@ -192,8 +192,10 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Tenant>, sqlx::Error> {
         .await
 }
 
+/// A tenant by slug, from any tenant's context (through a security-definer function: the row-level
+/// security of `tenants` shows a transaction its own tenant only).
 pub async fn find_by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
-    sqlx::query_as("select id, name, slug, admin_email, created_at from tenants where slug = $1")
+    sqlx::query_as("select id, name, slug, admin_email, created_at from docuchat_tenant_by_slug($1)")
         .bind(slug)
         .fetch_optional(db)
         .await
@@ -202,7 +204,7 @@ pub async fn find_by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<
 /// Resolves an `X-Tenant-ID` value: a UUID is looked up by id, anything else by slug.
 pub async fn resolve(db: impl PgExecutor<'_>, id_or_slug: &str) -> Result<Option<Tenant>, sqlx::Error> {
     if let Ok(id) = Uuid::try_parse(id_or_slug) {
-        return sqlx::query_as("select id, name, slug, admin_email, created_at from tenants where id = $1")
+        return sqlx::query_as("select id, name, slug, admin_email, created_at from docuchat_tenant_by_id($1)")
             .bind(id)
             .fetch_optional(db)
             .await;

@@ -93,7 +93,7 @@ impl QuotaGate {
             }
             known.generation
         };
-        let has = quota::tenant_has_quotas(&self.db, tenant).await?;
+        let has = quota::tenant_has_quotas(&mut *crate::db::for_tenant(&self.db, tenant).await?, tenant).await?;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if self.live.load(Ordering::Acquire) && known.generation == generation {
             known.tenants.insert(tenant, has);

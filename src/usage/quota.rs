@@ -151,13 +151,20 @@ pub async fn admit(
     tokens: i64,
     hold_for: Duration,
 ) -> Result<Hold, AdmitError> {
-    admit_inner(db, tenant, user, Some(Uuid::now_v7()), tokens, hold_for).await
+    let mut tx = crate::db::for_tenant(db, tenant).await?;
+    let hold = admit_inner(&mut *tx, tenant, user, Some(Uuid::now_v7()), tokens, hold_for).await?;
+    tx.commit().await?;
+    Ok(hold)
 }
 
 /// Refuses at once when a quota that applies is used up (no hold: for requests whose cost is held
 /// later, such as uploads, whose embedding is admitted by the ingestion worker).
 pub async fn check(db: &PgPool, tenant: Uuid, user: Option<Uuid>) -> Result<(), AdmitError> {
-    admit_inner(db, tenant, user, None, 0, Duration::ZERO).await.map(|_| ())
+    let mut tx = crate::db::for_tenant(db, tenant).await?;
+    admit_inner(&mut *tx, tenant, user, None, 0, Duration::ZERO).await?;
+    // the admission sweeps the tenant's expired holds
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Whether the tenant has any quota at all.
@@ -165,9 +172,10 @@ pub async fn tenant_has_quotas(db: impl PgExecutor<'_>, tenant: Uuid) -> Result<
     sqlx::query_scalar("select exists (select 1 from quotas where tenant_id = $1)").bind(tenant).fetch_one(db).await
 }
 
-/// Gives back a hold whose request ended without writing usage.
-pub async fn release(db: impl PgExecutor<'_>, hold: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from quota_holds where id = $1").bind(hold).execute(db).await?;
+/// Gives back a hold whose request ended without writing usage (in the caller's tenant
+/// transaction).
+pub async fn release(db: impl PgExecutor<'_>, tenant: Uuid, hold: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from quota_holds where tenant_id = $1 and id = $2").bind(tenant).bind(hold).execute(db).await?;
     Ok(())
 }
 

@@ -13,7 +13,6 @@ use axum::{
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
@@ -97,7 +96,8 @@ async fn usage(
     let (range, group_by) = parse_range(&params, Utc::now())?;
     let tenant = principal.tenant_id();
     let user = if principal.is_tenant_wide() { None } else { principal.user_id() };
-    let sums = super::sum(&state.db, &UsageQuery { tenant, user, range, group_by }).await?;
+    let mut tx = crate::db::for_tenant(&state.db, tenant).await?;
+    let sums = super::sum(&mut *tx, &UsageQuery { tenant, user, range, group_by }).await?;
 
     let mut body = json!({
         "tenant_id": tenant,
@@ -112,7 +112,7 @@ async fn usage(
     if let Some((from, to)) = range {
         let buckets = match group_by {
             None => None,
-            Some(group) => Some(buckets(&state.db, tenant, group, sums.buckets).await?),
+            Some(group) => Some(buckets(&mut tx, tenant, group, sums.buckets).await?),
         };
         body["range"] = json!({
             "from": rfc3339(from),
@@ -128,7 +128,7 @@ async fn usage(
 /// Bucket keys as objects: days and models as they are; users with their e-mail, keys with their
 /// name.
 async fn buckets(
-    db: &PgPool,
+    db: &mut sqlx::PgConnection,
     tenant: Uuid,
     group: GroupBy,
     sums: BTreeMap<String, Totals>,
@@ -149,8 +149,8 @@ async fn buckets(
         GroupBy::User => {
             let ids: Vec<Uuid> =
                 sums.keys().filter_map(|k| k.get(1..).and_then(|id| Uuid::try_parse(id).ok())).collect();
-            let mut names = users::emails(db, tenant, &ids).await?;
-            names.extend(api_keys::names(db, tenant, &ids).await?);
+            let mut names = users::emails(&mut *db, tenant, &ids).await?;
+            names.extend(api_keys::names(&mut *db, tenant, &ids).await?);
             let name = |id: Uuid| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone());
             for (key, t) in &sums {
                 let id = key.get(1..).and_then(|id| Uuid::try_parse(id).ok());
@@ -172,9 +172,9 @@ async fn buckets(
 async fn show_quotas(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
     let tenant = user.tenant.0.id;
     let quotas = if user.user.role == Role::Admin {
-        quota::list(&state.db, tenant).await?
+        quota::list(&mut *crate::db::for_tenant(&state.db, tenant).await?, tenant).await?
     } else {
-        quota::list_for_user(&state.db, tenant, user.user.id).await?
+        quota::list_for_user(&mut *crate::db::for_tenant(&state.db, tenant).await?, tenant, user.user.id).await?
     };
     Ok(Json(json!({ "quotas": quotas })))
 }
@@ -197,11 +197,14 @@ async fn put_quota(
 ) -> ApiResult<Json<Value>> {
     user.require_admin()?;
     let tenant = user.tenant.0.id;
-    quota::set(&state.db, tenant, body.scope, body.user_id, body.period, body.token_limit, quota::SetBy::Admin).await?;
+    let mut tx = crate::db::for_tenant(&state.db, tenant).await?;
+    quota::set(&mut *tx, tenant, body.scope, body.user_id, body.period, body.token_limit, quota::SetBy::Admin).await?;
+    let quotas = quota::list(&mut *tx, tenant).await?;
+    tx.commit().await?;
     // this process's questions see it at once; others when the change's notification arrives
     state.quotas.forget();
     tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
-    Ok(Json(json!({ "quotas": quota::list(&state.db, tenant).await? })))
+    Ok(Json(json!({ "quotas": quotas })))
 }
 
 #[derive(Deserialize)]
@@ -221,8 +224,10 @@ async fn remove_quota(
     let Query(q) = query.map_err(|_| {
         ApiError::bad_request("invalid_quota", "name the quota: ?scope=tenant|user&period=day|month[&user_id=…]")
     })?;
+    let mut tx = crate::db::for_tenant(&state.db, user.tenant.0.id).await?;
     let removed =
-        quota::set(&state.db, user.tenant.0.id, q.scope, q.user_id, q.period, None, quota::SetBy::Admin).await?;
+        quota::set(&mut *tx, user.tenant.0.id, q.scope, q.user_id, q.period, None, quota::SetBy::Admin).await?;
+    tx.commit().await?;
     state.quotas.forget();
     if removed { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("quota_not_found", "no such quota")) }
 }

@@ -128,7 +128,15 @@ impl Builder {
         if let Some(tweak) = self.tweak {
             tweak(&mut config);
         }
-        let state = AppState::with_pool(config, db.clone()).await.expect("app state");
+        // the service's own pool works as the service's role, under row-level security; `db`
+        // (the test's) is the owner's, for fixtures and for looking behind the service's back
+        let service_db = docuchat::db::pool_options(config.chat.ef_search)
+            .max_connections(config.database_max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with((*db.connect_options()).clone())
+            .await
+            .expect("the service's pool");
+        let state = AppState::with_pool(config, service_db).await.expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
