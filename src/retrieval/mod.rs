@@ -219,10 +219,10 @@ fn literal(s: &str) -> String {
 fn text_ctes(model: &str) -> String {
     format!(
         "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
+         -- through docuchat_text_matches (migration 0012): the tenant of the transaction only, by
+         -- the (tenant_id, tsv) index, which row-level security would keep the planner from using
          matches as (
-             select c.id, c.tsv from chunks c, q
-              where c.tenant_id = $2 and c.embedding_model = {model} and c.tsv @@ q.query
-              limit {TEXT_MATCHES}
+             select m.id, m.tsv from q, docuchat_text_matches({model}, q.query, {TEXT_MATCHES}) m
          ),
          -- ts_rank, not ts_rank_cd: the cover-density rank zeroes 32 KiB per query term for every
          -- row it ranks, which made it most of the database's work per question

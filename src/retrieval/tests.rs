@@ -84,7 +84,10 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
 
     let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 };
     let space = Space { model: "t", dims: 3 };
-    let found = search(&db, tenant, space, &at_angle(0.0), "where is the zebra?", &params).await.unwrap();
+    // searches run in a transaction of their tenant (the full-text half reads its tenant from it)
+    let mut tx = crate::db::for_tenant(&db, tenant).await.unwrap();
+    let found = search(&mut *tx, tenant, space, &at_angle(0.0), "where is the zebra?", &params).await.unwrap();
+    drop(tx);
     let texts: Vec<&str> = found.iter().map(|s| s.text.as_str()).collect();
     assert_eq!(texts, ["the zebra text", "alpha text", "gamma text"]);
     // reciprocal rank fusion: b is second by vector (1/62) and first by text (0.5/61)
@@ -99,5 +102,6 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     assert_eq!(found[0].page, 2);
     // another tenant's search sees none of it
     let other = tenants::create(&db, "Other", "other", &Email::parse("boss@other.example").unwrap()).await.unwrap().id;
-    assert!(search(&db, other, space, &at_angle(0.0), "zebra", &params).await.unwrap().is_empty());
+    let mut tx = crate::db::for_tenant(&db, other).await.unwrap();
+    assert!(search(&mut *tx, other, space, &at_angle(0.0), "zebra", &params).await.unwrap().is_empty());
 }
