@@ -169,6 +169,9 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         ("CHAT_MODEL", "bench-chat".to_owned()),
         // one user asks thousands of questions a minute here: no rate limit
         ("RATE_LIMIT_CHAT_PER_MINUTE", "0".to_owned()),
+        // and one user holds every socket
+        ("WS_MAX_PER_USER", "10000000".to_owned()),
+        ("WS_MAX_PER_TENANT", "10000000".to_owned()),
     ])
     .await?;
     let (port, pid) = (server.port, server.pid());

@@ -413,3 +413,26 @@ async fn a_full_tenant_admits_nobody_new(db: PgPool) {
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     app.login("acme", "dan@elsewhere.example").await;
 }
+
+/// A token checked a moment ago is remembered by the process; a change made behind the service's
+/// back (psql, another process) reaches it through the notification: the next requests fail.
+#[sqlx::test]
+async fn a_change_made_elsewhere_reaches_a_remembered_token_at_once(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_tenant("acme", ADMIN).await;
+    let token = app.login("acme", "ann@acme.example").await;
+    for _ in 0..3 {
+        assert_eq!(app.get_as("/v1/me", "acme", &token).await.status(), StatusCode::OK);
+    }
+    sqlx::query("delete from users where email = 'ann@acme.example'").execute(&app.db).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status = app.get_as("/v1/me", "acme", &token).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(3), "the removal did not reach the cached token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

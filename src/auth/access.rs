@@ -3,17 +3,32 @@
 //! each process listens and wakes that user's sockets, which check their token again and close if
 //! it is no longer good. While the listener is not connected, every socket checks again each time
 //! it reconnects, so nothing is missed for longer than a reconnection.
+//!
+//! The same notifications keep a cache of the tokens checked lately, so that a request whose
+//! token was found good a moment ago skips the database: an entry goes when its user's access
+//! changes (in this process at once, in others when the notification arrives — milliseconds), and
+//! after a minute in any case. Nothing is cached while the listener is not connected.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Once},
+    sync::{
+        Arc, Mutex, Once,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use super::users::User;
 use crate::db::{self, Listening};
+
+/// How long a checked token is believed without asking again, at most.
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Tokens remembered at most (the cache is emptied when full).
+const TOKENS_MAX: usize = 100_000;
 
 const CHANNEL: &str = "docuchat_access";
 const ACCESS_CHANGES: &str = "access changes; open sockets are checked when it reconnects";
@@ -24,6 +39,12 @@ pub struct AccessWatch {
     /// wakes every socket (the listener reconnected: a change may have been missed)
     everyone: broadcast::Sender<()>,
     listener: Once,
+    /// tokens found good lately, by token id
+    tokens: Mutex<HashMap<Uuid, (User, Instant)>>,
+    /// listening now: only then is anything cached
+    live: AtomicBool,
+    /// moves with every notification: a check that raced one is not cached
+    generation: AtomicU64,
 }
 
 /// One socket's subscription; dropping it forgets the user when no other socket of theirs is open.
@@ -57,11 +78,64 @@ impl Drop for Watch {
 impl AccessWatch {
     pub fn new(db: PgPool) -> Arc<Self> {
         let (everyone, _) = broadcast::channel(4);
-        Arc::new(Self { db, users: Mutex::default(), everyone, listener: Once::new() })
+        Arc::new(Self {
+            db,
+            users: Mutex::default(),
+            everyone,
+            listener: Once::new(),
+            tokens: Mutex::default(),
+            live: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        })
     }
 
-    /// Subscribes a socket of `user`.
-    pub fn watch(self: &Arc<Self>, user: Uuid) -> Watch {
+    /// The user of a token found good within the last minute, unless their access changed since.
+    pub fn cached_token(self: &Arc<Self>, jti: Uuid, tenant: Uuid) -> Option<User> {
+        self.listen();
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.get(&jti).filter(|(u, at)| u.tenant_id == tenant && at.elapsed() < TOKEN_TTL).map(|(u, _)| u.clone())
+    }
+
+    /// The generation to hand to [`Self::remember_token`], read before the database is asked.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers a token found good, if no access changed since `generation` was read.
+    pub fn remember_token(&self, jti: Uuid, user: User, generation: u64) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if tokens.len() >= TOKENS_MAX {
+            tokens.clear();
+        }
+        tokens.insert(jti, (user, Instant::now()));
+    }
+
+    /// Forgets what is cached of a user's tokens (their access changed), and wakes their sockets.
+    pub fn changed(&self, user: Uuid) {
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            tokens.retain(|_, (u, _)| u.id != user);
+        }
+        self.wake(user);
+    }
+
+    fn forget_all(&self) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tokens.clear();
+    }
+
+    fn listen(self: &Arc<Self>) {
         self.listener.call_once(|| {
             tokio::spawn(db::listen(
                 Arc::downgrade(self),
@@ -70,20 +144,31 @@ impl AccessWatch {
                 ACCESS_CHANGES,
                 |w, event| {
                     match event {
-                        // whatever happened while not listening: every socket checks again
+                        // whatever happened while not listening: every socket checks again, and
+                        // every cached token is asked for again
                         Listening::Live => {
+                            w.forget_all();
+                            w.live.store(true, Ordering::Release);
                             let _ = w.everyone.send(());
                         }
                         Listening::Notified(payload) => {
                             if let Ok(user) = Uuid::try_parse(payload) {
-                                w.wake(user);
+                                w.changed(user);
                             }
                         }
-                        Listening::Lost => {}
+                        Listening::Lost => {
+                            w.live.store(false, Ordering::Release);
+                            w.forget_all();
+                        }
                     }
                 },
             ));
         });
+    }
+
+    /// Subscribes a socket of `user`.
+    pub fn watch(self: &Arc<Self>, user: Uuid) -> Watch {
+        self.listen();
         let mine = {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             users.entry(user).or_insert_with(|| broadcast::channel(4).0).subscribe()

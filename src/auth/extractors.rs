@@ -93,15 +93,26 @@ async fn user_from_token(state: &AppState, tenant: Option<&Tenant>, token: &str)
         }
         None => state.tenants.resolve(&state.db, &claims.tid.to_string()).await?.ok_or_else(invalid_token)?,
     };
+    let token = TokenRef { jti: claims.jti, exp: claims.exp, generation: claims.r#gen };
+    // a token found good a moment ago, whose user's access has not changed since (src/auth/access.rs)
+    if let Some(user) = state.access.cached_token(claims.jti, tenant.id)
+        && user.id == claims.sub
+        && user.token_generation == claims.r#gen
+    {
+        return Ok(CurrentUser { user, tenant: TenantCtx(tenant), token });
+    }
+    let generation = state.access.generation();
     let mut tx = crate::db::for_tenant(&state.db, tenant.id).await?;
     let owner = users::find_for_token(&mut *tx, tenant.id, claims.sub, claims.jti, claims.r#gen).await?;
     drop(tx);
     let user = match owner {
-        TokenOwner::Live(user) => user,
+        TokenOwner::Live(user) => {
+            state.access.remember_token(claims.jti, user.clone(), generation);
+            user
+        }
         TokenOwner::Revoked => return Err(unauthorized("token_revoked", "the token was revoked: log in again")),
         TokenOwner::Gone => return Err(invalid_token()),
     };
-    let token = TokenRef { jti: claims.jti, exp: claims.exp, generation: claims.r#gen };
     Ok(CurrentUser { user, tenant: TenantCtx(tenant), token })
 }
 

@@ -134,6 +134,8 @@ async fn logout(State(state): State<AppState>, user: CurrentUser) -> ApiResult<S
     let t = user.token;
     let expires_at = chrono::DateTime::from_timestamp(t.exp as i64, 0).unwrap_or_else(chrono::Utc::now);
     users::revoke_token(&state.db, user.tenant.0.id, user.user.id, t.jti, expires_at).await?;
+    // this process forgets the token at once; the others when the notification arrives
+    state.access.changed(user.user.id);
     tracing::info!(user_id = %user.user.id, "logged out");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -143,6 +145,7 @@ async fn logout_all(State(state): State<AppState>, user: CurrentUser) -> ApiResu
     let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
     users::revoke_all_tokens(&mut *tx, user.tenant.0.id, user.user.id).await?;
     tx.commit().await?;
+    state.access.changed(user.user.id);
     tracing::info!(user_id = %user.user.id, "logged out everywhere");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -307,6 +310,7 @@ async fn change_member(
 ) -> ApiResult<Json<users::Member>> {
     user.require_admin()?;
     let member = users::set_role(&state.db, user.tenant.0.id, member_id(&id)?, body.role).await?;
+    state.access.changed(member.id);
     tracing::info!(member_id = %member.id, role = ?member.role, "member's role changed");
     Ok(Json(member))
 }
@@ -319,6 +323,7 @@ async fn remove_member(
     user.require_admin()?;
     let id = member_id(&id)?;
     users::remove(&state.db, user.tenant.0.id, id).await?;
+    state.access.changed(id);
     tracing::info!(member_id = %id, "member removed");
     Ok(StatusCode::NO_CONTENT)
 }
