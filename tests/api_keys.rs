@@ -113,3 +113,28 @@ async fn a_tenant_s_live_keys_are_capped(db: PgPool) {
     );
     assert_eq!(create_key(&app, "acme", &admin, &["usage:read"]).await.status(), StatusCode::CREATED);
 }
+
+/// A key checked a moment ago is remembered by the process; revoking it behind the service's back
+/// (psql, another process) reaches it through the notification: the next requests are refused.
+#[sqlx::test]
+async fn a_key_revoked_elsewhere_is_refused_at_once(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let (admin, _, _) = two_tenants(&app).await;
+    let created: Value = create_key(&app, "acme", &admin, &["usage:read"]).await.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(app.get_as("/v1/usage", "acme", &key).await.status(), StatusCode::OK);
+    }
+    sqlx::query("update api_keys set revoked_at = now()").execute(&app.db).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let resp = app.get_as("/v1/usage", "acme", &key).await;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            assert_eq!(error_of(resp).await.1, "api_key_revoked");
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "the revocation did not reach the cached key");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::users::User;
+use super::{api_keys::KeyCaller, users::User};
 use crate::db::{self, Listening};
 
 /// How long a checked token is believed without asking again, at most.
@@ -41,11 +41,16 @@ pub struct AccessWatch {
     listener: Once,
     /// tokens found good lately, by token id
     tokens: Mutex<HashMap<Uuid, (User, Instant)>>,
+    /// live API keys found lately, by the SHA-256 of the secret
+    keys: Mutex<HashMap<[u8; 32], KnownKey>>,
     /// listening now: only then is anything cached
     live: AtomicBool,
     /// moves with every notification: a check that raced one is not cached
     generation: AtomicU64,
 }
+
+/// A live key as remembered: (tenant, key, found at, last stamped as used at).
+type KnownKey = (Uuid, KeyCaller, Instant, Instant);
 
 /// One socket's subscription; dropping it forgets the user when no other socket of theirs is open.
 pub struct Watch {
@@ -84,6 +89,7 @@ impl AccessWatch {
             everyone,
             listener: Once::new(),
             tokens: Mutex::default(),
+            keys: Mutex::default(),
             live: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         })
@@ -131,8 +137,52 @@ impl AccessWatch {
 
     fn forget_all(&self) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
         tokens.clear();
+        keys.clear();
+    }
+
+    /// The live key with this secret hash, found within the last minute and not revoked since;
+    /// with whether its last-used stamp is due (at most once a minute).
+    pub fn cached_key(self: &Arc<Self>, hash: &[u8; 32], tenant: Uuid) -> Option<(KeyCaller, bool)> {
+        self.listen();
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let (key_tenant, key, found, stamped) = keys.get_mut(hash)?;
+        if *key_tenant != tenant || found.elapsed() >= TOKEN_TTL {
+            return None;
+        }
+        let due = stamped.elapsed() >= Duration::from_secs(60);
+        if due {
+            *stamped = Instant::now();
+        }
+        Some((key.clone(), due))
+    }
+
+    /// Remembers a live key, if no access changed since `generation` was read.
+    pub fn remember_key(&self, hash: [u8; 32], tenant: Uuid, key: KeyCaller, generation: u64) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if keys.len() >= TOKENS_MAX {
+            keys.clear();
+        }
+        let now = Instant::now();
+        keys.insert(hash, (tenant, key, now, now));
+    }
+
+    /// Forgets a key (revoked or deleted).
+    pub fn key_changed(&self, id: Uuid) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        keys.retain(|_, (_, k, ..)| k.id != id);
     }
 
     fn listen(self: &Arc<Self>) {
@@ -152,7 +202,11 @@ impl AccessWatch {
                             let _ = w.everyone.send(());
                         }
                         Listening::Notified(payload) => {
-                            if let Ok(user) = Uuid::try_parse(payload) {
+                            if let Some(key) = payload.strip_prefix("key:") {
+                                if let Ok(id) = Uuid::try_parse(key) {
+                                    w.key_changed(id);
+                                }
+                            } else if let Ok(user) = Uuid::try_parse(payload) {
                                 w.changed(user);
                             }
                         }

@@ -93,17 +93,31 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Finds the tenant's live key for a presented secret.
-pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> Result<KeyCaller, KeyError> {
+/// Finds the tenant's live key for a presented secret: remembered by `access` for a minute at
+/// most, and forgotten at once when it is revoked (src/auth/access.rs).
+pub async fn authenticate(
+    db: &sqlx::PgPool,
+    access: &std::sync::Arc<super::access::AccessWatch>,
+    tenant_id: Uuid,
+    secret: &str,
+) -> Result<KeyCaller, KeyError> {
     if secret.len() != KEY_PREFIX.len() + 64 {
         return Err(KeyError::Invalid);
     }
+    let hashed = hash(secret);
+    if let Some((key, stamp_due)) = access.cached_key(&hashed, tenant_id) {
+        if stamp_due {
+            stamp(db, tenant_id, key.id);
+        }
+        return Ok(key);
+    }
+    let generation = access.generation();
     let row: Option<(Uuid, Uuid, Vec<String>, bool, bool)> = sqlx::query_as(
         "select id, tenant_id, scopes, revoked_at is not null,
                 last_used_at is null or last_used_at < now() - interval '1 minute'
            from api_keys where secret_hash = $1",
     )
-    .bind(&hash(secret)[..])
+    .bind(&hashed[..])
     // the tenant's keys only (row-level security): another tenant's key is not found
     .fetch_optional(&mut *crate::db::for_tenant(db, tenant_id).await?)
     .await?;
@@ -116,21 +130,27 @@ pub async fn authenticate(db: &sqlx::PgPool, tenant_id: Uuid, secret: &str) -> R
         return Err(KeyError::Revoked);
     }
     if stale {
-        // the last-used stamp is written at most once a minute per key, off the request's path
-        let db = db.clone();
-        tokio::spawn(async move {
-            let Ok(mut tx) = crate::db::for_tenant(&db, tenant_id).await else { return };
-            let stamped = sqlx::query("update api_keys set last_used_at = now() where tenant_id = $1 and id = $2")
-                .bind(tenant_id)
-                .bind(id)
-                .execute(&mut *tx)
-                .await;
-            if stamped.is_ok() {
-                let _ = tx.commit().await;
-            }
-        });
+        stamp(db, tenant_id, id);
     }
-    Ok(KeyCaller { id, scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect() })
+    let key = KeyCaller { id, scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect() };
+    access.remember_key(hashed, tenant_id, key.clone(), generation);
+    Ok(key)
+}
+
+/// Writes the key's last-used stamp (at most once a minute per key), off the request's path.
+fn stamp(db: &sqlx::PgPool, tenant_id: Uuid, id: Uuid) {
+    let db = db.clone();
+    tokio::spawn(async move {
+        let Ok(mut tx) = crate::db::for_tenant(&db, tenant_id).await else { return };
+        let stamped = sqlx::query("update api_keys set last_used_at = now() where tenant_id = $1 and id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await;
+        if stamped.is_ok() {
+            let _ = tx.commit().await;
+        }
+    });
 }
 
 /// Creates a key with these scopes, unless the tenant already has `max_live` keys that are not

@@ -240,7 +240,7 @@ impl FromRequestParts<AppState> for Principal {
             unauthorized("missing_token", "send `Authorization: Bearer <token>` with a login token or an API key")
         })?;
         if api_keys::looks_like_key(token) {
-            let key = api_keys::authenticate(&state.db, tenant.0.id, token).await?;
+            let key = api_keys::authenticate(&state.db, &state.access, tenant.0.id, token).await?;
             return Ok(Principal::Key { key, tenant });
         }
         Ok(Principal::User(user_from_token(state, Some(&tenant.0), token).await?))

@@ -227,6 +227,8 @@ async fn revoke_key(State(state): State<AppState>, user: CurrentUser, Path(id): 
         return Err(not_found());
     }
     tx.commit().await?;
+    // this process forgets the key at once; the others when the notification arrives
+    state.access.key_changed(id);
     tracing::info!(key_id = %id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
