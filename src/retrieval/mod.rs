@@ -219,16 +219,13 @@ fn literal(s: &str) -> String {
 fn text_ctes(model: &str) -> String {
     format!(
         "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
-         -- through docuchat_text_matches (migration 0012): the tenant of the transaction only, by
-         -- the (tenant_id, tsv) index, which row-level security would keep the planner from using
-         matches as (
-             select m.id, m.tsv from q, docuchat_text_matches({model}, q.query, {TEXT_MATCHES}) m
-         ),
-         -- ts_rank, not ts_rank_cd: the cover-density rank zeroes 32 KiB per query term for every
-         -- row it ranks, which made it most of the database's work per question
+         -- matched and ranked by docuchat_text_ranked (migrations 0012, 0014): the tenant of the
+         -- transaction only, through the (tenant_id, tsv) index, which row-level security would
+         -- keep the planner from using; ts_rank, not ts_rank_cd: the cover-density rank zeroes
+         -- 32 KiB per query term for every row it ranks, which made it most of the database's
+         -- work per question
          ranked as (
-             select m.id, ts_rank(m.tsv, q.query, 1) as rank from matches m, q
-              order by rank desc limit $3 * 2
+             select r.id, r.rank from q, docuchat_text_ranked({model}, q.query, {TEXT_MATCHES}, ($3 * 2)::int) r
          )",
         model = literal(model)
     )
