@@ -11,7 +11,7 @@ RUN sh /install-model.sh /models/all-MiniLM-L6-v2
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin docuchat

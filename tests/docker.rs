@@ -50,6 +50,9 @@ fn read_at_compile_time() -> Vec<PathBuf> {
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     let mut paths = vec![root.join("Cargo.toml"), root.join("Cargo.lock")];
+    if root.join("build.rs").exists() {
+        paths.push(root.join("build.rs"));
+    }
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
         for (macro_name, base) in [
