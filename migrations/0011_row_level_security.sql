@@ -37,7 +37,10 @@ $$;
 
 -- Every table of tenant rows: enabled and forced (the owner is held by the policies too), a
 -- policy for the tenant's own rows, and one that lets the owner — migrations, the command line,
--- the security-definer functions — through.
+-- the security-definer functions — through. The policies compare with
+-- `(select docuchat_tenant())`, an init plan evaluated once per statement: the bare call would be
+-- evaluated — the setting looked up, the text parsed into a uuid — for every row a scan passes
+-- through a filter (the joins of hybrid search that carry no tenant condition of their own).
 do $$
 declare
     t text;
@@ -47,13 +50,14 @@ begin
                              'usage_tenant_daily', 'quotas', 'quota_holds', 'revoked_tokens'] loop
         execute format('alter table %I enable row level security', t);
         execute format('alter table %I force row level security', t);
-        execute format('create policy tenant_rows on %I using (tenant_id = docuchat_tenant())'
-                       ' with check (tenant_id = docuchat_tenant())', t);
+        execute format('create policy tenant_rows on %I using (tenant_id = (select docuchat_tenant()))'
+                       ' with check (tenant_id = (select docuchat_tenant()))', t);
         execute format('create policy owner_rows on %I to %I using (true) with check (true)', t, current_user);
     end loop;
     alter table tenants enable row level security;
     alter table tenants force row level security;
-    create policy tenant_rows on tenants using (id = docuchat_tenant()) with check (id = docuchat_tenant());
+    create policy tenant_rows on tenants using (id = (select docuchat_tenant()))
+        with check (id = (select docuchat_tenant()));
     execute format('create policy owner_rows on tenants to %I using (true) with check (true)', current_user);
 end $$;
 

@@ -112,17 +112,23 @@ impl AccessWatch {
 
     /// Remembers a token found good, if no access changed since `generation` was read.
     pub fn remember_token(&self, jti: Uuid, user: User, generation: u64) {
+        self.remember(&self.tokens, jti, (user, Instant::now()), generation);
+    }
+
+    /// Puts an entry into one of the caches, unless the listener is down or an access changed
+    /// since `generation` was read; a full cache is emptied first.
+    fn remember<K: Eq + std::hash::Hash, V>(&self, cache: &Mutex<HashMap<K, V>>, key: K, value: V, generation: u64) {
         if !self.live.load(Ordering::Acquire) {
             return;
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if tokens.len() >= TOKENS_MAX {
-            tokens.clear();
+        if cache.len() >= TOKENS_MAX {
+            cache.clear();
         }
-        tokens.insert(jti, (user, Instant::now()));
+        cache.insert(key, value);
     }
 
     /// Forgets what is cached of a user's tokens (their access changed), and wakes their sockets.
@@ -164,18 +170,8 @@ impl AccessWatch {
 
     /// Remembers a live key, if no access changed since `generation` was read.
     pub fn remember_key(&self, hash: [u8; 32], tenant: Uuid, key: KeyCaller, generation: u64) {
-        if !self.live.load(Ordering::Acquire) {
-            return;
-        }
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) != generation {
-            return;
-        }
-        if keys.len() >= TOKENS_MAX {
-            keys.clear();
-        }
         let now = Instant::now();
-        keys.insert(hash, (tenant, key, now, now));
+        self.remember(&self.keys, hash, (tenant, key, now, now), generation);
     }
 
     /// Forgets a key (revoked or deleted).

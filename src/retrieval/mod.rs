@@ -219,7 +219,7 @@ fn literal(s: &str) -> String {
 fn text_ctes(model: &str) -> String {
     format!(
         "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
-         -- matched and ranked by docuchat_text_ranked (migrations 0012, 0014): the tenant of the
+         -- matched and ranked by docuchat_text_ranked (migration 0012): the tenant of the
          -- transaction only, through the (tenant_id, tsv) index, which row-level security would
          -- keep the planner from using; ts_rank, not ts_rank_cd: the cover-density rank zeroes
          -- 32 KiB per query term for every row it ranks, which made it most of the database's
