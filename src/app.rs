@@ -15,7 +15,9 @@ use crate::{
     auth::{access::AccessWatch, codes::CodeStore, jwt::JwtKeys, mailer::Mailer},
     chat::{record::Recorder, sockets::SocketCaps},
     config::{Config, IngestionConfig},
-    db, embed, http,
+    db,
+    documents::watch::DocumentWatch,
+    embed, http,
     ingestion::{
         pipeline::Pipeline,
         sandbox::{Sandbox, SandboxConfig},
@@ -43,6 +45,11 @@ pub struct AppState {
     pub models: Arc<Models>,
     /// Caps on the chat sockets open at once, per user and per tenant.
     pub sockets: Arc<SocketCaps>,
+    /// Caps on the document event streams open at once (the chat sockets' numbers), and their
+    /// end when the server stops.
+    pub streams: Arc<SocketCaps>,
+    /// Passes documents' changes to the streams that follow them.
+    pub documents: Arc<DocumentWatch>,
     /// Wakes the open sockets of a user whose access changed.
     pub access: Arc<AccessWatch>,
     /// Which tenants have quotas (admission without a round trip for those without).
@@ -76,9 +83,12 @@ impl AppState {
         let limits = Limiter::new(redis.clone(), &config.rate_limits);
         let sandbox = Arc::new(Sandbox::new(sandbox_config(&config.ingestion)?));
         let sockets = SocketCaps::new(config.sockets_per_user, config.sockets_per_tenant);
+        let streams = SocketCaps::new(config.sockets_per_user, config.sockets_per_tenant);
         let config = Arc::new(config);
         Ok(Self {
             sockets,
+            streams,
+            documents: DocumentWatch::new(db.clone()),
             sandbox,
             models: Arc::new(Models::new(config.clone())),
             config,
@@ -157,7 +167,14 @@ pub async fn serve(
     };
     let header_read_timeout = state.config.header_read_timeout;
     let (sockets, grace) = (state.sockets.clone(), state.config.chat.shutdown_grace);
+    let streams = state.streams.clone();
     let app = http::router(state);
+    // event streams are responses that do not end by themselves: they end when the server
+    // stops taking connections, so that it can finish the requests in flight
+    let shutdown = async move {
+        shutdown.await;
+        streams.close_all();
+    };
     let served = http::server::serve(listener, app, header_read_timeout, shutdown).await.context("server error");
     // no new connections now; the chat sockets finish their answers (or cut them past the grace
     // period), save and charge them, and close
@@ -170,6 +187,20 @@ pub async fn serve(
         let _ = w.await;
     }
     served
+}
+
+/// Serves `GET /metrics` on its own listener until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "metrics at /metrics");
+    let timeout = state.config.header_read_timeout;
+    http::server::serve(listener, crate::metrics::router(state), timeout, shutdown)
+        .await
+        .context("metrics server error")
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

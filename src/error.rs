@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,15 +50,27 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
+/// The one error shape of every path: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct Envelope {
+    pub error: ErrorBody,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// snake_case and stable: what a program matches on
+    #[schema(example = "invalid_token")]
+    pub code: String,
+    /// a sentence for people (never the text of an internal error)
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into() }
+    }
 }
 
 impl ApiError {
@@ -158,12 +171,15 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
 /// Builds the envelope response; also used by handlers that are not `ApiError`s (fallbacks,
 /// middleware rejections).
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(Envelope { error: Body { code, message } })).into_response()
+    (status, Json(Envelope { error: ErrorBody::new(code, message) })).into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        if matches!(self, Self::Redis(_)) {
+            crate::metrics::get().redis_errors.inc();
+        }
         if status.is_server_error() {
             // logged once, inside the request span (which carries the request id)
             tracing::error!(error = %self, debug = ?self, "request failed");

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod ingestion;
 pub mod llm;
+pub mod metrics;
 pub mod ratelimit;
 pub mod redis;
 pub mod retrieval;

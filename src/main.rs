@@ -51,6 +51,8 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Print the API description (OpenAPI 3.1, JSON), as `GET /openapi.json` serves it.
+    Openapi,
     /// Read one untrusted PDF from standard input (run by the service itself, in a child process
     /// with hard limits).
     #[command(name = "pdf-child", hide = true)]
@@ -155,6 +157,11 @@ fn main() -> ExitCode {
         let code = sandbox::child_main(mode, *max_pages, budget, *memory_bytes);
         return ExitCode::from(code as u8);
     }
+    if let Command::Openapi = &cli.command {
+        // needs no configuration: the description is the binary's
+        println!("{}", serde_json::to_string_pretty(&docuchat::http::openapi::document()).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(async_main(cli)),
         Err(e) => {
@@ -196,12 +203,20 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 db::migrate(&owner).await?;
                 owner.close().await;
             }
+            let metrics = metrics_listener(&config).await?;
             let state = AppState::connect(config).await?;
+            if let Some(metrics) = metrics {
+                tokio::spawn(app::serve_metrics(metrics, state.clone(), std::future::pending()));
+            }
             app::serve(listener, state, app::shutdown_signal()).await
         }
         Command::Worker { concurrency } => {
             let n = concurrency.unwrap_or(config.ingestion.workers).max(1);
+            let metrics = metrics_listener(&config).await?;
             let state = AppState::connect(config).await?;
+            if let Some(metrics) = metrics {
+                tokio::spawn(app::serve_metrics(metrics, state.clone(), std::future::pending()));
+            }
             let workers = state.workers()?;
             tracing::info!(workers = n, "ingestion workers starting");
             let stop = tokio_util::sync::CancellationToken::new();
@@ -239,8 +254,17 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Tenant { command } => tenant(command, &config).await,
         Command::Member { command } => member(command, &config).await,
-        Command::PdfChild { .. } => unreachable!("handled before the configuration is read"),
+        Command::PdfChild { .. } | Command::Openapi => unreachable!("handled before the configuration is read"),
     }
+}
+
+/// The metrics' own listener, unless `METRICS_ADDR=off`.
+async fn metrics_listener(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = config.metrics_addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the metrics (METRICS_ADDR; `off` turns them off)"))?;
+    Ok(Some(listener))
 }
 
 /// The command line is the operator's: it works as the tables' owner (see `db::connect_owner`).

@@ -439,3 +439,35 @@ async fn open_sockets_are_capped_per_user_and_per_tenant(db: PgPool) {
     }
     assert!(reopened, "the closed socket's place was not given back");
 }
+
+#[sqlx::test]
+async fn a_question_moves_the_chat_metrics(db: PgPool) {
+    let (app, token) = setup(db).await;
+    let before = app.metrics().await;
+    let mut ws = connect(&app, &token).await;
+    let open = app.metrics().await;
+    assert!(common::sample(&open, "docuchat_websockets_open", &[]) >= 1.0, "{open}");
+    let frames = ask(&mut ws, None, "What are the standard and recommended packages supplied with R?").await;
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "done", "{frames:?}");
+    let after = app.metrics().await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        common::sample(&after, name, labels) - common::sample(&before, name, labels)
+    };
+    assert!(moved("docuchat_chat_questions_total", &[]) >= 1.0);
+    assert!(moved("docuchat_chat_answers_total", &[("status", "complete")]) >= 1.0);
+    assert!(moved("docuchat_chat_time_to_first_token_seconds_count", &[]) >= 1.0);
+    let usage = &done["usage"];
+    assert!(moved("docuchat_tokens_metered_total", &[("kind", "prompt")]) >= usage["prompt_tokens"].as_f64().unwrap());
+    assert!(
+        moved("docuchat_tokens_metered_total", &[("kind", "completion")])
+            >= usage["completion_tokens"].as_f64().unwrap()
+    );
+    assert!(moved("docuchat_embedder_batches_total", &[]) >= 1.0, "the question was embedded");
+    let upgrades = [("route", "/ws/chat"), ("method", "GET")];
+    assert!(moved("docuchat_http_requests_total", &upgrades) >= 1.0);
+    // the metrics are not on the public listener
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}

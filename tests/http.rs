@@ -56,6 +56,15 @@ async fn every_failure_speaks_the_envelope(db: PgPool) {
     assert_eq!((status, code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
     let (status, code, _) = error_of(send(r#"{"email": "x@y.com"}"#, "text/plain").await.unwrap()).await;
     assert_eq!((status, code.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    // an array whose items would fill the fields in order is not an object (found by the
+    // contract fuzzing: `PATCH /v1/tenant` took `[null, null]`)
+    let (status, code, message) = error_of(send(r#"["x@y.com"]"#, "application/json").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+    assert!(message.contains("object"), "{message}");
+    assert_eq!(
+        send(r#" {"email": "x@y.com"}"#, "application/vnd.api+json").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
 
     let huge = format!(r#"{{"email": "{}@y.com"}}"#, "a".repeat(200_000));
     let resp = app

@@ -593,3 +593,158 @@ async fn binary_copy_writes_the_same_rows_as_parameterised_inserts(db: PgPool) {
     let (n,): (i64,) = sqlx::query_as("select count(*) from chunks").fetch_one(&db).await.unwrap();
     assert_eq!(n, 2 * chunks.len() as i64);
 }
+
+/// The events of a document's stream, as (event, data), until the server ends it.
+async fn follow(s: &Setup, id: Uuid) -> Vec<(String, Value)> {
+    let mut resp = s
+        .app
+        .client
+        .get(s.app.url(&format!("/v1/documents/{id}/events")))
+        .header("x-tenant-id", "acme")
+        .bearer_auth(&s.admin)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut event = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = Some(e.to_owned());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(d).unwrap());
+                }
+            }
+            Some((event?, data?))
+        })
+        .collect()
+}
+
+#[sqlx::test]
+async fn progress_is_followed_through_every_stage_and_counted(db: PgPool) {
+    let s = setup(db).await;
+    let before = s.app.metrics().await;
+    // some hundred chunks in two batches, each embedded slowly: the embedding stage lasts a few
+    // of the worker's heartbeats
+    let pages: Vec<String> = (0..40)
+        .map(|p| {
+            let words: Vec<String> = (0..400).map(|w| format!("term{p}x{w}")).collect();
+            format!("BT /F1 9 Tf 72 700 Td ({}) Tj ET", words.join(" "))
+        })
+        .collect();
+    let resp = s.app.upload("acme", &s.admin, "many-chunks.pdf", common::pdfgen::pages(&pages)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let id: Uuid = resp.json::<Value>().await.unwrap()["document_id"].as_str().unwrap().parse().unwrap();
+    s.embeddings.control.delay_ms.store(1500, Ordering::SeqCst);
+
+    let following = {
+        let s = &s;
+        async move { follow(s, id).await }
+    };
+    let draining = async {
+        // the stream is open before the work starts
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.app.drain().await
+    };
+    let (events, outcomes) = tokio::join!(following, draining);
+    assert!(matches!(outcomes[0].1, Outcome::Ready { .. }), "{outcomes:?}");
+
+    let stages: Vec<&str> = events.iter().map(|(_, d)| d["progress"]["stage"].as_str().unwrap()).collect();
+    assert!(events.iter().all(|(e, _)| e == "progress"), "{events:?}");
+    assert_eq!(stages[0], "queued", "{stages:?}");
+    assert_eq!(*stages.last().unwrap(), "ready", "{stages:?}");
+    let order = ["queued", "extracting", "embedding", "storing", "ready"];
+    let ranks: Vec<usize> = stages.iter().map(|s| order.iter().position(|o| o == s).unwrap()).collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "stages go forward: {stages:?}");
+    // half-way through the embedding: some chunks of all of them
+    let partway = events.iter().map(|(_, d)| &d["progress"]).find(|p| {
+        p["stage"] == "embedding"
+            && p["chunks_embedded"].as_i64().unwrap() > 0
+            && p["chunks_embedded"].as_i64().unwrap() < p["chunks_total"].as_i64().unwrap()
+    });
+    assert!(partway.is_some(), "no event during the embedding: {events:?}");
+    let partway = partway.unwrap();
+    assert_eq!(partway["pages_done"], 40, "the pages are all extracted by then");
+    let last = &events.last().unwrap().1;
+    let chunks = last["chunk_count"].as_i64().unwrap();
+    assert!(chunks > 64, "two batches at least: {chunks}");
+    assert_eq!(last["progress"]["chunks_embedded"], chunks);
+    assert_eq!(last["progress"]["chunks_total"], chunks);
+
+    // the counters moved (the registry is the process's: other tests may move them too)
+    let after = s.app.metrics().await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        common::sample(&after, name, labels) - common::sample(&before, name, labels)
+    };
+    assert!(moved("docuchat_ingestion_jobs_total", &[("outcome", "ready")]) >= 1.0);
+    assert!(moved("docuchat_ingestion_job_duration_seconds_count", &[("outcome", "ready")]) >= 1.0);
+    assert!(moved("docuchat_ingestion_pages_total", &[]) >= 40.0);
+    assert!(moved("docuchat_ingestion_chunks_total", &[]) >= chunks as f64);
+    assert!(moved("docuchat_embedder_batches_total", &[]) >= 2.0);
+    assert!(moved("docuchat_tokens_metered_total", &[("kind", "embedding")]) >= 1.0);
+    let uploads = [("route", "/v1/files"), ("method", "POST"), ("status", "202")];
+    assert!(moved("docuchat_http_requests_total", &uploads) >= 1.0);
+    assert!(moved("docuchat_http_request_duration_seconds_count", &[("route", "/v1/files")]) >= 1.0);
+    for family in ["docuchat_ingestion_jobs_in_queue", "docuchat_db_pool_connections", "docuchat_event_streams_open"] {
+        assert!(after.contains(&format!("# TYPE {family} gauge")), "{family}");
+    }
+
+    // a deleted document ends its stream with an error event
+    let resp = s.app.delete_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = s.app.get_as(&format!("/v1/documents/{id}/events"), "acme", &s.admin).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test]
+async fn a_stream_ends_when_its_document_is_deleted(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    let deleting = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resp = s.app.delete_as(&format!("/v1/documents/{id}"), "acme", &s.admin).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    };
+    let (events, ()) = tokio::join!(follow(&s, id), deleting);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].1["progress"]["stage"], "queued");
+    assert_eq!(events[1].0, "error");
+    assert_eq!(events[1].1["code"], "document_not_found");
+}
+
+#[sqlx::test]
+async fn a_stopping_server_ends_its_streams(db: PgPool) {
+    let s = setup(db).await;
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    let mut resp = s
+        .app
+        .client
+        .get(s.app.url(&format!("/v1/documents/{id}/events")))
+        .header("x-tenant-id", "acme")
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(std::str::from_utf8(&first).unwrap().contains("\"queued\""));
+    // the server finishes the requests in flight, and a stream is one that would never end
+    let started = std::time::Instant::now();
+    let Setup { app, .. } = s;
+    let stopping = tokio::spawn(app.stop());
+    let mut rest = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(rest.contains("event: error") && rest.contains("shutting_down"), "{rest}");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stopped").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

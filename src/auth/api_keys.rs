@@ -40,7 +40,7 @@ impl Scope {
 }
 
 /// A key as listed (never with its secret).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: Uuid,
     pub name: String,

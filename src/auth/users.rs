@@ -191,12 +191,13 @@ async fn count(db: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<i64, sqlx::Er
 }
 
 /// A member as admins see them.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Member {
     pub id: Uuid,
     pub email: String,
     pub role: Role,
     /// `invited` until the first login, then `active`
+    #[schema(example = "invited")]
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,

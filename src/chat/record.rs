@@ -98,10 +98,18 @@ impl Recorder {
     }
 }
 
+/// The tokens of answers written to the ledger, for the metrics.
+fn count_metered(record: &Record) {
+    crate::metrics::metered("embedding", record.embedding_tokens);
+    crate::metrics::metered("prompt", i64::from(record.prompt_tokens));
+    crate::metrics::metered("completion", i64::from(record.completion_tokens));
+}
+
 async fn write(db: &PgPool, batch: Vec<Job>) {
     let records: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
     if insert(db, &records).await.is_ok() {
-        for (_, done) in batch {
+        for (record, done) in batch {
+            count_metered(&record);
             let _ = done.send(Ok(Saved::Message));
         }
         return;
@@ -109,9 +117,13 @@ async fn write(db: &PgPool, batch: Vec<Job>) {
     // one at a time: only the answers that cannot be written fail, and they are charged anyway
     for (record, done) in batch {
         let saved = match insert(db, &[&record]).await {
-            Ok(()) => Ok(Saved::Message),
+            Ok(()) => {
+                count_metered(&record);
+                Ok(Saved::Message)
+            }
             Err(kept) => match charge(db, &[&record]).await {
                 Ok(()) => {
+                    count_metered(&record);
                     tracing::info!(message_id = %record.message_id, error = %kept, "an answer could not be kept; it is charged");
                     Ok(Saved::ChargedOnly)
                 }

@@ -59,6 +59,11 @@ impl SocketCaps {
         self.closing.cancel();
     }
 
+    /// How many are open now.
+    pub fn open_count(&self) -> usize {
+        *self.open.borrow()
+    }
+
     /// Resolves once no socket is open.
     pub async fn closed(&self) {
         let mut open = self.open.subscribe();

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::record::Record;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Session {
     pub id: Uuid,
     pub title: String,
@@ -17,11 +17,12 @@ pub struct Session {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Message {
     pub id: Uuid,
     pub question: String,
     pub answer: String,
+    #[schema(value_type = Vec<crate::retrieval::Source>)]
     pub sources: sqlx::types::Json<Value>,
     pub model: String,
     pub prompt_tokens: i32,

@@ -38,8 +38,9 @@ const PROMPT_OVERHEAD_TOKENS: usize = 600;
 const HISTORY_TURNS: i64 = 20;
 
 /// What the server sends, per question: `start`, `sources`, `token`…, `done`; or `error`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = ServerFrame)]
 pub enum Frame<'a> {
     Start {
         session_id: Uuid,
@@ -80,7 +81,7 @@ impl<'a> Frame<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FrameUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -148,6 +149,7 @@ impl<S: FrameSink> Turn<S> {
     /// Runs the turn to its last frame. `session` continues one of the user's sessions; `None`
     /// starts one.
     pub async fn run(self, session: Option<Uuid>, question: String, cancel: CancellationToken) {
+        crate::metrics::get().questions.inc();
         let mut hold = None;
         let result = self.answer(session, &question, cancel, &mut hold).await;
         // the hold goes with the answer's ledger rows; an answer that wrote none gives it back
@@ -183,6 +185,7 @@ impl<S: FrameSink> Turn<S> {
         cancel: CancellationToken,
         hold: &mut Option<Uuid>,
     ) -> anyhow::Result<()> {
+        let asked = std::time::Instant::now();
         if !self.admit(question, hold).await? {
             return Ok(());
         }
@@ -199,7 +202,7 @@ impl<S: FrameSink> Turn<S> {
         let request = self.prompt(&*embedder, &embedded.vectors[0], question, session, title.is_none()).await?;
         self.sink.send(Frame::Sources { sources: &request.sources }).await;
 
-        let mut generated = self.generate(&request, cancel).await;
+        let mut generated = self.generate(&request, cancel, asked).await;
         let saved = self
             .services
             .recorder
@@ -223,6 +226,12 @@ impl<S: FrameSink> Turn<S> {
             })
             .await?;
         *hold = None;
+        let answers = &crate::metrics::get().answers;
+        answers
+            .get_or_create(&crate::metrics::Status {
+                status: if saved == Saved::ChargedOnly { "not_kept" } else { generated.status },
+            })
+            .inc();
 
         if saved == Saved::ChargedOnly {
             // what was said is charged, but there is nowhere left to keep it
@@ -344,10 +353,13 @@ impl<S: FrameSink> Turn<S> {
     }
 
     /// Streams the model's answer to the sink until it ends, fails or is cancelled.
-    async fn generate(&self, request: &ChatRequest, cancel: CancellationToken) -> Generated {
+    /// `asked`: when the question arrived, for the time to the first token.
+    async fn generate(&self, request: &ChatRequest, cancel: CancellationToken, asked: std::time::Instant) -> Generated {
+        let ttft = &crate::metrics::get().time_to_first_token;
         if request.sources.is_empty() {
             // nothing relevant: say so, without a model
             let answer = prompt::nothing_found(request.persian).to_owned();
+            ttft.observe(asked.elapsed().as_secs_f64());
             self.sink.send(Frame::Token { content: &answer }).await;
             return Generated {
                 answer,
@@ -374,6 +386,9 @@ impl<S: FrameSink> Turn<S> {
                 }
                 token = rx.recv() => match token {
                     Some(t) => {
+                        if answer.is_empty() {
+                            ttft.observe(asked.elapsed().as_secs_f64());
+                        }
                         answer.push_str(&t);
                         self.sink.send(Frame::Token { content: &t }).await;
                     }

@@ -73,9 +73,10 @@ pub fn accept(ws: WebSocketUpgrade, context: Context, caller: CurrentUser, slot:
         })
 }
 
-#[derive(Deserialize)]
+/// What a client sends on the chat socket.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame {
+pub enum ClientFrame {
     Ask {
         session_id: Option<String>,
         content: String,

@@ -47,6 +47,8 @@ pub struct Config {
     /// Prepended to every Redis key, so that several deployments (or tests) can share one Redis.
     pub redis_key_prefix: String,
     pub bind_addr: SocketAddr,
+    /// Where `GET /metrics` is served (`METRICS_ADDR`; `None`: nowhere)
+    pub metrics_addr: Option<SocketAddr>,
     pub jwt_secret: Secret,
     /// The key of the login codes' HMACs: `LOGIN_CODE_KEY`, or one derived from `JWT_SECRET`
     /// with a label of its own, so that the two purposes never share a key.
@@ -246,6 +248,13 @@ impl Config {
 
         let bind_addr = var("BIND_ADDR").unwrap_or_else(|| "127.0.0.1:8000".into());
         let bind_addr = bind_addr.parse().with_context(|| format!("BIND_ADDR must be host:port, not `{bind_addr}`"))?;
+        let metrics_addr = match var("METRICS_ADDR").as_deref().map(str::trim) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some("off") => None,
+            Some(addr) => {
+                Some(addr.parse().with_context(|| format!("METRICS_ADDR must be host:port or `off`, not `{addr}`"))?)
+            }
+        };
 
         let chat_model = var("CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into());
         let mut chat_models_allowed = list("CHAT_MODELS_ALLOWED");
@@ -336,6 +345,7 @@ impl Config {
             redis_url: ConnUrl::new(var("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.into())),
             redis_key_prefix: var("REDIS_KEY_PREFIX").unwrap_or_else(|| "docuchat:".into()),
             bind_addr,
+            metrics_addr,
             jwt_secret,
             login_code_key,
             jwt_ttl,

@@ -21,7 +21,8 @@ pub struct Uploader {
 /// `processing`, from the first page; false when the document is gone.
 pub async fn start_processing(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
-        "update documents set status = 'processing', pages_done = 0, updated_at = now()
+        "update documents set status = 'processing', stage = 'extracting', pages_done = 0, chunks_total = 0,
+                chunks_embedded = 0, updated_at = now()
           where tenant_id = $1 and id = $2",
     )
     .bind(tenant)
@@ -45,14 +46,29 @@ pub async fn upload(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<O
     Ok(row.map(|(data, user, api_key)| Upload { data, by: Uploader { user, api_key } }))
 }
 
-/// Pages extracted so far.
-pub async fn set_progress(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid, pages_done: i32) -> Result<(), sqlx::Error> {
-    sqlx::query("update documents set pages_done = $3, updated_at = now() where tenant_id = $1 and id = $2")
-        .bind(tenant)
-        .bind(id)
-        .bind(pages_done)
-        .execute(db)
-        .await?;
+/// How far a `processing` document is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub stage: &'static str,
+    pub pages_done: i32,
+    pub chunks_total: i32,
+    pub chunks_embedded: i32,
+}
+
+/// Where a `processing` document is now.
+pub async fn set_progress(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid, step: Step) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update documents set stage = $3, pages_done = $4, chunks_total = $5, chunks_embedded = $6, updated_at = now()
+          where tenant_id = $1 and id = $2 and status = 'processing'",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(step.stage)
+    .bind(step.pages_done)
+    .bind(step.chunks_total)
+    .bind(step.chunks_embedded)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -66,6 +82,7 @@ pub async fn mark_ready(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update documents set status = 'ready', chunk_count = $3, embedding_model = $4, pages_done = pages_total,
+                chunks_total = $3, chunks_embedded = $3,
                 error_code = null, error_message = null, updated_at = now()
           where tenant_id = $1 and id = $2",
     )

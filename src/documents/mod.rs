@@ -4,18 +4,18 @@
 
 pub mod lifecycle;
 pub mod routes;
+pub mod watch;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Value, json};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::ingestion::queue;
+use crate::{error::ErrorBody, ingestion::queue};
 
 /// Where a document is in the pipeline. `queued` → `processing` → `ready` | `failed`; a document
 /// may go back to `queued` (a retry, a quota wait, a re-upload of a failed file, a reindex).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum DocumentStatus {
@@ -41,39 +41,83 @@ pub struct Document {
     pub embedding_model: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// while `processing`: `extracting`, `embedding` or `storing`
+    pub stage: String,
+    pub chunks_total: i32,
+    pub chunks_embedded: i32,
 }
 
 macro_rules! columns {
     () => {
         "id, tenant_id, filename, sha256, bytes, pages_total, pages_done, status, error_code, error_message, \
-         chunk_count, embedding_model, created_at, updated_at"
+         chunk_count, embedding_model, created_at, updated_at, stage, chunks_total, chunks_embedded"
     };
 }
 
-#[derive(Serialize)]
+/// A document as clients see it.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DocumentView {
     pub id: Uuid,
     pub filename: String,
     pub status: DocumentStatus,
-    pub progress: Value,
+    pub progress: Progress,
     pub pages_total: i32,
+    /// the chunks stored (searchable) once `ready`
     pub chunk_count: i32,
     pub bytes: i64,
+    /// of the uploaded bytes, hex
     pub sha256: String,
     pub embedding_model: Option<String>,
-    pub error: Option<Value>,
+    /// why it failed (`failed`), or what it waits for (`queued` behind a used-up quota)
+    pub error: Option<ErrorBody>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
+/// How far ingestion is: pages extracted of the PDF's pages, then chunks embedded of the chunks
+/// made (`chunks_total` is 0 until the text is cut), then storing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Progress {
+    /// `queued`, `extracting`, `embedding`, `storing` (these three while `processing`), `ready` or `failed`
+    #[schema(example = "embedding")]
+    pub stage: &'static str,
+    pub pages_done: i32,
+    pub pages_total: i32,
+    pub chunks_embedded: i32,
+    pub chunks_total: i32,
+}
+
+impl Progress {
+    pub fn of(d: &Document) -> Self {
+        let stage = match d.status {
+            DocumentStatus::Queued => "queued",
+            DocumentStatus::Ready => "ready",
+            DocumentStatus::Failed => "failed",
+            DocumentStatus::Processing => match d.stage.as_str() {
+                "embedding" => "embedding",
+                "storing" => "storing",
+                _ => "extracting",
+            },
+        };
+        Self {
+            stage,
+            pages_done: d.pages_done,
+            pages_total: d.pages_total,
+            chunks_embedded: d.chunks_embedded,
+            chunks_total: d.chunks_total,
+        }
+    }
+}
+
 impl From<Document> for DocumentView {
     fn from(d: Document) -> Self {
-        let error = d.error_code.map(|code| json!({ "code": code, "message": d.error_message.unwrap_or_default() }));
+        let progress = Progress::of(&d);
+        let error = d.error_code.map(|code| ErrorBody::new(code, d.error_message.unwrap_or_default()));
         Self {
             id: d.id,
             filename: d.filename,
             status: d.status,
-            progress: json!({ "pages_done": d.pages_done, "pages_total": d.pages_total }),
+            progress,
             pages_total: d.pages_total,
             chunk_count: d.chunk_count,
             bytes: d.bytes,

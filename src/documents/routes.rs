@@ -5,15 +5,21 @@
 //! bytes, and the PDF is opened and its pages counted before anything is stored. The same bytes
 //! uploaded again return the existing document.
 
+use std::time::Duration;
+
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::MultipartError},
     http::{HeaderMap, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
     routing::{get, post},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{DocumentView, NewDocument};
@@ -21,7 +27,7 @@ use crate::{
     app::AppState,
     auth::{Principal, api_keys::Scope},
     db,
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Envelope as Error},
     ingestion::{
         pdf::ExtractError,
         sandbox::{Sandbox, SandboxError},
@@ -33,6 +39,7 @@ pub fn router(max_upload: usize) -> Router<AppState> {
         .route("/v1/files", post(upload).layer(DefaultBodyLimit::max(max_upload + MULTIPART_OVERHEAD)))
         .route("/v1/documents", get(list))
         .route("/v1/documents/{id}", get(show).delete(remove))
+        .route("/v1/documents/{id}/events", get(events))
 }
 
 /// Room for the multipart framing around the file itself.
@@ -65,12 +72,49 @@ pub fn looks_like_pdf(head: &[u8]) -> bool {
     head[..head.len().min(1024)].windows(5).any(|w| w == b"%PDF-")
 }
 
-async fn upload(
+/// The upload form: one PDF in the field `file`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    #[schema(value_type = String, format = Binary, content_media_type = "application/pdf")]
+    file: Vec<u8>,
+}
+
+/// An accepted upload.
+#[derive(Serialize, ToSchema)]
+pub struct Uploaded {
+    document_id: Uuid,
+    /// `queued` for a new file; a duplicate's own status
+    status: super::DocumentStatus,
+    /// the same bytes were uploaded before: this is that document
+    duplicate: bool,
+    pages: i32,
+    filename: String,
+}
+
+#[utoipa::path(
+    post, path = "/v1/files", operation_id = "uploadFile", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "Upload a PDF (admins, or a key with `documents:write`)",
+    description = "The file is checked while it streams (size, PDF signature), then opened and its pages counted in a \
+        child process before it is accepted; ingestion goes on in the background: follow it with \
+        `GET /v1/documents/{id}` or `GET /v1/documents/{id}/events`. The same bytes again return the existing document.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Accepted: queued for ingestion (or the existing document)", body = Uploaded),
+        (status = 400, description = "`file_required`, `empty_file`, `too_many_files`, `malformed_multipart`", body = Error),
+        (status = 403, description = "`forbidden` (members), `insufficient_scope`", body = Error),
+        (status = 413, description = "`file_too_large` (`MAX_UPLOAD_BYTES`)", body = Error),
+        (status = 415, description = "`unsupported_media_type`: not multipart, or not a PDF", body = Error),
+        (status = 422, description = "`encrypted_pdf`, `too_many_pages`, `invalid_pdf`, `pdf_too_complex`, `extraction_timeout`", body = Error),
+        (status = 429, description = "`rate_limited` (with `Retry-After`); `quota_exceeded`: the tenant's or the uploader's token quota is used up", body = Error),
+    )
+)]
+pub async fn upload(
     State(state): State<AppState>,
     user: Principal,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Uploaded>)> {
     user.require(Scope::DocumentsWrite)?;
     state.limits.check_upload(user.id()).await?;
     // refused before the body is read when a quota is already used up
@@ -118,13 +162,13 @@ async fn upload(
     tracing::info!(document_id = %doc.id, pages, bytes = file.data.len(), created, "document uploaded");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "document_id": doc.id,
-            "status": doc.status,
-            "duplicate": !created,
-            "pages": doc.pages_total,
-            "filename": doc.filename,
-        })),
+        Json(Uploaded {
+            document_id: doc.id,
+            status: doc.status,
+            duplicate: !created,
+            pages: doc.pages_total,
+            filename: doc.filename,
+        }),
     ))
 }
 
@@ -212,14 +256,41 @@ fn parse_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::try_parse(raw).map_err(|_| not_found())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// 1 to 100 (20)
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// the `next_cursor` of the previous page
     after: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, user: Principal, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+/// A page of documents, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct DocumentList {
+    documents: Vec<DocumentView>,
+    /// give it as `after` for the next page; `null` on the last
+    next_cursor: Option<Uuid>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/documents", operation_id = "listDocuments", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "The tenant's documents, newest first (users, or a key with `documents:read`)",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of documents", body = DocumentList),
+        (status = 400, description = "`invalid_query`, `invalid_limit`, `invalid_cursor`", body = Error),
+        (status = 403, description = "`insufficient_scope`", body = Error),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    user: Principal,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<DocumentList>> {
     user.require(Scope::DocumentsRead)?;
+    let Query(q) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?limit=&after="))?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
@@ -236,10 +307,24 @@ async fn list(State(state): State<AppState>, user: Principal, Query(q): Query<Li
     let has_more = docs.len() as i64 > limit;
     let docs: Vec<DocumentView> = docs.into_iter().take(limit as usize).map(Into::into).collect();
     let next = if has_more { docs.last().map(|d| d.id) } else { None };
-    Ok(Json(json!({ "documents": docs, "next_cursor": next })))
+    Ok(Json(DocumentList { documents: docs, next_cursor: next }))
 }
 
-async fn show(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<Json<DocumentView>> {
+#[utoipa::path(
+    get, path = "/v1/documents/{id}", operation_id = "getDocument", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "A document, its status and progress (users, or a key with `documents:read`)",
+    params(("id" = String, Path, description = "the document's id")),
+    responses(
+        (status = 200, description = "The document", body = DocumentView),
+        (status = 403, description = "`insufficient_scope`", body = Error),
+        (status = 404, description = "`document_not_found`", body = Error),
+    )
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    user: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DocumentView>> {
     user.require(Scope::DocumentsRead)?;
     let id = parse_id(&id)?;
     let doc = super::get(&mut *db::for_tenant(&state.db, user.tenant_id()).await?, user.tenant_id(), id)
@@ -248,7 +333,18 @@ async fn show(State(state): State<AppState>, user: Principal, Path(id): Path<Str
     Ok(Json(doc.into()))
 }
 
-async fn remove(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(
+    delete, path = "/v1/documents/{id}", operation_id = "deleteDocument", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "Delete a document (admins, or a key with `documents:write`)",
+    description = "The document, its file and its chunks are gone at once; the ledger keeps what it cost.",
+    params(("id" = String, Path, description = "the document's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "`forbidden` (members), `insufficient_scope`", body = Error),
+        (status = 404, description = "`document_not_found`", body = Error),
+    )
+)]
+pub async fn remove(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     user.require(Scope::DocumentsWrite)?;
     let id = parse_id(&id)?;
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
@@ -259,6 +355,152 @@ async fn remove(State(state): State<AppState>, user: Principal, Path(id): Path<S
     } else {
         Err(not_found())
     }
+}
+
+/// How long one event stream lasts at most: a follower connects again to go on (a stream is not
+/// checked again against a revoked token or key, so it must not outlive them by much).
+const STREAM_FOR: Duration = Duration::from_secs(600);
+/// How often a stream reads its document while notifications do not arrive.
+const POLL_WHEN_DEAF: Duration = Duration::from_secs(2);
+/// ... and while they do (a missed one costs this much delay at most).
+const POLL_WHEN_LIVE: Duration = Duration::from_secs(30);
+
+/// What an event of the stream carries: `event: progress` with the document as
+/// `GET /v1/documents/{id}` shows it, once now and then at each change; the stream ends after the
+/// `ready` or `failed` one. `event: error` (`document_not_found`: deleted meanwhile;
+/// `shutting_down`) ends it too.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DocumentEvent {
+    Progress(DocumentView),
+    Error(crate::error::ErrorBody),
+}
+
+#[utoipa::path(
+    get, path = "/v1/documents/{id}/events", operation_id = "followDocument", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "Follow a document's ingestion (server-sent events)",
+    description = "A `text/event-stream`: `event: progress` with the document (its `progress.stage` is `queued`, \
+        `extracting`, `embedding`, `storing`, then `ready` or `failed`) at once and at each change — pages extracted, \
+        chunks embedded of chunks total —, ending after `ready` or `failed`; `event: error` with `{code, message}` \
+        (`document_not_found` when it is deleted, `shutting_down`) ends it as well. A comment every 15 s keeps \
+        proxies from closing it; a stream lasts at most 10 minutes (connect again to go on). Streams count against \
+        the same per-user and per-tenant caps as chat sockets.",
+    params(("id" = String, Path, description = "the document's id")),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = DocumentEvent),
+        (status = 403, description = "`insufficient_scope`", body = Error),
+        (status = 404, description = "`document_not_found`", body = Error),
+        (status = 429, description = "`too_many_streams` (with `Retry-After`)", body = Error),
+    )
+)]
+pub async fn events(State(state): State<AppState>, user: Principal, Path(id): Path<String>) -> ApiResult<Response> {
+    user.require(Scope::DocumentsRead)?;
+    let id = parse_id(&id)?;
+    let tenant = user.tenant_id();
+    let doc = super::get(&mut *db::for_tenant(&state.db, tenant).await?, tenant, id).await?.ok_or_else(not_found)?;
+    let slot = state.streams.open(tenant, user.id()).ok_or_else(|| ApiError::TooManyRequests {
+        code: "too_many_streams",
+        message: "too many event streams are open: close one first".into(),
+        retry_after: Duration::from_secs(5),
+    })?;
+    let follow = Follow {
+        db: state.db.clone(),
+        notices: state.documents.subscribe(),
+        watch: state.documents.clone(),
+        closing: state.streams.closing(),
+        deadline: tokio::time::Instant::now() + STREAM_FOR,
+        tenant,
+        id,
+        first: Some(doc),
+        last: None,
+        ended: false,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        let event = f.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// One event stream's state.
+struct Follow {
+    db: sqlx::PgPool,
+    notices: tokio::sync::broadcast::Receiver<super::watch::Notice>,
+    watch: std::sync::Arc<super::watch::DocumentWatch>,
+    closing: tokio_util::sync::CancellationToken,
+    deadline: tokio::time::Instant,
+    tenant: Uuid,
+    id: Uuid,
+    first: Option<super::Document>,
+    /// what was sent last: only changes are sent
+    last: Option<(super::DocumentStatus, super::Progress, Option<String>)>,
+    ended: bool,
+    _slot: crate::chat::sockets::Slot,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Event> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.ended {
+                return None;
+            }
+            let doc = match self.first.take() {
+                Some(doc) => Some(doc),
+                None => {
+                    let poll = if self.watch.is_live() { POLL_WHEN_LIVE } else { POLL_WHEN_DEAF };
+                    tokio::select! {
+                        notice = self.notices.recv() => match notice {
+                            Ok(Some(id)) if id != self.id => continue,
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => tokio::time::sleep(poll).await,
+                        },
+                        () = tokio::time::sleep(poll) => {}
+                        () = self.closing.cancelled() => {
+                            self.ended = true;
+                            return Some(error_event("shutting_down", "the server is restarting: connect again"));
+                        }
+                        () = tokio::time::sleep_until(self.deadline) => return None,
+                    }
+                    let read = async {
+                        let mut tx = db::for_tenant(&self.db, self.tenant).await?;
+                        super::get(&mut *tx, self.tenant, self.id).await
+                    };
+                    match read.await {
+                        Ok(doc) => doc,
+                        // the database is out of reach: try again at the next notice or tick
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read a followed document");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(doc) = doc else {
+                self.ended = true;
+                return Some(error_event("document_not_found", "the document was deleted"));
+            };
+            let view = DocumentView::from(doc);
+            let now = (view.status, view.progress.clone(), view.error.as_ref().map(|e| e.code.clone()));
+            if self.last.as_ref() == Some(&now) {
+                continue;
+            }
+            self.last = Some(now);
+            if matches!(view.status, super::DocumentStatus::Ready | super::DocumentStatus::Failed) {
+                self.ended = true;
+            }
+            let event = Event::default().event("progress").json_data(DocumentEvent::Progress(view));
+            return Some(event.unwrap_or_default());
+        }
+    }
+}
+
+fn error_event(code: &str, message: &str) -> Event {
+    Event::default()
+        .event("error")
+        .json_data(DocumentEvent::Error(crate::error::ErrorBody::new(code, message)))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -48,16 +48,49 @@ pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>>;
 }
 
-/// Builds the embedder the configuration names.
+/// Builds the embedder the configuration names (its batches counted and timed for the metrics).
 pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
-    match config.embedding_provider {
-        EmbeddingProvider::OpenAi => Ok(Arc::new(openai::OpenAiEmbedder::from_config(config)?)),
+    let inner: Box<dyn Embedder> = match config.embedding_provider {
+        EmbeddingProvider::OpenAi => Box::new(openai::OpenAiEmbedder::from_config(config)?),
         EmbeddingProvider::Local => {
             if config.embedding_model != local::MODEL_NAME {
                 anyhow::bail!("the local embedder runs {}, not `{}`", local::MODEL_NAME, config.embedding_model);
             }
-            Ok(Arc::new(local::LocalEmbedder::from_dir(config.local_model_dir.as_deref(), config.embed_threads)?))
+            Box::new(local::LocalEmbedder::from_dir(config.local_model_dir.as_deref(), config.embed_threads)?)
         }
+    };
+    Ok(Arc::new(Metered(inner)))
+}
+
+/// An embedder whose batches go into the metrics.
+struct Metered(Box<dyn Embedder>);
+
+impl Embedder for Metered {
+    fn model(&self) -> &str {
+        self.0.model()
+    }
+
+    fn dimensions(&self) -> usize {
+        self.0.dimensions()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.0.batch_size()
+    }
+
+    fn input_limit(&self) -> Option<(&TokenCounter, usize)> {
+        self.0.input_limit()
+    }
+
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.0.embed(texts).await;
+            let m = crate::metrics::get();
+            m.embed_batches.inc();
+            m.embed_batch_duration.observe(started.elapsed().as_secs_f64());
+            result
+        })
     }
 }
 

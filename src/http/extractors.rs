@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     Json,
+    body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request, rejection::JsonRejection},
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
@@ -13,7 +14,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{app::AppState, error::ApiError};
 
 /// `Json` whose rejections (malformed JSON, wrong shape, wrong content type, too large) are
-/// `ApiError`s in the envelope.
+/// `ApiError`s in the envelope. Every body of the API is a JSON object: an array is refused even
+/// where its items would fill the fields in order (serde reads a struct from either).
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
@@ -24,11 +26,31 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(Default::default())));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { code: "payload_too_large", message: "the request body is too large".into() }
+            } else {
+                ApiError::bad_request("invalid_body", rejection.body_text())
+            }
+        })?;
+        let value = Json::<T>::from_bytes(&bytes).map_err(json_rejection)?.0;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::unprocessable("invalid_body", "the body must be a JSON object"));
+        }
+        Ok(Self(value))
     }
+}
+
+/// `application/json`, or any `application/…+json`, as `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

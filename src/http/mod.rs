@@ -2,6 +2,7 @@
 //! passes through (request id, tracing span, CORS, body limit, panic guard).
 
 pub mod extractors;
+pub mod openapi;
 pub mod proxy;
 pub mod routes;
 pub mod server;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(routes::root))
         .route("/healthz", get(routes::healthz))
+        .merge(openapi::router())
         .merge(auth::routes::router())
         .merge(usage::routes::router())
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
@@ -40,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_json_bytes))
+        // after routing: the route's pattern is known
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(cors(&config.cors_origins))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(

@@ -7,7 +7,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -109,6 +109,37 @@ impl JobError {
     }
 }
 
+/// How far a job is: written by the pipeline as it goes, published by the worker's heartbeat.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// 0 extracting, 1 embedding, 2 storing
+    stage: AtomicU8,
+    pages: AtomicUsize,
+    chunks_total: AtomicUsize,
+    chunks_embedded: AtomicUsize,
+}
+
+impl Tracker {
+    pub fn step(&self) -> lifecycle::Step {
+        let count = |n: &AtomicUsize| i32::try_from(n.load(Ordering::Relaxed)).unwrap_or(i32::MAX);
+        lifecycle::Step {
+            stage: match self.stage.load(Ordering::Relaxed) {
+                0 => "extracting",
+                1 => "embedding",
+                _ => "storing",
+            },
+            pages_done: count(&self.pages),
+            chunks_total: count(&self.chunks_total),
+            chunks_embedded: count(&self.chunks_embedded),
+        }
+    }
+
+    /// The chunks are embedded; what is left is writing them.
+    pub fn storing(&self) {
+        self.stage.store(2, Ordering::Relaxed);
+    }
+}
+
 /// A document's chunks with their vectors, the tokens the embedder reported, and the quota hold
 /// that the ledger row settles.
 pub struct Embedded {
@@ -120,24 +151,26 @@ pub struct Embedded {
 
 impl Pipeline {
     /// Extracts, chunks, admits and embeds; writes nothing but the quota hold. `progress` counts
-    /// the pages extracted; `stop` interrupts the extraction (not the embedding, whose tokens are
-    /// spent as it goes and must be charged).
+    /// the pages extracted, then the chunks embedded; `stop` interrupts the extraction (not the
+    /// embedding, whose tokens are spent as it goes and must be charged).
     pub async fn prepare(
         &self,
         job: &Job,
         data: &[u8],
         by: Uploader,
-        progress: &AtomicUsize,
+        progress: &Tracker,
         stop: &CancellationToken,
     ) -> Result<Embedded, JobError> {
-        let pages = self.extract(data, progress, stop).await?;
+        let pages = self.extract(data, &progress.pages, stop).await?;
         let (chunks, most_tokens) = self.chunk(pages).await?;
+        progress.chunks_total.store(chunks.len(), Ordering::Relaxed);
+        progress.stage.store(1, Ordering::Relaxed);
 
         // the tenant's (and the uploader's) quota, checked now that the cost is known
         let hold_for = self.config.lease * 4 + Duration::from_secs(600);
         let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
 
-        let (vectors, tokens, failure) = self.embed(&chunks).await;
+        let (vectors, tokens, failure) = self.embed(&chunks, &progress.chunks_embedded).await;
         match failure {
             None => Ok(Embedded { chunks, vectors, tokens, hold }),
             Some(e) => {
@@ -149,6 +182,7 @@ impl Pipeline {
                     quota::release(&mut *tx, job.tenant_id, hold).await?;
                 }
                 tx.commit().await?;
+                crate::metrics::metered("embedding", tokens as i64);
                 Err(e.into())
             }
         }
@@ -189,7 +223,7 @@ impl Pipeline {
 
     /// The chunks' vectors and the tokens spent, batch by batch; on a failure, what was spent
     /// until then and the error.
-    async fn embed(&self, chunks: &[Chunk]) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
+    async fn embed(&self, chunks: &[Chunk], embedded: &AtomicUsize) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
         let mut vectors = Vec::with_capacity(chunks.len());
         let mut tokens = 0;
         let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
@@ -198,6 +232,7 @@ impl Pipeline {
                 Ok(out) => {
                     tokens += out.tokens;
                     vectors.extend(out.vectors);
+                    embedded.fetch_add(batch.len(), Ordering::Relaxed);
                 }
                 Err(e) => return (vectors, tokens, Some(e)),
             }

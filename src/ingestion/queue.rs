@@ -140,6 +140,11 @@ pub fn backoff(attempts: i32) -> Duration {
     Duration::from_secs((5u64 << exp).min(600))
 }
 
+/// Jobs waiting and jobs being worked on, every tenant's (for the metrics).
+pub async fn depth(db: impl sqlx::PgExecutor<'_>) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as("select queued, running from docuchat_queue_depth()").fetch_one(db).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    pipeline::{JobError, Pipeline},
+    pipeline::{JobError, Pipeline, Tracker},
     queue::{self, Job},
 };
 use crate::{
@@ -131,6 +131,22 @@ impl Workers {
     /// Runs one claimed job; `stop` (the service stopping) interrupts its extraction, and the job
     /// is then given back to run again at once.
     pub async fn run_job(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Outcome {
+        let started = std::time::Instant::now();
+        let outcome = self.run_counted(job, worker, stop).await;
+        let label = match &outcome {
+            Outcome::Ready { chunks } => {
+                crate::metrics::get().chunks.inc_by(*chunks as u64);
+                "ready"
+            }
+            Outcome::Failed { .. } => "failed",
+            Outcome::Retry => "retry",
+            Outcome::Lost => "lost",
+        };
+        crate::metrics::job(label, started.elapsed());
+        outcome
+    }
+
+    async fn run_counted(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Outcome {
         match self.try_run(job, worker, stop).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -174,7 +190,7 @@ impl Workers {
         tx.commit().await?;
 
         // keep the lease and publish progress while the work runs
-        let progress = Arc::new(AtomicUsize::new(0));
+        let progress = Arc::new(Tracker::default());
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
             db.clone(),
@@ -193,12 +209,24 @@ impl Workers {
                 let mut tx = tenant().await?;
                 self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
                 tx.commit().await?;
+                crate::metrics::metered("embedding", embedded.tokens as i64);
             }
             return Ok(Outcome::Lost);
         }
 
         match result {
-            Ok(embedded) => self.store(job, worker, by, embedded).await,
+            Ok(embedded) => {
+                // seen by followers while the chunks are written
+                progress.storing();
+                let mut tx = tenant().await?;
+                lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, progress.step()).await?;
+                tx.commit().await?;
+                let outcome = self.store(job, worker, by, embedded).await?;
+                if matches!(outcome, Outcome::Ready { .. }) {
+                    crate::metrics::get().pages.inc_by(progress.step().pages_done.max(0) as u64);
+                }
+                Ok(outcome)
+            }
             Err(JobError::Database(e)) => Err(e),
             Err(JobError::Quota(exceeded)) => {
                 // not the document's fault: it waits, queued, until the quota resets
@@ -247,12 +275,16 @@ impl Workers {
         if !queue::finish(&mut *tx, job.id, worker).await? {
             // deleted (or taken over) while it was embedded: the chunks are not kept, the tokens
             // spent on them are charged all the same
+            let tokens = embedded.tokens as i64;
             self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
             tx.commit().await?;
+            crate::metrics::metered("embedding", tokens);
             return Ok(Outcome::Lost);
         }
+        let tokens = embedded.tokens as i64;
         let chunks = self.pipeline.store(&mut tx, job, by, embedded).await?;
         tx.commit().await?;
+        crate::metrics::metered("embedding", tokens);
         Ok(Outcome::Ready { chunks })
     }
 
@@ -272,10 +304,10 @@ async fn heartbeat(
     job: Job,
     worker: String,
     lease: Duration,
-    progress: Arc<AtomicUsize>,
+    progress: Arc<Tracker>,
     lost: Arc<AtomicBool>,
 ) {
-    let mut last = 0;
+    let mut last = progress.step();
     loop {
         tokio::time::sleep((lease / 3).min(Duration::from_secs(1))).await;
         let beat = async {
@@ -283,10 +315,10 @@ async fn heartbeat(
             if !queue::renew(&mut *tx, job.id, &worker, lease).await? {
                 return Ok(false);
             }
-            let done = progress.load(Ordering::Relaxed);
-            if done != last {
-                last = done;
-                lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, done as i32).await?;
+            let step = progress.step();
+            if step != last {
+                last = step;
+                lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, step).await?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(true)

@@ -177,7 +177,7 @@ pub fn text_query(question: &str) -> String {
     if kept.is_empty() { words.join(" ") } else { kept.join(" ") }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Source {
     pub document_id: Uuid,
     pub filename: String,

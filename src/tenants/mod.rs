@@ -76,7 +76,7 @@ impl From<TenantError> for ApiError {
 }
 
 /// Who may log in to a tenant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Signup {
@@ -100,7 +100,7 @@ impl Signup {
 }
 
 /// A tenant's login policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Access {
     pub signup: Signup,
     pub allowed_domains: Vec<String>,

@@ -43,7 +43,7 @@ impl GroupBy {
 }
 
 /// Tokens by kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub embedding: i64,
     pub prompt: i64,

@@ -179,14 +179,14 @@ pub async fn release(db: impl PgExecutor<'_>, tenant: Uuid, hold: Uuid) -> Resul
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QuotaScope {
     Tenant,
     User,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     Day,
@@ -229,7 +229,7 @@ impl Period {
 
 /// A quota row with what has been used of it this period (`used` is absent for the per-user
 /// default, which every user has separately).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QuotaView {
     pub scope: String,
     pub user_id: Option<Uuid>,

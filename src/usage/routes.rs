@@ -11,8 +11,8 @@ use axum::{
     routing::get,
 };
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{
@@ -27,7 +27,7 @@ use crate::{
         jwt::Role,
         users,
     },
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Envelope as Error},
     http::extractors::AppJson,
 };
 
@@ -40,11 +40,69 @@ pub fn router() -> Router<AppState> {
         .route("/v1/quotas", get(show_quotas).put(put_quota).delete(remove_quota))
 }
 
-#[derive(Deserialize)]
-struct Params {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Params {
+    /// RFC 3339; 7 days before `to` unless given
+    #[param(example = "2026-11-01T00:00:00Z")]
     from: Option<String>,
+    /// RFC 3339; now unless given
     to: Option<String>,
+    /// `day`, `user` or `model`: the range's totals in buckets
+    #[param(pattern = "^(day|user|model)$")]
     group_by: Option<String>,
+}
+
+/// Tokens spent: always the last 24 hours and 7 days, and a range when asked for.
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    tenant_id: Uuid,
+    /// `tenant` (admins and API keys) or `user` (members see their own)
+    #[schema(example = "tenant")]
+    scope: &'static str,
+    /// the ledger up to here is summed (RFC 3339, milliseconds)
+    as_of: String,
+    last_24h: Totals,
+    last_7d: Totals,
+    /// the member, when `scope` is `user`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<UsageRange>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageRange {
+    from: String,
+    to: String,
+    totals: Totals,
+    /// `day`, `user`, `model`, or `null`
+    group_by: Option<&'static str>,
+    /// one per day, user or API key, or model; `null` without `group_by`
+    buckets: Option<Vec<Bucket>>,
+}
+
+/// A bucket: `day` (YYYY-MM-DD, UTC), `model`, `user_id` with `email`, or `api_key_id` with
+/// `api_key_name` — by the range's `group_by` — and its totals.
+#[derive(Default, Serialize, ToSchema)]
+pub struct Bucket {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// `null`: spent by a user since removed
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Uuid>)]
+    user_id: Option<Option<Uuid>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    email: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    api_key_name: Option<Option<String>>,
+    totals: Totals,
 }
 
 fn parse_time(name: &str, raw: &str) -> ApiResult<DateTime<Utc>> {
@@ -86,11 +144,22 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn usage(
+#[utoipa::path(
+    get, path = "/v1/usage", operation_id = "getUsage", tag = "usage", security(("bearer" = []), ("api_key" = [])),
+    summary = "Tokens metered (users, or a key with `usage:read`)",
+    description = "Admins and API keys see the whole tenant; members see their own usage. A range is at most 400 days.",
+    params(Params),
+    responses(
+        (status = 200, description = "The sums", body = Usage),
+        (status = 400, description = "`invalid_query`, `invalid_timestamp`, `invalid_range`, `invalid_group_by`", body = Error),
+        (status = 403, description = "`insufficient_scope`", body = Error),
+    )
+)]
+pub async fn usage(
     State(state): State<AppState>,
     principal: Principal,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Usage>> {
     principal.require(Scope::UsageRead)?;
     let Query(params) = params.map_err(|_| ApiError::bad_request("invalid_query", "use ?from=&to=&group_by="))?;
     let (range, group_by) = parse_range(&params, Utc::now())?;
@@ -99,27 +168,30 @@ async fn usage(
     let mut tx = crate::db::for_tenant(&state.db, tenant).await?;
     let sums = super::sum(&mut *tx, &UsageQuery { tenant, user, range, group_by }).await?;
 
-    let mut body = json!({
-        "tenant_id": tenant,
-        "scope": if user.is_some() { "user" } else { "tenant" },
-        "as_of": rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
-        "last_24h": sums.last_24h,
-        "last_7d": sums.last_7d,
-    });
-    if let Some(user) = user {
-        body["user_id"] = json!(user);
-    }
+    let mut body = Usage {
+        tenant_id: tenant,
+        scope: if user.is_some() { "user" } else { "tenant" },
+        as_of: rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
+        last_24h: sums.last_24h,
+        last_7d: sums.last_7d,
+        user_id: user,
+        range: None,
+    };
     if let Some((from, to)) = range {
         let buckets = match group_by {
             None => None,
             Some(group) => Some(buckets(&mut tx, tenant, group, sums.buckets).await?),
         };
-        body["range"] = json!({
-            "from": rfc3339(from),
-            "to": rfc3339(to),
-            "totals": sums.range,
-            "group_by": group_by.map(|g| match g { GroupBy::Day => "day", GroupBy::User => "user", GroupBy::Model => "model" }),
-            "buckets": buckets,
+        body.range = Some(UsageRange {
+            from: rfc3339(from),
+            to: rfc3339(to),
+            totals: sums.range,
+            group_by: group_by.map(|g| match g {
+                GroupBy::Day => "day",
+                GroupBy::User => "user",
+                GroupBy::Model => "model",
+            }),
+            buckets,
         });
     }
     Ok(Json(body))
@@ -132,18 +204,17 @@ async fn buckets(
     tenant: Uuid,
     group: GroupBy,
     sums: BTreeMap<String, Totals>,
-) -> Result<Vec<Value>, sqlx::Error> {
-    let totals = |t: &Totals| serde_json::to_value(t).unwrap_or_default();
+) -> Result<Vec<Bucket>, sqlx::Error> {
     let mut out = Vec::with_capacity(sums.len());
     match group {
         GroupBy::Day => {
-            for (day, t) in &sums {
-                out.push(json!({ "day": day, "totals": totals(t) }));
+            for (day, totals) in sums {
+                out.push(Bucket { day: Some(day), totals, ..Bucket::default() });
             }
         }
         GroupBy::Model => {
-            for (model, t) in &sums {
-                out.push(json!({ "model": model, "totals": totals(t) }));
+            for (model, totals) in sums {
+                out.push(Bucket { model: Some(model), totals, ..Bucket::default() });
             }
         }
         GroupBy::User => {
@@ -152,14 +223,16 @@ async fn buckets(
             let mut names = users::emails(&mut *db, tenant, &ids).await?;
             names.extend(api_keys::names(&mut *db, tenant, &ids).await?);
             let name = |id: Uuid| names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone());
-            for (key, t) in &sums {
+            for (key, totals) in sums {
                 let id = key.get(1..).and_then(|id| Uuid::try_parse(id).ok());
                 let entry = match (key.as_bytes().first(), id) {
-                    (Some(b'u'), Some(id)) => json!({ "user_id": id, "email": name(id), "totals": totals(t) }),
-                    (Some(b'k'), Some(id)) => {
-                        json!({ "api_key_id": id, "api_key_name": name(id), "totals": totals(t) })
+                    (Some(b'u'), Some(id)) => {
+                        Bucket { user_id: Some(Some(id)), email: Some(name(id)), totals, ..Bucket::default() }
                     }
-                    _ => json!({ "user_id": null, "totals": totals(t) }),
+                    (Some(b'k'), Some(id)) => {
+                        Bucket { api_key_id: Some(id), api_key_name: Some(name(id)), totals, ..Bucket::default() }
+                    }
+                    _ => Bucket { user_id: Some(None), totals, ..Bucket::default() },
                 };
                 out.push(entry);
             }
@@ -169,32 +242,57 @@ async fn buckets(
 }
 
 /// Admins see every quota of the tenant; members the ones that apply to them.
-async fn show_quotas(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Value>> {
+/// Quotas, each with what was used of it this period.
+#[derive(Serialize, ToSchema)]
+pub struct QuotaList {
+    quotas: Vec<quota::QuotaView>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/quotas", operation_id = "listQuotas", tag = "usage", security(("bearer" = [])),
+    summary = "Token quotas",
+    description = "Admins: the tenant's quotas; members: those that apply to them.",
+    responses((status = 200, description = "The quotas", body = QuotaList))
+)]
+pub async fn show_quotas(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<QuotaList>> {
     let tenant = user.tenant.0.id;
     let quotas = if user.user.role == Role::Admin {
         quota::list(&mut *crate::db::for_tenant(&state.db, tenant).await?, tenant).await?
     } else {
         quota::list_for_user(&mut *crate::db::for_tenant(&state.db, tenant).await?, tenant, user.user.id).await?
     };
-    Ok(Json(json!({ "quotas": quotas })))
+    Ok(Json(QuotaList { quotas }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutQuota {
+pub struct PutQuota {
     scope: QuotaScope,
+    /// with `scope: user`: that member; without, the default of every user
     #[serde(default)]
     user_id: Option<Uuid>,
     period: Period,
-    /// `null` removes the quota
+    /// tokens per period; `null` removes the quota
+    #[schema(minimum = 0)]
     token_limit: Option<i64>,
 }
 
-async fn put_quota(
+#[utoipa::path(
+    put, path = "/v1/quotas", operation_id = "setQuota", tag = "usage", security(("bearer" = [])),
+    summary = "Set a quota (admins)",
+    request_body = PutQuota,
+    responses(
+        (status = 200, description = "The tenant's quotas now", body = QuotaList),
+        (status = 400, description = "`invalid_quota` (a tenant quota with a user, a negative limit)", body = Error),
+        (status = 403, description = "`forbidden`: for tenant admins; `operator_quota`: the operator's quotas are not the API's to change", body = Error),
+        (status = 404, description = "`user_not_found`", body = Error),
+    )
+)]
+pub async fn put_quota(
     State(state): State<AppState>,
     user: CurrentUser,
     AppJson(body): AppJson<PutQuota>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<QuotaList>> {
     user.require_admin()?;
     let tenant = user.tenant.0.id;
     let mut tx = crate::db::for_tenant(&state.db, tenant).await?;
@@ -204,18 +302,30 @@ async fn put_quota(
     // this process's questions see it at once; others when the change's notification arrives
     state.quotas.forget();
     tracing::info!(scope = ?body.scope, period = ?body.period, limit = ?body.token_limit, "quota set");
-    Ok(Json(json!({ "quotas": quotas })))
+    Ok(Json(QuotaList { quotas }))
 }
 
-#[derive(Deserialize)]
-struct DeleteQuota {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuota {
     scope: QuotaScope,
     #[serde(default)]
     user_id: Option<Uuid>,
     period: Period,
 }
 
-async fn remove_quota(
+#[utoipa::path(
+    delete, path = "/v1/quotas", operation_id = "removeQuota", tag = "usage", security(("bearer" = [])),
+    summary = "Remove a quota (admins)",
+    params(DeleteQuota),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "`invalid_quota`", body = Error),
+        (status = 403, description = "`forbidden`: for tenant admins; `operator_quota`", body = Error),
+        (status = 404, description = "`quota_not_found`", body = Error),
+    )
+)]
+pub async fn remove_quota(
     State(state): State<AppState>,
     user: CurrentUser,
     query: Result<Query<DeleteQuota>, axum::extract::rejection::QueryRejection>,

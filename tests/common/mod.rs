@@ -63,6 +63,8 @@ pub fn test_vars() -> HashMap<String, String> {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
+    /// `GET /metrics`, on its own listener
+    pub metrics_url: String,
     pub client: reqwest::Client,
     pub db: PgPool,
     pub state: AppState,
@@ -143,9 +145,14 @@ impl Builder {
         let server = tokio::spawn(app::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+        // ends with the test's runtime
+        tokio::spawn(app::serve_metrics(metrics, state.clone(), std::future::pending()));
         TestApp {
             addr,
             base: format!("http://{addr}"),
+            metrics_url,
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             db,
             state,
@@ -279,6 +286,17 @@ impl TestApp {
         self.client.delete(self.url(path)).header("X-Tenant-ID", tenant).bearer_auth(token).send().await.unwrap()
     }
 
+    /// The metrics as Prometheus scrapes them.
+    pub async fn metrics(&self) -> String {
+        let resp = self.client.get(&self.metrics_url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let kind = resp.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        let text = resp.text().await.unwrap();
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        text
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -287,6 +305,24 @@ impl TestApp {
             server.await.unwrap().unwrap();
         }
     }
+}
+
+/// The sum of the samples of `name` whose labels include `labels` (`name{a="x",b="y"} 3`).
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let found = rest.trim_end_matches('}');
+            let has = |(k, v): &(&str, &str)| found.split(',').any(|pair| pair == format!("{k}=\"{v}\""));
+            labels.iter().all(has).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// Reads an error envelope, asserting its shape, and returns (code, message).
