@@ -7,7 +7,8 @@ panic in the server's log.
 Run by `infra/dev.sh test` (and so by CI) after the test suite, or alone with
 `infra/dev.sh fuzz-api`. Arguments: the docuchat binary, the owner's and the service role's
 database URLs (an empty database), the Redis URL, the schemathesis executable, a PDF to upload.
-Bounded: DOCUCHAT_FUZZ_EXAMPLES test cases per operation and phase (default 25).
+Bounded: DOCUCHAT_FUZZ_EXAMPLES test cases per operation and phase (default 25), and two minutes
+in all (DOCUCHAT_FUZZ_SCALE multiplies it).
 """
 
 import json
@@ -24,6 +25,8 @@ import urllib.request
 import uuid
 
 EXAMPLES = os.environ.get("DOCUCHAT_FUZZ_EXAMPLES", "25")
+# scales each run's time budget (60 s, 45 s, 15 s): 2 or more for a longer search
+SCALE = float(os.environ.get("DOCUCHAT_FUZZ_SCALE", "1"))
 CHECKS = ",".join(
     [
         "not_a_server_error",
@@ -132,7 +135,7 @@ def upload(base, token, pdf):
     raise SystemExit("the fixture did not finish ingestion within a minute")
 
 
-def schemathesis(st, base, auth, label, *selection):
+def schemathesis(st, base, auth, label, seconds, *selection):
     log(f"schemathesis: {label}")
     cmd = [
         st, "run", f"{base}/openapi.json",
@@ -143,7 +146,8 @@ def schemathesis(st, base, auth, label, *selection):
         "-n", EXAMPLES,
         "--seed", os.environ.get("DOCUCHAT_FUZZ_SEED", "20261201"),
         "--request-timeout", "30",
-        "--max-time", os.environ.get("DOCUCHAT_FUZZ_SECONDS", "90"),
+        # the fuzzing phase repeats until the time is spent
+        "--max-time", str(int(seconds * SCALE)),
         "--no-color",
         *selection,
     ]
@@ -189,12 +193,12 @@ def main():
         log(f"tenant `{TENANT}`, two admins, an API key, a document ({doc['status']}, {doc['chunk_count']} chunks)")
 
         # the admin's token, every operation but those that end it
-        schemathesis(st, base, admin, "admin token, every operation but logout",
+        schemathesis(st, base, admin, "admin token, every operation but logout", 60,
                      "--exclude-operation-id", "logout", "--exclude-operation-id", "logoutAll")
         # the API key, on the operations keys may use (and are refused elsewhere)
-        schemathesis(st, base, key["key"], "API key, every operation")
+        schemathesis(st, base, key["key"], "API key, every operation", 45)
         # logging out last, with a token of its own
-        schemathesis(st, base, second, "the second admin's token, logout",
+        schemathesis(st, base, second, "the second admin's token, logout", 15,
                      "--include-operation-id", "logout", "--include-operation-id", "logoutAll")
     finally:
         server.stop()

@@ -217,7 +217,12 @@ pub fn job(outcome: &'static str, took: Duration) {
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let method = request.method().as_str().to_owned();
+    // any token is a method to HTTP: a client must not mint label values, so others are `other`
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let response = next.run(request).await;
     let m = get();
     let status = response.status().as_u16();

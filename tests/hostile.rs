@@ -60,6 +60,8 @@ async fn serve(db: &PgPool, vars: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_docuchat"));
     cmd.current_dir(std::env::temp_dir())
         .arg("serve")
+        // a port of its own for the metrics: processes run side by side
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", database_url_of(db))
         .env("REDIS_URL", std::env::var("REDIS_URL").unwrap())
         .env("REDIS_KEY_PREFIX", format!("test:{}:", Uuid::new_v4()))

@@ -214,6 +214,8 @@ async fn serve_stops_cleanly_on_sigterm(db: PgPool) {
     let port = free_port();
     let mut child = docuchat(&db)
         .arg("serve")
+        // a port of its own for the metrics: processes run side by side
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", std::env::var("REDIS_URL").unwrap())
         .stdout(Stdio::null())
@@ -249,6 +251,8 @@ fn production_refuses_to_start_without_a_real_secret() {
     let out = Command::new(env!("CARGO_BIN_EXE_docuchat"))
         .current_dir(std::env::temp_dir())
         .args(["serve"])
+        // a port of its own for the metrics: processes run side by side
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("ENVIRONMENT", "production")
         .env("SMTP_URL", "smtp://127.0.0.1:1")
         .env_remove("JWT_SECRET")
@@ -260,6 +264,8 @@ fn production_refuses_to_start_without_a_real_secret() {
     let out = Command::new(env!("CARGO_BIN_EXE_docuchat"))
         .current_dir(std::env::temp_dir())
         .args(["serve"])
+        // a port of its own for the metrics: processes run side by side
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("ENVIRONMENT", "production")
         .env("JWT_SECRET", "0123456789abcdef0123456789abcdef-long-enough")
         .env_remove("SMTP_URL")
@@ -418,4 +424,22 @@ async fn an_unreachable_database_is_service_unavailable_and_recovery_is_at_once(
     }
     let frames = ws::ask(&mut socket, None, "what is in the documents?").await;
     assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+}
+
+#[sqlx::test]
+async fn a_client_cannot_mint_metric_labels(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("PROBE{i}").as_bytes()).unwrap();
+        let resp = app.client.request(method, app.url(&format!("/v1/nothing/{i}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    let metrics = app.metrics().await;
+    assert!(!metrics.contains("PROBE"), "a method became a label");
+    assert!(!metrics.contains("/v1/nothing"), "a path became a label");
+    assert!(
+        common::sample(&metrics, "docuchat_http_requests_total", &[("route", "unmatched"), ("method", "other")])
+            >= 20.0
+    );
+    app.stop().await;
 }

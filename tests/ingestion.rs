@@ -431,6 +431,8 @@ async fn a_killed_worker_s_job_is_taken_again(db: PgPool) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_docuchat"));
     cmd.current_dir(std::env::temp_dir())
         .args(["worker", "--concurrency", "1"])
+        // a port of its own for the metrics: processes run side by side
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", url)
         .env("REDIS_URL", std::env::var("REDIS_URL").unwrap())
         .env("INGEST_LEASE_SECONDS", "5")

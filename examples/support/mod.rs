@@ -56,6 +56,8 @@ impl Server {
         let mut command = Command::new(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")));
         command
             .arg("serve")
+            // a port of its own for the metrics: processes run side by side
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("INGEST_WORKERS", "0")
             .env("REDIS_KEY_PREFIX", format!("bench:{}:", Uuid::new_v4()))

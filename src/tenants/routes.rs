@@ -53,6 +53,7 @@ pub async fn show(State(state): State<AppState>, user: CurrentUser) -> ApiResult
 /// What to change; what is left out stays.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TenantUpdate)]
 pub struct Update {
     signup: Option<Signup>,
     /// lower-cased and checked; at most 100; `domain` needs one at least
