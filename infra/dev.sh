@@ -251,7 +251,9 @@ fuzz_api() {
     PGPASSWORD="$PG_PASSWORD" "$PGINSTALL/bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -v ON_ERROR_STOP=1 -qtA \
         -d postgres -c "drop database if exists $db with (force)" -c "create database $db" >/dev/null
     log "building the server for the contract fuzzing"
-    cargo build --quiet --bin docuchat
+    # the binary the test suite builds (with the test build's features: after `cargo test` this
+    # compiles nothing; a plain `cargo build` would build the crate again without them)
+    cargo test --quiet --no-run --test api_docs
     python3 "$ROOT/infra/contract_fuzz.py" "$ROOT/target/debug/docuchat" \
         "postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$db" \
         "postgres://docuchat_app:$APP_PASSWORD@127.0.0.1:$PG_PORT/$db" \
