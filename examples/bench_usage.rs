@@ -7,7 +7,10 @@
 //!
 //! The load comes from this process over keep-alive HTTP/1.1 connections (a minimal client on raw
 //! sockets, so the generator takes little of the 2 cores). Scenarios: admins reading their
-//! tenant's 24 h / 7 d totals, members reading their own, and API keys asking for 30 days by day.
+//! tenant's 24 h / 7 d totals, members reading their own, and API keys asking for 30 days by day —
+//! over the quiet tenants, and over one active tenant that writes `ACTIVE_ROWS_PER_HOUR` ledger rows
+//! an hour (20,000 by default) in the current hour (full up to now) and in the hours around each
+//! window's start (24 hours and 7 days ago), where the edges of its windows fall.
 //! Works in a database of its own, created and dropped here.
 
 #[path = "support/mod.rs"]
@@ -95,12 +98,46 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
         .await?;
         written += n;
     }
+    // the active tenant (the last one): ACTIVE_ROWS_PER_HOUR rows an hour over its users — the
+    // current hour holds that many up to now, whatever the minute — and as many an hour in the two
+    // hours around 24 h and 7 days ago
+    let per_hour: i64 = std::env::var("ACTIVE_ROWS_PER_HOUR").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    for (from, span, hours) in [
+        ("date_trunc('hour', now())", "now() - date_trunc('hour', now())", 1),
+        ("now() - interval '25 hours'", "interval '2 hours'", 2),
+        ("now() - interval '7 days 1 hour'", "interval '2 hours'", 2),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "with u as (select id, row_number() over () - 1 as i from users
+                         where tenant_id = (select id from tenants where slug = 'tenant-{last}')),
+                  r as (select floor(random() * {USERS_PER_TENANT})::bigint as i,
+                               {from} + random() * ({span}) as at,
+                               (array['embedding', 'prompt', 'completion'])[1 + floor(random() * 3)::int] as kind,
+                               (array['gpt-4o-mini', 'gpt-4o', 'all-MiniLM-L6-v2'])[1 + floor(random() * 3)::int] as model,
+                               1 + floor(random() * 2000)::bigint as tokens
+                          from generate_series(1, $1 * {hours}))
+             insert into usage_events (tenant_id, user_id, kind, model, tokens, created_at)
+             select (select id from tenants where slug = 'tenant-{last}'), u.id, r.kind, r.model, r.tokens, r.at
+               from r join u using (i)",
+            last = TENANTS - 1,
+        )))
+        .bind(per_hour)
+        .execute(&pool)
+        .await?;
+    }
     sqlx::query("vacuum analyze usage_events").execute(&pool).await?;
     sqlx::query("vacuum analyze usage_hourly").execute(&pool).await?;
     let rollup: i64 = sqlx::query_scalar("select count(*) from usage_hourly").fetch_one(&pool).await?;
+    let busy: i64 = sqlx::query_scalar(
+        "select count(*) from usage_events e join tenants t on t.id = e.tenant_id
+          where t.slug = $1 and e.created_at >= date_trunc('hour', now())",
+    )
+    .bind(format!("tenant-{}", TENANTS - 1))
+    .fetch_one(&pool)
+    .await?;
     println!(
         "ledger: {rows} rows over {TENANTS} tenants × {USERS_PER_TENANT} users, 30 days ({rollup} rollup rows), \
-         loaded in {:.0} s",
+         and the active tenant at {per_hour} rows an hour ({busy} in the current hour); loaded in {:.0} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -110,14 +147,19 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
     )
     .fetch_all(&pool)
     .await?;
-    let mut admins = Vec::new();
-    let mut members = Vec::new();
+    let active = format!("tenant-{}", TENANTS - 1);
+    let (mut admins, mut members, mut active_admins, mut active_members) = (vec![], vec![], vec![], vec![]);
     for (id, tenant, slug, role) in &users {
         let role = if role == "admin" { Role::Admin } else { Role::Member };
         let caller = Caller { slug: slug.clone(), bearer: keys.issue(*id, *tenant, role, 0)? };
-        if role == Role::Admin { admins.push(caller) } else { members.push(caller) }
+        match (role == Role::Admin, *slug == active) {
+            (true, false) => admins.push(caller),
+            (false, false) => members.push(caller),
+            (true, true) => active_admins.push(caller),
+            (false, true) => active_members.push(caller),
+        }
     }
-    let mut api_keys = Vec::new();
+    let (mut api_keys, mut active_keys) = (Vec::new(), Vec::new());
     for (_, tenant, slug, role) in &users {
         if role != "admin" {
             continue;
@@ -133,7 +175,8 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
         .bind(&secret)
         .execute(&pool)
         .await?;
-        api_keys.push(Caller { slug: slug.clone(), bearer: secret });
+        let caller = Caller { slug: slug.clone(), bearer: secret };
+        if *slug == active { active_keys.push(caller) } else { api_keys.push(caller) }
     }
 
     let server = support::Server::start(&[
@@ -144,10 +187,13 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
     .await?;
     let port = server.port;
 
-    let scenarios: [(&str, &[Caller], &str); 3] = [
+    let scenarios: [(&str, &[Caller], &str); 6] = [
         ("admins, 24 h + 7 d totals", &admins, "/v1/usage"),
         ("members, their own 24 h + 7 d", &members, "/v1/usage"),
         ("API keys, 30 days by day", &api_keys, "/v1/usage?group_by=day&from=THIRTY_DAYS_AGO"),
+        ("active: admin, 24 h + 7 d", &active_admins, "/v1/usage"),
+        ("active: members, their own", &active_members, "/v1/usage"),
+        ("active: API key, 30 days by day", &active_keys, "/v1/usage?group_by=day&from=THIRTY_DAYS_AGO"),
     ];
     let thirty_days_ago = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     for (label, callers, path) in scenarios {

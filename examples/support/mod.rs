@@ -53,7 +53,10 @@ impl Server {
     /// key prefix, and waits until it accepts connections.
     pub async fn start(env: &[(&str, String)]) -> anyhow::Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut command = Command::new(format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")));
+        // `BENCH_SERVER`: another build of the server, to measure before and after a change
+        let program = std::env::var("BENCH_SERVER")
+            .unwrap_or_else(|_| format!("{}/target/release/docuchat", env!("CARGO_MANIFEST_DIR")));
+        let mut command = Command::new(program);
         command
             .arg("serve")
             // a port of its own for the metrics: processes run side by side
