@@ -205,18 +205,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             let metrics = metrics_listener(&config).await?;
             let state = AppState::connect(config).await?;
-            if let Some(metrics) = metrics {
-                tokio::spawn(app::serve_metrics(metrics, state.clone(), std::future::pending()));
-            }
+            serve_metrics(metrics, &state);
             app::serve(listener, state, app::shutdown_signal()).await
         }
         Command::Worker { concurrency } => {
             let n = concurrency.unwrap_or(config.ingestion.workers).max(1);
             let metrics = metrics_listener(&config).await?;
             let state = AppState::connect(config).await?;
-            if let Some(metrics) = metrics {
-                tokio::spawn(app::serve_metrics(metrics, state.clone(), std::future::pending()));
-            }
+            serve_metrics(metrics, &state);
             let workers = state.workers()?;
             tracing::info!(workers = n, "ingestion workers starting");
             let stop = tokio_util::sync::CancellationToken::new();
@@ -265,6 +261,14 @@ async fn metrics_listener(config: &Config) -> anyhow::Result<Option<TcpListener>
         .await
         .with_context(|| format!("cannot listen on {addr} for the metrics (METRICS_ADDR; `off` turns them off)"))?;
     Ok(Some(listener))
+}
+
+/// Serves the metrics for as long as the process runs (bound before connecting, so that a taken
+/// port fails the start).
+fn serve_metrics(listener: Option<TcpListener>, state: &AppState) {
+    if let Some(listener) = listener {
+        tokio::spawn(app::serve_metrics(listener, state.clone(), std::future::pending()));
+    }
 }
 
 /// The command line is the operator's: it works as the tables' owner (see `db::connect_owner`).

@@ -29,7 +29,7 @@ use crate::{
     app::AppState,
     db,
     error::{ApiError, ApiResult, Envelope as Error},
-    http::extractors::{AppJson, ClientIp},
+    http::extractors::{AppJson, ClientIp, page},
     tenants::TenantCtx,
 };
 
@@ -443,16 +443,7 @@ pub async fn list_members(
 ) -> ApiResult<Json<MemberList>> {
     user.require_admin()?;
     let axum::extract::Query(q) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?limit=&after="))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 200"));
-    }
-    let after = match q.after.as_deref() {
-        Some(a) => Some(
-            Uuid::try_parse(a).map_err(|_| ApiError::bad_request("invalid_cursor", "`after` must be a member id"))?,
-        ),
-        None => None,
-    };
+    let (limit, after) = page(q.limit, q.after.as_deref(), 50, 200, "member")?;
     let mut tx = db::for_tenant(&state.db, user.tenant.0.id).await?;
     let mut members = users::list_members(&mut *tx, user.tenant.0.id, after, limit + 1).await?;
     drop(tx);

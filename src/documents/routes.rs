@@ -28,6 +28,7 @@ use crate::{
     auth::{Principal, api_keys::Scope},
     db,
     error::{ApiError, ApiResult, Envelope as Error},
+    http::extractors::page,
     ingestion::{
         pdf::ExtractError,
         sandbox::{Sandbox, SandboxError},
@@ -291,16 +292,7 @@ pub async fn list(
 ) -> ApiResult<Json<DocumentList>> {
     user.require(Scope::DocumentsRead)?;
     let Query(q) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?limit=&after="))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
-    }
-    let after = match q.after.as_deref() {
-        Some(a) => Some(
-            Uuid::try_parse(a).map_err(|_| ApiError::bad_request("invalid_cursor", "`after` must be a document id"))?,
-        ),
-        None => None,
-    };
+    let (limit, after) = page(q.limit, q.after.as_deref(), 20, 100, "document")?;
     let docs =
         super::list(&mut *db::for_tenant(&state.db, user.tenant_id()).await?, user.tenant_id(), after, limit + 1)
             .await?;

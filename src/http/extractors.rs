@@ -89,3 +89,25 @@ impl FromRequestParts<AppState> for ClientIp {
         Ok(Self(client.map(super::proxy::limit_identity)))
     }
 }
+
+/// A page of a keyset-paginated list, as its query gave it: `limit` (1 to `max`; `default` when
+/// absent) and the `after` cursor, the id of the last `kind` of the page before.
+pub fn page(
+    limit: Option<i64>,
+    after: Option<&str>,
+    default: i64,
+    max: i64,
+    kind: &str,
+) -> Result<(i64, Option<uuid::Uuid>), ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be between 1 and {max}")));
+    }
+    let after = after
+        .map(|a| {
+            uuid::Uuid::try_parse(a)
+                .map_err(|_| ApiError::bad_request("invalid_cursor", format!("`after` must be a {kind} id")))
+        })
+        .transpose()?;
+    Ok((limit, after))
+}
