@@ -125,8 +125,8 @@ async fn run(url: &str, rows: u64, duration: Duration, connections: usize) -> an
         .execute(&pool)
         .await?;
     }
-    sqlx::query("vacuum analyze usage_events").execute(&pool).await?;
-    sqlx::query("vacuum analyze usage_hourly").execute(&pool).await?;
+    // the whole database: the ledger, every rollup, the users and keys
+    sqlx::query("vacuum analyze").execute(&pool).await?;
     let rollup: i64 = sqlx::query_scalar("select count(*) from usage_hourly").fetch_one(&pool).await?;
     let busy: i64 = sqlx::query_scalar(
         "select count(*) from usage_events e join tenants t on t.id = e.tenant_id

@@ -258,3 +258,150 @@ async fn admins_see_the_tenant_and_members_only_themselves(db: PgPool) {
     let (status, _, _) = error_of(app.get_as("/v1/usage", "acme", &outsider).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A busy tenant: thousands of ledger rows packed around the minute, hour and day edges where the
+/// windows are cut (the last 24 h and 7 days, and ranges with edges on and off every boundary),
+/// spent by an admin, a member, an API key and a removed user, in every kind and two models, in
+/// several statements (so several rollup stripes). Every figure — the admin's, the key's, the
+/// member's, in every grouping — must equal the ledger summed directly over the same bounds.
+#[sqlx::test]
+async fn a_busy_tenants_windows_are_exact_at_every_edge(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let (admin, member, _) = two_tenants(&app).await;
+    let created: serde_json::Value = create_key(&app, "acme", &admin, &["usage:read"]).await.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let key_id: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let acme = tenant_id(&app.db, "acme").await;
+    let (boss, ann) = (user_id(&app.db, "boss@acme.example").await, user_id(&app.db, "ann@acme.example").await);
+
+    // rows every quarter second for five minutes around each edge (only before it for now), the
+    // edge itself and a microsecond either side, and one every seven minutes over eight days
+    let spend = |anchor: String, from_s: f64, to_s: f64, step_s: f64| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query(
+                "insert into usage_events (tenant_id, user_id, api_key_id, kind, model, tokens, created_at)
+                 select $1,
+                        case i % 4 when 0 then $2 when 1 then $3 else null end,
+                        case i % 4 when 2 then $4 end,
+                        (array['embedding', 'prompt', 'completion'])[i % 3 + 1],
+                        (array['m-a', 'm-b'])[i % 2 + 1],
+                        1 + (i * 7919) % 1000,
+                        x.at
+                   from (select ($5::timestamptz + make_interval(secs => s::float8)) as at, row_number() over () as i
+                           from (select generate_series($6::numeric, $7::numeric, $8::numeric) as s
+                                 union all
+                                 select unnest(array[-0.000001, 0, 0.000001]::numeric[]) where $7 > 0) g) x",
+            )
+            .bind(acme)
+            .bind(boss)
+            .bind(ann)
+            .bind(key_id)
+            .bind(anchor)
+            .bind(from_s)
+            .bind(to_s)
+            .bind(step_s)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    let now: String = sqlx::query_scalar("select now()::text").fetch_one(&app.db).await.unwrap();
+    let now = now.as_str();
+    for (anchor, from_s, to_s) in [
+        (now, -300.0, -0.25),
+        (now, -86_400.0 - 150.0, -86_400.0 + 150.0),
+        (now, -604_800.0 - 150.0, -604_800.0 + 150.0),
+        ("2026-01-10T10:00:00Z", -150.0, 150.0),
+        ("2026-01-10T00:00:00Z", -150.0, 150.0),
+        ("2026-01-10T10:17:00Z", -150.0, 150.0),
+    ] {
+        spend(anchor.to_owned(), from_s, to_s, 0.25).await;
+    }
+    spend(now.to_owned(), -8.0 * 86_400.0, -1.0, 420.0).await;
+    let rows: i64 = sqlx::query_scalar("select count(*) from usage_events").fetch_one(&app.db).await.unwrap();
+    assert!(rows > 8_000, "{rows}");
+    assert_rollup_equals_ledger(&app.db).await;
+
+    // the fixed windows: the admin's and the key's are the tenant's, the member's her own
+    for (token, user) in [(&admin, None), (&key, None), (&member, Some(ann))] {
+        let v = usage(&app, token, "").await;
+        let as_of: DateTime<Utc> = v["as_of"].as_str().unwrap().parse().unwrap();
+        for (window, span) in [("last_24h", chrono::Duration::hours(24)), ("last_7d", chrono::Duration::days(7))] {
+            let (e, p, c) = ledger_sum(&app.db, acme, user, &(as_of - span).to_rfc3339(), "infinity").await;
+            assert_eq!(
+                (total(&v, window, "embedding"), total(&v, window, "prompt"), total(&v, window, "completion")),
+                (e, p, c),
+                "{window} of {user:?}: {v}"
+            );
+            assert!(e > 0 && p > 0 && c > 0);
+        }
+    }
+
+    // ranges between edges on and off the minute, hour and day boundaries, in every grouping
+    let mut edges = Vec::new();
+    for anchor in ["2026-01-10T00:00:00Z", "2026-01-10T10:00:00Z", "2026-01-10T10:17:00Z"] {
+        let a: DateTime<Utc> = anchor.parse().unwrap();
+        for us in [-61_000_000, -1, 0, 1, 59_500_000] {
+            edges.push(a + chrono::Duration::microseconds(us));
+        }
+    }
+    edges.sort();
+    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for (i, from) in edges.iter().enumerate() {
+        for to in &edges[i + 1..] {
+            let (from, to) = (fmt(*from), fmt(*to));
+            let q = format!("?from={}&to={}", urlencode(&from), urlencode(&to));
+            let want = ledger_sum(&app.db, acme, None, &from, &to).await;
+            for group in ["", "&group_by=day", "&group_by=user", "&group_by=model"] {
+                let v = usage(&app, &admin, &format!("{q}{group}")).await;
+                let r = &v["range"]["totals"];
+                let got = (
+                    r["embedding"].as_i64().unwrap(),
+                    r["prompt"].as_i64().unwrap(),
+                    r["completion"].as_i64().unwrap(),
+                );
+                assert_eq!(got, want, "{from}..{to} {group}");
+                if group.is_empty() {
+                    continue;
+                }
+                // and bucket by bucket
+                let key_sql = match group {
+                    "&group_by=day" => "to_char(created_at at time zone 'UTC', 'YYYY-MM-DD')",
+                    "&group_by=user" => "coalesce(user_id::text, api_key_id::text, '-')",
+                    _ => "model",
+                };
+                let mut expected: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "select {key_sql}, sum(tokens)::bigint from usage_events
+                      where tenant_id = $1 and created_at >= $2::timestamptz and created_at < $3::timestamptz
+                      group by 1"
+                )))
+                .bind(acme)
+                .bind(&from)
+                .bind(&to)
+                .fetch_all(&app.db)
+                .await
+                .unwrap();
+                expected.sort();
+                let mut buckets: Vec<(String, i64)> = v["range"]["buckets"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| {
+                        let key = ["day", "model", "user_id", "api_key_id"]
+                            .iter()
+                            .find_map(|k| b[*k].as_str())
+                            .unwrap_or("-")
+                            .to_owned();
+                        (key, b["totals"]["total"].as_i64().unwrap())
+                    })
+                    .collect();
+                buckets.sort();
+                assert_eq!(buckets, expected, "{from}..{to} {group}");
+            }
+            let v = usage(&app, &member, &q).await;
+            let (e, p, c) = ledger_sum(&app.db, acme, Some(ann), &from, &to).await;
+            assert_eq!(v["range"]["totals"]["total"].as_i64().unwrap(), e + p + c, "member {from}..{to}");
+        }
+    }
+}

@@ -1,10 +1,10 @@
 //! `GET /v1/usage`: token usage from the ledger, for billing jobs and people.
 //!
-//! Every figure is a sum over `usage_events` (append-only). To stay fast with millions of rows,
-//! a window `[from, to)` is summed from the hourly rollup `usage_hourly` for its whole hours and
-//! from the ledger itself for the partial hours at either end (both read through indexes); the
-//! rollup is written by a trigger in the same transaction as each ledger row, so the two always
-//! agree. Admins and API keys see the tenant; members see only their own usage.
+//! Every figure is a sum over `usage_events` (append-only). To stay fast with millions of rows and
+//! busy tenants, a window `[from, to)` is summed from rollups of whole days, hours and minutes, and
+//! from the ledger itself only for the partial minutes at either end ([`window`]); the rollups are
+//! written by a trigger in the same transaction as each ledger row, so they always agree with it.
+//! Admins and API keys see the tenant; members see only their own usage.
 //!
 //! The ledger is written by [`ledger`] only; quotas and their admission are in [`quota`] and
 //! [`gate`]; the HTTP routes in [`routes`].
@@ -13,13 +13,15 @@ pub mod gate;
 pub mod ledger;
 pub mod quota;
 pub mod routes;
+pub mod window;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
+use window::{Rollups, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,45 +72,58 @@ pub struct UsageQuery {
     pub user: Option<Uuid>,
     pub range: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub group_by: Option<GroupBy>,
+    /// the windows' "now" (they are open at their end; see [`sum`])
+    pub now: DateTime<Utc>,
 }
 
 /// The sums of one request: the fixed windows, and the range with its buckets when asked.
 #[derive(Debug, Default)]
 pub struct UsageSums {
-    pub as_of: Option<DateTime<Utc>>,
     pub last_24h: Totals,
     pub last_7d: Totals,
     pub range: Totals,
     pub buckets: BTreeMap<String, Totals>,
 }
 
-/// window, bucket key, kind, tokens, the database's time
-type SumRow = (i32, Option<String>, String, i64, DateTime<Utc>);
+/// window, bucket key, kind, tokens
+type SumRow = (i16, Option<String>, String, i64);
 
 /// A range and its grouping, as asked.
 pub type RangeAsked = (Option<(DateTime<Utc>, DateTime<Utc>)>, Option<GroupBy>);
 
 /// Sums the ledger over the windows in one statement. Window 1 is the last 24 h, window 2 the last
-/// 7 days (both ending now, by the database's clock), window 3 the range.
+/// 7 days — every row from `now` less that span on, so the current day, hour and minute are read
+/// whole from their rollups — and window 3 the range `[from, to)`.
 ///
-/// A window `[f, t)` is cut at hour and day boundaries (UTC): the partial hours at either end come
-/// from the ledger itself, whole hours and days from a rollup. Tenant-wide totals (by kind, or by
-/// day) read the tenant rollups (days, then the hours around them); a member's own usage and
-/// buckets by user or model read the rollup per user, key and model (hours).
+/// Each window is cut ([`window::cut`]) into parts read from the coarsest rollup that fits: only the
+/// partial minutes at a window's ends come from the ledger itself. Tenant-wide totals (by kind, or
+/// by day) read the tenant rollups; a member's own usage and buckets by user or model read the
+/// rollups by user, key and model.
 pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, sqlx::Error> {
-    // the fine rollup when the coarse one lacks a dimension the answer needs
-    let range_fine = q.user.is_some() || matches!(q.group_by, Some(GroupBy::User | GroupBy::Model));
+    let fixed = if q.user.is_some() { Rollups::Fine } else { Rollups::Tenant };
+    let ranged = if q.user.is_some() || matches!(q.group_by, Some(GroupBy::User | GroupBy::Model)) {
+        Rollups::Fine
+    } else {
+        fixed
+    };
+    let mut parts: Vec<(i16, window::Part)> = Vec::new();
+    for (n, span) in [(1, TimeDelta::hours(24)), (2, TimeDelta::days(7))] {
+        parts.extend(window::cut(q.now - span, None, fixed).into_iter().map(|p| (n, p)));
+    }
+    if let Some((from, to)) = q.range {
+        parts.extend(window::cut(from, Some(to), ranged).into_iter().map(|p| (3, p)));
+    }
     let rows: Vec<SumRow> = sqlx::query_as(sqlx::AssertSqlSafe(sum_sql(q)))
         .bind(q.tenant)
         .bind(q.user)
-        .bind(q.range.map(|r| r.0))
-        .bind(q.range.map(|r| r.1))
-        .bind(range_fine)
+        .bind(parts.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+        .bind(parts.iter().map(|(_, p)| p.source as i16).collect::<Vec<_>>())
+        .bind(parts.iter().map(|(_, p)| p.from).collect::<Vec<_>>())
+        .bind(parts.iter().map(|(_, p)| p.to).collect::<Vec<_>>())
         .fetch_all(db)
         .await?;
     let mut sums = UsageSums::default();
-    for (window, key, kind, tokens, as_of) in rows {
-        sums.as_of = Some(as_of);
+    for (window, key, kind, tokens) in rows {
         match window {
             1 => sums.last_24h.add(&kind, tokens),
             2 => sums.last_7d.add(&kind, tokens),
@@ -124,65 +139,53 @@ pub async fn sum(db: impl PgExecutor<'_>, q: &UsageQuery) -> Result<UsageSums, s
 }
 
 /// The statement of [`sum`]: one for the tenant, another for one user, so that each is planned on
-/// its own index; the range's bucket key as asked.
+/// its own index; the range's bucket key as asked. The parts come as arrays (`$3`–`$6`: window,
+/// source, from, to or null for open); each part runs only the arm of its source (the others'
+/// conditions on the part are one-time filters), one index range scan.
 fn sum_sql(q: &UsageQuery) -> String {
     let (key, shown) = GroupBy::key_sql(q.group_by);
     let (user_u, user_e) = if q.user.is_some() { ("and u.user_id = $2", "and e.user_id = $2") } else { ("", "") };
+    let (ledger, t_min, t_hour, t_day, minutes, hours) = (
+        Source::Ledger as i16,
+        Source::TenantMinutes as i16,
+        Source::TenantHours as i16,
+        Source::TenantDays as i16,
+        Source::Minutes as i16,
+        Source::Hours as i16,
+    );
     format!(
-        "with w(n, f, t, fine) as (
-             values (1, now() - interval '24 hours', now(), $2::uuid is not null),
-                    (2, now() - interval '7 days', now(), $2::uuid is not null),
-                    (3, $3::timestamptz, $4::timestamptz, $5::bool)
-         ),
-         e as (
-             select n, f, t, fine,
-                    date_trunc('hour', f, 'UTC')
-                      + case when f = date_trunc('hour', f, 'UTC') then interval '0' else interval '1 hour' end as fh,
-                    date_trunc('hour', t, 'UTC') as th,
-                    date_trunc('day', f, 'UTC')
-                      + case when f = date_trunc('day', f, 'UTC') then interval '0' else interval '24 hours' end as fd,
-                    date_trunc('day', t, 'UTC') as td
-               from w where f is not null and f < t
-         ),
-         b as (
-             select e.*,
-                    case when fd < td then fd else greatest(fh, th) end as d1,
-                    case when fd < td then td else greatest(fh, th) end as d2
-               from e
-         )
-         select g.n, {shown}, g.kind, g.tokens, now()
+        "select g.n, {shown}, g.kind, g.tokens
            from (
-         select b.n, case when b.n = 3 then {key} end as key, r.kind, sum(r.tokens)::bigint as tokens
-           from b cross join lateral (
-                -- tenant-wide: whole days, then whole hours around them
+         select p.n, case when p.n = 3 then {key} end as key, r.kind, sum(r.tokens)::bigint as tokens
+           -- an open end is infinity in the array itself: `coalesce(t, 'infinity')` here would
+           -- not be an index bound, and every part would read all rows after its start
+           from unnest($3::int2[], $4::int2[], $5::timestamptz[], array_replace($6::timestamptz[], null, 'infinity'))
+                as p(n, src, f, t)
+          cross join lateral (
                 select d.day as at, null::uuid as user_id, null::uuid as api_key_id, d.kind, null::text as model, d.tokens
                   from usage_tenant_daily d
-                 where not b.fine and d.tenant_id = $1 and d.day >= b.d1 and d.day < b.d2
+                 where p.src = {t_day} and d.tenant_id = $1 and d.day >= p.f and d.day < p.t
                 union all
                 select h.hour, null, null, h.kind, null, h.tokens
                   from usage_tenant_hourly h
-                 where not b.fine and h.tenant_id = $1 and h.hour >= b.fh and h.hour < b.d1
+                 where p.src = {t_hour} and h.tenant_id = $1 and h.hour >= p.f and h.hour < p.t
                 union all
-                select h.hour, null, null, h.kind, null, h.tokens
-                  from usage_tenant_hourly h
-                 where not b.fine and h.tenant_id = $1 and h.hour >= b.d2 and h.hour < b.th
+                select m.minute, null, null, m.kind, null, m.tokens
+                  from usage_tenant_minutely m
+                 where p.src = {t_min} and m.tenant_id = $1 and m.minute >= p.f and m.minute < p.t
                 union all
-                -- per user, key and model: whole hours
                 select u.hour, u.user_id, u.api_key_id, u.kind, u.model, u.tokens
                   from usage_hourly u
-                 where b.fine and u.tenant_id = $1 {user_u}
-                   and u.hour >= b.fh and u.hour < b.th
+                 where p.src = {hours} and u.tenant_id = $1 {user_u} and u.hour >= p.f and u.hour < p.t
                 union all
-                -- the ledger: the partial hours at either end
-                select e.created_at, e.user_id, e.api_key_id, e.kind, e.model, e.tokens
-                  from usage_events e
-                 where e.tenant_id = $1 {user_e}
-                   and e.created_at >= b.f and e.created_at < least(b.fh, b.t)
+                select u.minute, u.user_id, u.api_key_id, u.kind, u.model, u.tokens
+                  from usage_minutely u
+                 where p.src = {minutes} and u.tenant_id = $1 {user_u} and u.minute >= p.f and u.minute < p.t
                 union all
                 select e.created_at, e.user_id, e.api_key_id, e.kind, e.model, e.tokens
                   from usage_events e
-                 where e.tenant_id = $1 {user_e}
-                   and e.created_at >= greatest(b.th, b.fh) and e.created_at < b.t
+                 where p.src = {ledger} and e.tenant_id = $1 {user_e}
+                   and e.created_at >= p.f and e.created_at < p.t
            ) r
           group by 1, 2, 3
          ) g"

@@ -60,7 +60,8 @@ pub struct Usage {
     /// `tenant` (admins and API keys) or `user` (members see their own)
     #[schema(example = "tenant")]
     scope: &'static str,
-    /// the ledger up to here is summed (RFC 3339, milliseconds)
+    /// the windows' "now" (RFC 3339, milliseconds): `last_24h` and `last_7d` hold every ledger row
+    /// from 24 hours and 7 days before it on, to the last one written
     as_of: String,
     last_24h: Totals,
     last_7d: Totals,
@@ -162,16 +163,17 @@ pub async fn usage(
 ) -> ApiResult<Json<Usage>> {
     principal.require(Scope::UsageRead)?;
     let Query(params) = params.map_err(|_| ApiError::bad_request("invalid_query", "use ?from=&to=&group_by="))?;
-    let (range, group_by) = parse_range(&params, Utc::now())?;
+    let now = Utc::now();
+    let (range, group_by) = parse_range(&params, now)?;
     let tenant = principal.tenant_id();
     let user = if principal.is_tenant_wide() { None } else { principal.user_id() };
-    let mut tx = crate::db::for_tenant(&state.db, tenant).await?;
-    let sums = super::sum(&mut *tx, &UsageQuery { tenant, user, range, group_by }).await?;
+    let mut tx = crate::db::for_tenant_generic_plans(&state.db, tenant).await?;
+    let sums = super::sum(&mut *tx, &UsageQuery { tenant, user, range, group_by, now }).await?;
 
     let mut body = Usage {
         tenant_id: tenant,
         scope: if user.is_some() { "user" } else { "tenant" },
-        as_of: rfc3339(sums.as_of.unwrap_or_else(Utc::now)),
+        as_of: rfc3339(now),
         last_24h: sums.last_24h,
         last_7d: sums.last_7d,
         user_id: user,

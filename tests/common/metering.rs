@@ -77,7 +77,26 @@ pub async fn user_id(db: &PgPool, email: &str) -> Uuid {
 
 /// Every rollup must equal the ledger summed by the rollup's keys (both ways round).
 pub async fn assert_rollup_equals_ledger(db: &PgPool) {
+    const MINUTE: &str = "date_bin('1 minute', created_at, timestamptz '2000-01-01 00:00:00+00')";
+    let by_minute = format!(
+        "select tenant_id, {MINUTE}, user_id, api_key_id, kind, model, sum(tokens)::bigint, count(*)
+           from usage_events group by 1, 2, 3, 4, 5, 6"
+    );
+    let tenant_by_minute =
+        format!("select tenant_id, {MINUTE}, kind, sum(tokens)::bigint, count(*) from usage_events group by 1, 2, 3");
     let pairs = [
+        (
+            "usage_minutely",
+            by_minute.as_str(),
+            "select tenant_id, minute, user_id, api_key_id, kind, model, sum(tokens)::bigint, sum(events)::bigint
+               from usage_minutely group by 1, 2, 3, 4, 5, 6",
+        ),
+        (
+            "usage_tenant_minutely",
+            tenant_by_minute.as_str(),
+            "select tenant_id, minute, kind, sum(tokens)::bigint, sum(events)::bigint from usage_tenant_minutely
+              group by 1, 2, 3",
+        ),
         (
             "usage_hourly",
             "select tenant_id, date_trunc('hour', created_at, 'UTC'), user_id, api_key_id, kind, model,
