@@ -1,6 +1,7 @@
 //! Retrieval: the tenant's chunks nearest to a question by cosine (pgvector HNSW with iterative
 //! index scans, so a small tenant inside a big shared index keeps its recall), plus full-text
-//! matches (`simple` configuration, so every language works), fused by reciprocal rank fusion.
+//! candidates ranked by BM25 over impact-ordered postings (`simple` configuration, so every
+//! language works; see [`text_ctes`]), fused by reciprocal rank fusion.
 //! Only chunks of ready documents of the caller's tenant, embedded with the current model, are
 //! ever considered; a similarity floor keeps unrelated text out.
 
@@ -26,15 +27,23 @@ impl Default for Params {
     }
 }
 
-/// Full-text matches ranked per question, at most.
-const TEXT_MATCHES: usize = 2000;
+/// Postings read per question term: each term's best chunks by BM25 impact (migration 0016). The
+/// union of these lists, ranked by the terms each chunk was found for, gives four times as many
+/// candidates as fusion takes; those are then scored exactly over every term. A chunk can be
+/// missed only if it is in none of its terms' best lists and still belongs among the best overall
+/// (a test holds the result to exhaustive BM25 on a big tenant, order included).
+const TERM_POSTINGS: usize = 200;
+
+/// Question terms searched, at most: the rarest ones the tenant has (a long question's common
+/// words add cost, not discrimination).
+const MAX_TERMS: usize = 32;
 
 /// Reciprocal rank fusion constant (the usual 60).
 const RRF_K: f32 = 60.0;
 
-/// Words too common to tell passages apart (English and Persian). They stay in the index (the
-/// `simple` configuration knows no language) but are left out of the full-text query: each would
-/// match nearly every chunk of a tenant — slow to collect, and noise in the ranking.
+/// Words too common to tell passages apart (English and Persian). They are left out of the
+/// full-text query and have no postings (migration 0016 keeps the same list in
+/// `docuchat_stop_words()`; a test holds the two equal): each would match nearly every chunk.
 const STOP_WORDS: &[&str] = &[
     "a",
     "about",
@@ -213,21 +222,51 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The CTEs that find and rank a question's full-text matches ($2 tenant, $3 limit, $4 text):
-/// any of the question's words (a plain AND would rarely match a natural question). Common
-/// words can match most of a big tenant's chunks: at most TEXT_MATCHES matches are ranked.
-fn text_ctes(model: &str) -> String {
+/// The CTEs that find and rank a question's full-text candidates (the placeholders of the tenant,
+/// the number of candidates and the question's text are given): BM25 over the tenant's postings. The question's terms (as `to_tsvector('simple')` cuts
+/// them, the same as the chunks' — so every language works) with their document frequencies,
+/// the rarest `MAX_TERMS`; each term's best `TERM_POSTINGS` chunks by impact, read from the index
+/// in that order; the best of the chunks found scored exactly (sum of idf × impact over every
+/// term). Nothing here grows with the tenant: a question reads at most `MAX_TERMS ×
+/// TERM_POSTINGS` postings and `MAX_TERMS` per candidate, however many chunks contain its words.
+fn text_ctes(tenant: &str, candidates: &str, text: &str) -> String {
     format!(
-        "with q as (select nullif(replace(plainto_tsquery('simple', $4)::text, '&', '|'), '')::tsquery as query),
-         -- matched and ranked by docuchat_text_ranked (migration 0012): the tenant of the
-         -- transaction only, through the (tenant_id, tsv) index, which row-level security would
-         -- keep the planner from using; ts_rank, not ts_rank_cd: the cover-density rank zeroes
-         -- 32 KiB per query term for every row it ranks, which made it most of the database's
-         -- work per question
+        "with terms as (
+             select t.term, d.df
+               from (select distinct u.lexeme as term from unnest(to_tsvector('simple', {text})) u) t
+               join text_df d on d.tenant_id = {tenant} and d.term = t.term
+              order by d.df, t.term
+              limit {MAX_TERMS}
+         ),
+         weighted as (
+             select t.term, ln(1 + (greatest(n.df, t.df) - t.df + 0.5) / (t.df + 0.5)) as idf
+               from terms t, text_df n
+              where n.tenant_id = {tenant} and n.term = ''
+         ),
+         -- each term's best chunks, scored by the terms they were found for (a lower bound)
+         found as (
+             select p.chunk_id as id, sum(w.idf * p.impact) as partial
+               from weighted w
+              cross join lateral (
+                    select p.chunk_id, p.impact from text_postings p
+                     where p.tenant_id = {tenant} and p.term = w.term
+                     order by p.impact desc, p.chunk_id
+                     limit {TERM_POSTINGS}
+              ) p
+              group by p.chunk_id
+              order by partial desc, p.chunk_id
+              limit {candidates} * 4
+         ),
+         -- the best of them scored exactly: their impact for every term, one (chunk, term) lookup
+         -- each (a join here would be planned as a scan of every posting of the terms)
          ranked as (
-             select r.id, r.rank from q, docuchat_text_ranked({model}, q.query, {TEXT_MATCHES}, ($3 * 2)::int) r
-         )",
-        model = literal(model)
+             select f.id,
+                    (select sum(w.idf * p.impact)
+                       from weighted w
+                       join text_postings p on p.chunk_id = f.id and p.term = w.term and p.tenant_id = {tenant}
+                    )::real as rank
+               from found f
+         )"
     )
 }
 
@@ -252,15 +291,15 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
                from ranked r
                join chunks c on c.id = r.id
                join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-              where d.status = 'ready'
-              order by r.rank desc limit $3
+              where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+              order by r.rank desc, c.id limit $3
          ),
          -- each list's rank counts every candidate, those under the floor too
          listed as (
              select id, similarity, $5::real / ({RRF_K} + row_number() over (order by similarity desc)) as part
                from by_vector
              union all
-             select id, similarity, $6::real / ({RRF_K} + row_number() over (order by rank desc)) as part
+             select id, similarity, $6::real / ({RRF_K} + row_number() over (order by rank desc, id)) as part
                from by_text
          ),
          fused as (
@@ -274,7 +313,7 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
            join chunks c on c.id = f.id
            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
           order by f.score desc, f.similarity desc",
-        ctes = text_ctes(model),
+        ctes = text_ctes("$2", "$3", "$4"),
         model = literal(model)
     )
 }
@@ -322,6 +361,34 @@ pub async fn nearest(
         .await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// The full-text half alone: the chunk ids and BM25 scores that hybrid search hands to fusion
+/// (best first, at most `n`), for the tests and benchmarks that measure that half by itself.
+pub async fn text_candidates(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant_id: Uuid,
+    model: &str,
+    query_text: &str,
+    n: usize,
+) -> Result<Vec<(i64, f32)>, sqlx::Error> {
+    let sql = format!(
+        "{ctes}
+         select c.id, r.rank
+           from ranked r
+           join chunks c on c.id = r.id
+           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+          where c.tenant_id = $1 and c.embedding_model = {model} and d.status = 'ready'
+          order by r.rank desc, c.id limit $2",
+        ctes = text_ctes("$1", "$2", "$3"),
+        model = literal(model)
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(n as i64)
+        .bind(text_query(query_text))
+        .fetch_all(db)
+        .await
 }
 
 /// Hybrid search: vector and full-text candidates in one statement (one round trip), fused.

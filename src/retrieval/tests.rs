@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Params, Space, literal, search, snippet, text_query};
+use super::{Params, STOP_WORDS, Space, literal, search, snippet, text_candidates, text_query};
 use crate::{
     auth::email::Email,
     ingestion::{chunk::Chunk, store::insert_chunks},
@@ -104,4 +104,139 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let other = tenants::create(&db, "Other", "other", &Email::parse("boss@other.example").unwrap()).await.unwrap().id;
     let mut tx = crate::db::for_tenant(&db, other).await.unwrap();
     assert!(search(&mut *tx, other, space, &at_angle(0.0), "zebra", &params).await.unwrap().is_empty());
+}
+
+#[sqlx::test]
+async fn the_stop_words_are_the_migrations(db: PgPool) {
+    let in_sql: Vec<String> = sqlx::query_scalar("select unnest(docuchat_stop_words())").fetch_all(&db).await.unwrap();
+    assert_eq!(in_sql, STOP_WORDS);
+}
+
+/// Exhaustive BM25, computed here from the texts (words split at spaces, as the `simple`
+/// configuration splits these): the reference the full-text half must agree with.
+fn bm25_top(texts: &[String], query: &[&str], k: usize) -> Vec<(usize, f64)> {
+    let docs: Vec<Vec<&str>> = texts.iter().map(|t| t.split(' ').collect()).collect();
+    let n = docs.len() as f64;
+    let mut scores: Vec<(usize, f64)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, words)| {
+            let dl = words.len() as f64;
+            let score = query
+                .iter()
+                .map(|q| {
+                    let df = docs.iter().filter(|d| d.contains(q)).count() as f64;
+                    let tf = words.iter().filter(|w| *w == q).count() as f64;
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / 300.0))
+                })
+                .sum::<f64>();
+            (i, score)
+        })
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    scores.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scores.truncate(k);
+    scores
+}
+
+/// A tenant of 3,000 chunks where the question's words are common (one in nine chunks in ten),
+/// middling and rare, and where the chunks that rank best are written last — the ones a scan in
+/// table order, cut at some number of matches, would never reach. The candidates handed to
+/// fusion must be exhaustive BM25's best, in its order.
+#[sqlx::test]
+async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
+    let email = Email::parse("boss@acme.example").unwrap();
+    let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
+    let doc = Uuid::now_v7();
+    sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'big.pdf', $3, 1, 1, 'ready')")
+        .bind(doc)
+        .bind(tenant)
+        .bind(doc.as_bytes().repeat(2))
+        .execute(&db)
+        .await
+        .unwrap();
+    // a small linear congruential generator: the same tenant every run
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |m: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % m
+    };
+    fn put(words: &mut [String], next: &mut impl FnMut(u64) -> u64, word: &str, times: u64) {
+        for _ in 0..times {
+            let at = next(words.len() as u64) as usize;
+            words[at] = word.to_owned();
+        }
+    }
+    let total = 3000;
+    let mut texts: Vec<String> = Vec::with_capacity(total);
+    for i in 0..total {
+        let len = 40 + next(80) as usize;
+        let mut words: Vec<String> = (0..len).map(|_| format!("w{}", next(400) * next(400) / 400)).collect();
+        if next(10) < 9 {
+            let times = 1 + next(4);
+            put(&mut words, &mut next, "alpha", times);
+        }
+        if next(5) == 0 {
+            let times = 1 + next(3);
+            put(&mut words, &mut next, "beta", times);
+        }
+        if next(100) == 0 {
+            let times = 1 + next(2);
+            put(&mut words, &mut next, "gamma", times);
+        }
+        // the best matches go last
+        if i >= total - 40 {
+            put(&mut words, &mut next, "gamma", 1);
+            let times = 3 + next(3);
+            put(&mut words, &mut next, "alpha", times);
+            let times = 1 + next(2);
+            put(&mut words, &mut next, "beta", times);
+        }
+        texts.push(words.join(" "));
+    }
+    let chunks: Vec<Chunk> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Chunk { ordinal: i as i32, page_from: 1, page_to: 1, text: t.clone(), token_count: 100 })
+        .collect();
+    let vectors = vec![at_angle(10.0); chunks.len()];
+    let mut tx = db.begin().await.unwrap();
+    insert_chunks(&mut tx, tenant, doc, "t", &chunks, &vectors).await.unwrap();
+    tx.commit().await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("select id from chunks where document_id = $1 order by ordinal")
+        .bind(doc)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+
+    let want = bm25_top(&texts, &["alpha", "beta", "gamma"], 30);
+    let mut tx = crate::db::for_tenant(&db, tenant).await.unwrap();
+    let got = text_candidates(&mut *tx, tenant, "t", "alpha, beta or gamma?", 30).await.unwrap();
+    let got_ordinals: Vec<usize> = got.iter().map(|(id, _)| ids.iter().position(|i| i == id).unwrap()).collect();
+    let want_ordinals: Vec<usize> = want.iter().map(|(i, _)| *i).collect();
+    assert_eq!(got_ordinals, want_ordinals);
+    for ((_, got), (_, want)) in got.iter().zip(&want) {
+        assert!((*got as f64 - want).abs() < 1e-3 * want, "{got} vs {want}");
+    }
+    // the best are among the last written, and alpha alone matches most of the tenant
+    assert!(want_ordinals.iter().filter(|i| **i >= total - 40).count() >= 10, "{want_ordinals:?}");
+    let alpha: i64 = sqlx::query_scalar("select df from text_df where tenant_id = $1 and term = 'alpha'")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(alpha > 2500, "{alpha}");
+
+    // deleting the chunks takes their postings and frequencies with them
+    drop(tx);
+    let mut tx = db.begin().await.unwrap();
+    crate::ingestion::store::delete_chunks(&mut tx, tenant, doc).await.unwrap();
+    tx.commit().await.unwrap();
+    let left: (i64, i64) =
+        sqlx::query_as("select (select count(*) from text_postings), (select count(*) from text_df)")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(left, (0, 0));
 }

@@ -1,0 +1,247 @@
+//! Hybrid search on real text: tenants built from real PDFs, asked the questions people ask.
+//!
+//!     eval "$(infra/dev.sh env)"
+//!     cargo run --release --example bench_hybrid -- <directory of PDFs> <QA file (JSON lines)> [copies]
+//!
+//! e.g. with the evaluation corpus beside the project: `../shared/data/pdfs
+//! ../shared/data/qa/faq-r.qa.jsonl 5`. Every PDF the service can read is extracted, chunked and
+//! embedded in this process, as ingestion would (the local embedder of the configuration). The
+//! QA file's lines name a document (`doc`), a `question` and the answer's pages (`page_start`,
+//! `page_end`). Tenants:
+//! - `qa`: the QA set's own document alone;
+//! - `corpus`: every readable PDF of the directory;
+//! - `big`: the corpus `copies` times over under other names (the same chunks and vectors again).
+//!
+//! For each tenant it prints, as the service runs it (its role, under row-level security, one
+//! tenant transaction, the prepared statement warm): the hybrid statement's latency p50/p99 over
+//! the QA questions and over short questions of common words (which match most chunks in full
+//! text), the full-text side alone, and answer-page recall@5 (a top-5 source of the QA document, or
+//! of one of its copies, on the answer's pages). `BENCH_GENERIC_PLANS=1` opens the transactions
+//! with generic plans forced. Works in a database of its own, created and dropped here.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use docuchat::{
+    config::Config,
+    db,
+    ingestion::{
+        chunk::{Chunk, Chunker, SecondaryLimit},
+        pdf::{Limits, extract},
+        store::insert_chunks,
+    },
+    retrieval::{self, Params, Space},
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use support::percentile;
+use uuid::Uuid;
+
+/// Short questions of common words: each matches a large share of a big tenant's chunks.
+const COMMON: &[&str] = &[
+    "How do I install a package?",
+    "How can I read data from a file?",
+    "What is the default value?",
+    "How do I use this function?",
+    "How do I change the size of the text?",
+    "Where are the files?",
+    "How do I make a plot?",
+    "What does this error mean?",
+    "How do I set the font size of the plot title?",
+    "Which version is used?",
+];
+
+struct Document {
+    filename: String,
+    chunks: Vec<Chunk>,
+    vectors: Vec<Vec<f32>>,
+}
+
+struct Question {
+    doc: String,
+    text: String,
+    pages: (i32, i32),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    docuchat::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(args.len() >= 2, "usage: bench_hybrid <directory of PDFs> <QA file> [copies]");
+    let copies: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let (dir, qa) = (args[0].clone(), args[1].clone());
+    support::with_scratch_database(|url| async move { run(&url, &dir, &qa, copies).await }).await
+}
+
+async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()> {
+    let owner = PgPoolOptions::new().max_connections(4).connect(url).await?;
+    db::migrate(&owner).await?;
+    let config = Config::from_env()?;
+    let service = db::pool_options(config.chat.ef_search).max_connections(4).connect(url).await?;
+    let embedder = docuchat::embed::from_config(&config)?;
+    let space = Space { model: embedder.model(), dims: embedder.dimensions() };
+    // `BENCH_GENERIC_PLANS=1`: each statement planned once per connection, whatever its tenant
+    let generic = std::env::var_os("BENCH_GENERIC_PLANS").is_some();
+
+    // read, chunk and embed every PDF the service can read
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
+        .collect();
+    names.sort();
+    let mut chunker = Chunker::new(config.ingestion.chunk_tokens, config.ingestion.chunk_overlap);
+    chunker.secondary = embedder.input_limit().map(|(count, max)| SecondaryLimit { count, max });
+    let limits = Limits { max_pages: config.ingestion.max_pages, ..Limits::default() };
+    let mut docs = Vec::new();
+    let started = Instant::now();
+    for path in names {
+        let filename = path.file_name().unwrap().to_string_lossy().into_owned();
+        let pages = match extract(&std::fs::read(&path)?, &limits, |_| {}) {
+            Ok(pages) => pages,
+            Err(e) => {
+                println!("  {filename}: left out ({e})");
+                continue;
+            }
+        };
+        let chunks = chunker.chunk(&pages);
+        if chunks.is_empty() {
+            println!("  {filename}: left out (no text)");
+            continue;
+        }
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(256) {
+            vectors.extend(embedder.embed(batch).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors);
+        }
+        println!("  {filename}: {} pages, {} chunks", pages.len(), chunks.len());
+        docs.push(Document { filename, chunks, vectors });
+    }
+    let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
+    println!("{} documents, {total} chunks, read and embedded in {:.0} s", docs.len(), started.elapsed().as_secs_f64());
+
+    let questions: Vec<Question> = std::fs::read_to_string(qa)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok(Question {
+                doc: v["doc"].as_str().unwrap_or_default().to_owned(),
+                text: v["question"].as_str().unwrap_or_default().to_owned(),
+                pages: (v["page_start"].as_i64().unwrap_or(0) as i32, v["page_end"].as_i64().unwrap_or(0) as i32),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
+    let qa_texts: Vec<String> = questions.iter().map(|q| q.text.clone()).collect();
+    let common_texts: Vec<String> = COMMON.iter().map(|q| q.to_string()).collect();
+    let qa_vectors = embedder.embed(&qa_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
+    let common_vectors = embedder.embed(&common_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
+
+    let tenants: [(&str, Vec<&Document>); 3] = [
+        ("qa", docs.iter().filter(|d| d.filename == qa_doc).collect()),
+        ("corpus", docs.iter().collect()),
+        ("big", (0..copies).flat_map(|_| docs.iter()).collect()),
+    ];
+    println!(
+        "\n{:<7} {:>7}  {:<22} {:>9} {:>9} {:>17} {:>9}",
+        "tenant", "chunks", "questions", "p50 ms", "p99 ms", "full text p50/p99", "recall@5"
+    );
+    for (slug, members) in tenants {
+        let tenant = load_tenant(&owner, &service, slug, &members, space.model).await?;
+        let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
+        sqlx::query("vacuum analyze").execute(&owner).await?;
+        for (label, texts, vectors, with_pages) in
+            [("QA questions", &qa_texts, &qa_vectors, true), ("common words", &common_texts, &common_vectors, false)]
+        {
+            let mut times = Vec::new();
+            let mut text_times = Vec::new();
+            let mut found = 0usize;
+            // a warm-up pass (and the generic plans), then three measured
+            for pass in 0..4 {
+                for (i, (text, vector)) in texts.iter().zip(vectors).enumerate() {
+                    let mut tx = if generic {
+                        db::for_tenant_generic_plans(&service, tenant).await?
+                    } else {
+                        db::for_tenant(&service, tenant).await?
+                    };
+                    let t = Instant::now();
+                    let sources = retrieval::search(&mut *tx, tenant, space, vector, text, &Params::default()).await?;
+                    let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+                    let t = Instant::now();
+                    retrieval::text_candidates(&mut *tx, tenant, space.model, text, Params::default().candidates)
+                        .await?;
+                    let text_elapsed = t.elapsed().as_secs_f64() * 1000.0;
+                    tx.commit().await?;
+                    if pass == 0 {
+                        continue;
+                    }
+                    times.push(elapsed);
+                    text_times.push(text_elapsed);
+                    if pass == 1 && with_pages {
+                        let q = &questions[i];
+                        let filename = |s: &retrieval::Source| s.filename.clone();
+                        if sources
+                            .iter()
+                            .take(5)
+                            .any(|s| filename(s).ends_with(&q.doc) && s.page <= q.pages.1 && s.page_to >= q.pages.0)
+                        {
+                            found += 1;
+                        }
+                    }
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            text_times.sort_by(f64::total_cmp);
+            let recall =
+                if with_pages { format!("{:.3}", found as f64 / questions.len() as f64) } else { "-".to_owned() };
+            println!(
+                "{slug:<7} {chunks:>7}  {label:<22} {:>9.2} {:>9.2} {:>8.2}/{:<8.2} {recall:>9}",
+                percentile(&times, 0.5),
+                percentile(&times, 0.99),
+                percentile(&text_times, 0.5),
+                percentile(&text_times, 0.99),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A tenant holding the documents (ready), written as ingestion writes them.
+async fn load_tenant(
+    owner: &PgPool,
+    service: &PgPool,
+    slug: &str,
+    docs: &[&Document],
+    model: &str,
+) -> anyhow::Result<Uuid> {
+    let tenant = Uuid::now_v7();
+    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@bench.example')")
+        .bind(tenant)
+        .bind(slug)
+        .execute(owner)
+        .await?;
+    for (i, doc) in docs.iter().enumerate() {
+        let id = Uuid::now_v7();
+        // copies keep the file's name at the end, under a name of their own
+        let filename = if i < docs.len() && docs[..i].iter().any(|d| d.filename == doc.filename) {
+            format!("copy-{i}-{}", doc.filename)
+        } else {
+            doc.filename.clone()
+        };
+        sqlx::query(
+            "insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status)
+             values ($1, $2, $3, $4, 1, 1, 'ready')",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(&filename)
+        .bind(id.as_bytes().repeat(2))
+        .execute(owner)
+        .await?;
+        let mut tx = db::for_tenant(service, tenant).await?;
+        insert_chunks(&mut tx, tenant, id, model, &doc.chunks, &doc.vectors).await?;
+        tx.commit().await?;
+    }
+    Ok(tenant)
+}
