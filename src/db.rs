@@ -73,7 +73,10 @@ pub async fn for_tenant(pool: &PgPool, tenant: Uuid) -> Result<Transaction<'stat
 /// custom plans cheaper than the generic one — as it does for a usage statement of a quiet tenant,
 /// whose custom plan took longer to make (0.4 ms) than to run (0.25 ms). For statements whose
 /// generic plan is as good as any custom one (index range scans bounded by parameters).
-pub async fn for_tenant_generic_plans(pool: &PgPool, tenant: Uuid) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+pub async fn for_tenant_generic_plans(
+    pool: &PgPool,
+    tenant: Uuid,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     pool.begin_with(sqlx::AssertSqlSafe(format!(
         "begin; set local docuchat.tenant_id = '{tenant}'; set local plan_cache_mode = force_generic_plan"
     )))
