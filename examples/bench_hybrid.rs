@@ -180,11 +180,10 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
                     text_times.push(text_elapsed);
                     if pass == 1 && with_pages {
                         let q = &questions[i];
-                        let filename = |s: &retrieval::Source| s.filename.clone();
                         if sources
                             .iter()
                             .take(5)
-                            .any(|s| filename(s).ends_with(&q.doc) && s.page <= q.pages.1 && s.page_to >= q.pages.0)
+                            .any(|s| s.filename.ends_with(&q.doc) && s.page <= q.pages.1 && s.page_to >= q.pages.0)
                         {
                             found += 1;
                         }
@@ -224,7 +223,7 @@ async fn load_tenant(
     for (i, doc) in docs.iter().enumerate() {
         let id = Uuid::now_v7();
         // copies keep the file's name at the end, under a name of their own
-        let filename = if i < docs.len() && docs[..i].iter().any(|d| d.filename == doc.filename) {
+        let filename = if docs[..i].iter().any(|d| d.filename == doc.filename) {
             format!("copy-{i}-{}", doc.filename)
         } else {
             doc.filename.clone()
