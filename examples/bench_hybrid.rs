@@ -9,15 +9,18 @@
 //! QA file's lines name a document (`doc`), a `question` and the answer's pages (`page_start`,
 //! `page_end`). Tenants:
 //! - `qa`: the QA set's own document alone;
+//! - `mid`: the QA document and the smallest others, up to 1,000 chunks;
 //! - `corpus`: every readable PDF of the directory;
 //! - `big`: the corpus `copies` times over under other names (the same chunks and vectors again).
+//!
+//! All are written before any is measured, so that the small ones are asked inside the big
+//! shared HNSW index, as in a service of many tenants.
 //!
 //! For each tenant it prints, as the service runs it (its role, under row-level security, one
 //! tenant transaction, the prepared statement warm): the hybrid statement's latency p50/p99 over
 //! the QA questions and over short questions of common words (which match most chunks in full
 //! text), the full-text side alone, and answer-page recall@5 (a top-5 source of the QA document, or
-//! of one of its copies, on the answer's pages). `BENCH_GENERIC_PLANS=1` opens the transactions
-//! with generic plans forced. Works in a database of its own, created and dropped here.
+//! of one of its copies, on the answer's pages). Works in a database of its own, created and dropped here.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -27,15 +30,11 @@ use std::time::Instant;
 use docuchat::{
     config::Config,
     db,
-    ingestion::{
-        chunk::{Chunk, Chunker, SecondaryLimit},
-        pdf::{Limits, extract},
-        store::insert_chunks,
-    },
+    ingestion::store::insert_chunks,
     retrieval::{self, Params, Space},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use support::percentile;
+use support::{Document, percentile};
 use uuid::Uuid;
 
 /// Short questions of common words: each matches a large share of a big tenant's chunks.
@@ -51,18 +50,6 @@ const COMMON: &[&str] = &[
     "How do I set the font size of the plot title?",
     "Which version is used?",
 ];
-
-struct Document {
-    filename: String,
-    chunks: Vec<Chunk>,
-    vectors: Vec<Vec<f32>>,
-}
-
-struct Question {
-    doc: String,
-    text: String,
-    pages: (i32, i32),
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -81,76 +68,35 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
     let service = db::pool_options(config.chat.ef_search).max_connections(4).connect(url).await?;
     let embedder = docuchat::embed::from_config(&config)?;
     let space = Space { model: embedder.model(), dims: embedder.dimensions() };
-    // `BENCH_GENERIC_PLANS=1`: each statement planned once per connection, whatever its tenant
-    let generic = std::env::var_os("BENCH_GENERIC_PLANS").is_some();
 
     // read, chunk and embed every PDF the service can read
-    let mut names: Vec<_> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
-        .collect();
-    names.sort();
-    let mut chunker = Chunker::new(config.ingestion.chunk_tokens, config.ingestion.chunk_overlap);
-    chunker.secondary = embedder.input_limit().map(|(count, max)| SecondaryLimit { count, max });
-    let limits = Limits { max_pages: config.ingestion.max_pages, ..Limits::default() };
-    let mut docs = Vec::new();
-    let started = Instant::now();
-    for path in names {
-        let filename = path.file_name().unwrap().to_string_lossy().into_owned();
-        let pages = match extract(&std::fs::read(&path)?, &limits, |_| {}) {
-            Ok(pages) => pages,
-            Err(e) => {
-                println!("  {filename}: left out ({e})");
-                continue;
-            }
-        };
-        let chunks = chunker.chunk(&pages);
-        if chunks.is_empty() {
-            println!("  {filename}: left out (no text)");
-            continue;
-        }
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-        let mut vectors = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(256) {
-            vectors.extend(embedder.embed(batch).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors);
-        }
-        println!("  {filename}: {} pages, {} chunks", pages.len(), chunks.len());
-        docs.push(Document { filename, chunks, vectors });
-    }
-    let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
-    println!("{} documents, {total} chunks, read and embedded in {:.0} s", docs.len(), started.elapsed().as_secs_f64());
-
-    let questions: Vec<Question> = std::fs::read_to_string(qa)?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok(Question {
-                doc: v["doc"].as_str().unwrap_or_default().to_owned(),
-                text: v["question"].as_str().unwrap_or_default().to_owned(),
-                pages: (v["page_start"].as_i64().unwrap_or(0) as i32, v["page_end"].as_i64().unwrap_or(0) as i32),
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let docs = support::read_pdfs(dir, &config, embedder.as_ref()).await?;
+    let questions = support::read_questions(qa)?;
     let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
     let qa_texts: Vec<String> = questions.iter().map(|q| q.text.clone()).collect();
     let common_texts: Vec<String> = COMMON.iter().map(|q| q.to_string()).collect();
     let qa_vectors = embedder.embed(&qa_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
     let common_vectors = embedder.embed(&common_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
 
-    let tenants: [(&str, Vec<&Document>); 3] = [
+    let tenants: [(&str, Vec<&Document>); 4] = [
         ("qa", docs.iter().filter(|d| d.filename == qa_doc).collect()),
+        ("mid", support::tenant_of_about(&docs, &qa_doc, 1_000)),
         ("corpus", docs.iter().collect()),
         ("big", (0..copies).flat_map(|_| docs.iter()).collect()),
     ];
+    // every tenant is written before any is measured: a small tenant is asked inside the big
+    // shared index, as in a service with many tenants
+    let mut loaded = Vec::new();
+    for (slug, members) in &tenants {
+        let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
+        loaded.push((*slug, load_tenant(&owner, &service, slug, members, space.model).await?, chunks));
+    }
+    sqlx::query("vacuum analyze").execute(&owner).await?;
     println!(
         "\n{:<7} {:>7}  {:<22} {:>9} {:>9} {:>17} {:>9}",
         "tenant", "chunks", "questions", "p50 ms", "p99 ms", "full text p50/p99", "recall@5"
     );
-    for (slug, members) in tenants {
-        let tenant = load_tenant(&owner, &service, slug, &members, space.model).await?;
-        let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
-        sqlx::query("vacuum analyze").execute(&owner).await?;
+    for (slug, tenant, chunks) in loaded {
         for (label, texts, vectors, with_pages) in
             [("QA questions", &qa_texts, &qa_vectors, true), ("common words", &common_texts, &common_vectors, false)]
         {
@@ -160,11 +106,7 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
             // a warm-up pass (and the generic plans), then three measured
             for pass in 0..4 {
                 for (i, (text, vector)) in texts.iter().zip(vectors).enumerate() {
-                    let mut tx = if generic {
-                        db::for_tenant_generic_plans(&service, tenant).await?
-                    } else {
-                        db::for_tenant(&service, tenant).await?
-                    };
+                    let mut tx = db::for_retrieval(&service, tenant).await?;
                     let t = Instant::now();
                     let sources = retrieval::search(&mut *tx, tenant, space, vector, text, &Params::default()).await?;
                     let elapsed = t.elapsed().as_secs_f64() * 1000.0;

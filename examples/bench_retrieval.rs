@@ -177,7 +177,7 @@ async fn run(url: &str, total: usize, queries: usize, reuse: bool) -> anyhow::Re
         let mut hybrid_ms = Vec::new();
         for (tenant, q) in picks.iter() {
             let t = Instant::now();
-            let mut tx = docuchat::db::for_tenant(&service, *tenant).await?;
+            let mut tx = docuchat::db::for_retrieval(&service, *tenant).await?;
             retrieval::search(&mut *tx, *tenant, SPACE, q, "retrieval documents topic3", &Params::default()).await?;
             drop(tx);
             hybrid_ms.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -83,6 +83,24 @@ pub async fn for_tenant_generic_plans(
     .await
 }
 
+/// [`for_tenant`], for retrieval (`retrieval::search`): its statements planned once per
+/// connection, and every plan reading through an index wherever one can serve. The hybrid
+/// statement is the same for every tenant, and which vector search suits a tenant is decided at
+/// execution by its size (`retrieval::hybrid_sql`); the generic plan, made without knowing the
+/// tenant, would otherwise weigh a big tenant's HNSW search against sorting the rows a tenant of
+/// average size would have, and choose the sort, which for the biggest tenants means computing
+/// every distance (20k chunks: 20 ms against 1 ms). With sorts and sequential scans off, a path
+/// that needs neither — the HNSW index's order, an index range of the tenant — wins over one
+/// that does; sorts that nothing else can replace (the top-k of an exact scan, the fusion) stay.
+/// Custom planning is also what this saves: 1.3 ms per question for the hybrid statement.
+pub async fn for_retrieval(pool: &PgPool, tenant: Uuid) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "begin; set local docuchat.tenant_id = '{tenant}'; set local plan_cache_mode = force_generic_plan; \
+         set local enable_sort = off; set local enable_seqscan = off"
+    )))
+    .await
+}
+
 /// Switches the transaction `conn` is in to another tenant (for writers that batch the work of
 /// several tenants into one transaction and one commit).
 pub async fn switch_tenant(conn: &mut sqlx::PgConnection, tenant: Uuid) -> Result<(), sqlx::Error> {

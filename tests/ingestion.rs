@@ -99,12 +99,15 @@ async fn a_pdf_becomes_searchable_chunks(db: PgPool) {
     let all: String = rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>().join(" ");
     assert!(all.contains("Most classical statistics"), "{all}");
 
-    // full-text search works on the stored chunks
-    let hits: i64 = sqlx::query_scalar("select count(*) from chunks where document_id = $1 and tsv @@ plainto_tsquery('simple', 'classical statistics')")
-        .bind(id)
-        .fetch_one(&s.app.db)
-        .await
-        .unwrap();
+    // full-text search works on the stored chunks: a chunk has postings for both words
+    let hits: i64 = sqlx::query_scalar(
+        "select count(*) from chunks c where c.document_id = $1
+            and (select count(*) from text_postings p where p.chunk_id = c.id and p.term in ('classical', 'statistics')) = 2",
+    )
+    .bind(id)
+    .fetch_one(&s.app.db)
+    .await
+    .unwrap();
     assert!(hits >= 1);
 
     // the embedding tokens are in the ledger, as the embedding server counted them
@@ -574,8 +577,10 @@ async fn binary_copy_writes_the_same_rows_as_parameterised_inserts(db: PgPool) {
         let db = db.clone();
         async move {
             sqlx::query_as::<_, (i32, i32, i32, String, i32, String, String, String)>(
-                "select ordinal, page_from, page_to, text, token_count, embedding::text, embedding_model, tsv::text
-                   from chunks where document_id = $1 order by ordinal",
+                "select ordinal, page_from, page_to, text, token_count, embedding::text, embedding_model,
+                        coalesce((select string_agg(p.term || ':' || p.impact, ' ' order by p.term)
+                                    from text_postings p where p.chunk_id = c.id), '')
+                   from chunks c where document_id = $1 order by ordinal",
             )
             .bind(doc)
             .fetch_all(&db)

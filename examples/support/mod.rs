@@ -1,5 +1,5 @@
-//! What the benchmark programs share: a scratch database, percentiles, and a `docuchat serve`
-//! process of the release build. Included with `#[path = "support/mod.rs"] mod support;`.
+//! What the benchmark programs share: a scratch database, percentiles, a `docuchat serve`
+//! process of the release build, real PDFs read and embedded as ingestion would, and CPU times. Included with `#[path = "support/mod.rs"] mod support;`.
 #![allow(dead_code)]
 
 use std::{
@@ -91,4 +91,116 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A PDF as ingestion stores it: its chunks and their vectors.
+pub struct Document {
+    pub filename: String,
+    pub chunks: Vec<docuchat::ingestion::chunk::Chunk>,
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// Every PDF of `dir` the service can read, extracted, chunked and embedded in this process with
+/// the configuration's chunker, limits and embedder (those it cannot read are listed and left out).
+pub async fn read_pdfs(
+    dir: &str,
+    config: &docuchat::config::Config,
+    embedder: &dyn docuchat::embed::Embedder,
+) -> anyhow::Result<Vec<Document>> {
+    use docuchat::ingestion::{
+        chunk::{Chunker, SecondaryLimit},
+        pdf::{Limits, extract},
+    };
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
+        .collect();
+    names.sort();
+    let mut chunker = Chunker::new(config.ingestion.chunk_tokens, config.ingestion.chunk_overlap);
+    chunker.secondary = embedder.input_limit().map(|(count, max)| SecondaryLimit { count, max });
+    let limits = Limits { max_pages: config.ingestion.max_pages, ..Limits::default() };
+    let mut docs = Vec::new();
+    let started = std::time::Instant::now();
+    for path in names {
+        let filename = path.file_name().unwrap().to_string_lossy().into_owned();
+        let pages = match extract(&std::fs::read(&path)?, &limits, |_| {}) {
+            Ok(pages) => pages,
+            Err(e) => {
+                println!("  {filename}: left out ({e})");
+                continue;
+            }
+        };
+        let chunks = chunker.chunk(&pages);
+        if chunks.is_empty() {
+            println!("  {filename}: left out (no text)");
+            continue;
+        }
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(256) {
+            vectors.extend(embedder.embed(batch).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors);
+        }
+        println!("  {filename}: {} pages, {} chunks", pages.len(), chunks.len());
+        docs.push(Document { filename, chunks, vectors });
+    }
+    let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
+    println!("{} documents, {total} chunks, read and embedded in {:.0} s", docs.len(), started.elapsed().as_secs_f64());
+    Ok(docs)
+}
+
+/// A question of a QA file (JSON lines naming a document `doc`, a `question` and the answer's
+/// pages `page_start`, `page_end`).
+pub struct Question {
+    pub doc: String,
+    pub text: String,
+    pub pages: (i32, i32),
+}
+
+pub fn read_questions(path: &str) -> anyhow::Result<Vec<Question>> {
+    std::fs::read_to_string(path)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok(Question {
+                doc: v["doc"].as_str().unwrap_or_default().to_owned(),
+                text: v["question"].as_str().unwrap_or_default().to_owned(),
+                pages: (v["page_start"].as_i64().unwrap_or(0) as i32, v["page_end"].as_i64().unwrap_or(0) as i32),
+            })
+        })
+        .collect()
+}
+
+/// The QA document and the smallest other documents, up to `max_chunks` chunks in all: a tenant
+/// of real text of about that size that the QA questions can be asked of.
+pub fn tenant_of_about<'a>(docs: &'a [Document], qa_doc: &str, max_chunks: usize) -> Vec<&'a Document> {
+    let mut by_size: Vec<&Document> = docs.iter().filter(|d| d.filename != qa_doc).collect();
+    by_size.sort_by_key(|d| d.chunks.len());
+    let mut picked: Vec<&Document> = docs.iter().filter(|d| d.filename == qa_doc).collect();
+    for d in by_size {
+        if picked.iter().map(|d| d.chunks.len()).sum::<usize>() + d.chunks.len() <= max_chunks {
+            picked.push(d);
+        }
+    }
+    picked
+}
+
+/// CPU time (user + system, ms) of a process so far.
+pub fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the command's closing parenthesis: utime and stime are the 12th and 13th
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks * 10.0 // USER_HZ is 100 on Linux
+}
+
+/// CPU time (ms) of every `postgres` process so far (the server and its backends; backends that
+/// exited meanwhile are not counted, so keep connections open across a measurement).
+pub fn postgres_cpu_ms() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(cpu_ms)
+        .sum()
 }

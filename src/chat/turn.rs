@@ -343,7 +343,7 @@ impl<S: FrameSink> Turn<S> {
         let chat = &self.services.config.chat;
         let params = Params { k: chat.k, min_similarity: chat.min_similarity, ..Params::default() };
         let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
-        let mut tx = crate::db::for_tenant(&self.services.db, self.tenant).await?;
+        let mut tx = crate::db::for_retrieval(&self.services.db, self.tenant).await?;
         let sources = retrieval::search(&mut *tx, self.tenant, space, vector, question, &params).await?;
         // a session started by this question has no earlier turns
         let history =

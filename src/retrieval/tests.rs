@@ -85,7 +85,7 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 };
     let space = Space { model: "t", dims: 3 };
     // searches run in a transaction of their tenant (the full-text half reads its tenant from it)
-    let mut tx = crate::db::for_tenant(&db, tenant).await.unwrap();
+    let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
     let found = search(&mut *tx, tenant, space, &at_angle(0.0), "where is the zebra?", &params).await.unwrap();
     drop(tx);
     let texts: Vec<&str> = found.iter().map(|s| s.text.as_str()).collect();
@@ -102,7 +102,7 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     assert_eq!(found[0].page, 2);
     // another tenant's search sees none of it
     let other = tenants::create(&db, "Other", "other", &Email::parse("boss@other.example").unwrap()).await.unwrap().id;
-    let mut tx = crate::db::for_tenant(&db, other).await.unwrap();
+    let mut tx = crate::db::for_retrieval(&db, other).await.unwrap();
     assert!(search(&mut *tx, other, space, &at_angle(0.0), "zebra", &params).await.unwrap().is_empty());
 }
 
@@ -211,7 +211,7 @@ async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
         .unwrap();
 
     let want = bm25_top(&texts, &["alpha", "beta", "gamma"], 30);
-    let mut tx = crate::db::for_tenant(&db, tenant).await.unwrap();
+    let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
     let got = text_candidates(&mut *tx, tenant, "t", "alpha, beta or gamma?", 30).await.unwrap();
     let got_ordinals: Vec<usize> = got.iter().map(|(id, _)| ids.iter().position(|i| i == id).unwrap()).collect();
     let want_ordinals: Vec<usize> = want.iter().map(|(i, _)| *i).collect();
@@ -239,4 +239,95 @@ async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
             .await
             .unwrap();
     assert_eq!(left, (0, 0));
+}
+
+/// The vector list's two arms: a small tenant's vectors are all compared (the HNSW index is not
+/// read), a tenant over [`super::EXACT_SCAN_MAX_CHUNKS`] is searched through the index (its
+/// vectors are not all compared) — by one plan, made once for every tenant, among many tenants
+/// (where a plan made for a tenant of average size would sort). Both find the chunk the question
+/// was made from.
+#[sqlx::test]
+async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: PgPool) {
+    const MODEL: &str = "all-MiniLM-L6-v2";
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let mut unit = move || {
+        let v: Vec<f32> = (0..384).map(|_| random()).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
+    };
+    // a tenant with `n` chunks of random directions in one ready document
+    let mut tenant = async |slug: &str, n: usize| {
+        let email = Email::parse(&format!("boss@{slug}.example")).unwrap();
+        let tenant = tenants::create(&db, slug, slug, &email).await.unwrap().id;
+        let doc = Uuid::now_v7();
+        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
+            .bind(doc)
+            .bind(tenant)
+            .bind(doc.as_bytes().repeat(2))
+            .execute(&db)
+            .await
+            .unwrap();
+        let chunks: Vec<Chunk> = (0..n)
+            .map(|i| Chunk {
+                ordinal: i as i32,
+                page_from: i as i32 + 1,
+                page_to: i as i32 + 1,
+                text: format!("passage {i}"),
+                token_count: 2,
+            })
+            .collect();
+        let vectors: Vec<Vec<f32>> = (0..n).map(|_| unit()).collect();
+        let mut tx = db.begin().await.unwrap();
+        insert_chunks(&mut tx, tenant, doc, MODEL, &chunks, &vectors).await.unwrap();
+        tx.commit().await.unwrap();
+        (tenant, vectors)
+    };
+    let (small, small_vectors) = tenant("small", 300).await;
+    let (big, big_vectors) = tenant("big", super::EXACT_SCAN_MAX_CHUNKS + 200).await;
+    for i in 0..40 {
+        tenant(&format!("other{i}"), 10).await;
+    }
+    sqlx::query("analyze").execute(&db).await.unwrap();
+
+    let space = Space { model: MODEL, dims: 384 };
+    let sql = super::hybrid_sql(MODEL, 384);
+    for (tenant, vectors, exact) in [(small, &small_vectors, true), (big, &big_vectors, false)] {
+        // the question: near one of the tenant's chunks (page 101)
+        let question: Vec<f32> = vectors[100].iter().zip(&vectors[7]).map(|(a, b)| a + 0.1 * b).collect();
+        let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
+        let found = search(&mut *tx, tenant, space, &question, "zzz", &Params::default()).await.unwrap();
+        assert_eq!(found.first().map(|s| s.page), Some(101), "exact: {exact}");
+        // the plan the service runs (planned generically, as for every tenant), as executed
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "prepare hybrid(vector, uuid, bigint, text, real, real, real, bigint) as {sql}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "explain (analyze, buffers off, costs off, timing off, summary off) execute hybrid('{:?}', '{tenant}', 30, 'zzz', 1, 0.5, 0.25, 6)",
+            question
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        let executed = |needle: &str| {
+            let lines: Vec<&str> = plan.lines().collect();
+            let at = lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle} in\n{plan}"));
+            // a node's own line, or that of the node under a one-time filter (run only if it passed)
+            let node = if lines[at].trim_start().starts_with("One-Time Filter") { lines[at + 1] } else { lines[at] };
+            !node.contains("never executed")
+        };
+        let threshold = super::EXACT_SCAN_MAX_CHUNKS;
+        assert_eq!(executed(&format!("<= {threshold})")), exact, "{plan}");
+        assert_eq!(executed(&format!("> {threshold})")), !exact, "{plan}");
+        assert_eq!(executed("Index Scan using chunks_embedding_minilm"), !exact, "{plan}");
+        // the question's terms are looked up one by one, not read with all the tenant's terms
+        assert!(!plan.contains("Bitmap Heap Scan on text_df"), "{plan}");
+    }
 }
