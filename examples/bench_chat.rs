@@ -9,7 +9,17 @@
 //!     cargo run --release --example bench_chat -- [idle sockets] [phases]
 //!
 //! `phases` picks the time-to-first-token runs, comma-separated: `1`, `100`, `1000` (asking again
-//! at once) and `100p`, `1000p` (pausing 1–3 s between questions); all of them by default.
+//! at once) and `100p`, `1000p` (pausing 1–3 s between questions); all of them by default. Each
+//! run prints questions per second and the CPU time per question of the server and of Postgres.
+//!
+//! The tenant holds 200 short synthetic passages under a constant embedding, unless
+//! `BENCH_PDFS=<directory of PDFs>` and `BENCH_QA=<QA file>` are set: then it holds real text — the
+//! QA file's document and the directory's smallest other readable PDFs, up to 1,000 chunks,
+//! extracted, chunked and embedded here as ingestion would — and the service runs as by default,
+//! questions embedded in-process by the local embedder (`LOCAL_MODEL_DIR`); the questions are the
+//! QA file's, in turn. Answers still come from the zero-latency server; with `BENCH_EMBED=remote`
+//! the questions' vectors do too (computed here beforehand by the same local model), so that the
+//! figures are the rest of the service's.
 //!
 //! Works in a database of its own, created and dropped here.
 
@@ -46,6 +56,10 @@ fn unit() -> Vec<f32> {
     vec![(1.0 / DIMS as f32).sqrt(); DIMS]
 }
 
+/// The response bodies of the real-text questions' embeddings (`BENCH_EMBED=remote`), by question.
+static QUESTION_VECTORS: std::sync::OnceLock<std::collections::HashMap<String, axum::body::Bytes>> =
+    std::sync::OnceLock::new();
+
 /// Zero-latency OpenAI protocol: a constant embedding, and a 20-token streamed answer. The
 /// bodies are made once: this server shares the machine with the service, and the figure is meant
 /// to be the service's own cost.
@@ -77,6 +91,14 @@ async fn fake_openai() -> std::net::SocketAddr {
             .expect("static response")
     }
     async fn embeddings(body: axum::body::Bytes) -> axum::response::Response {
+        // a question of the real-text run: its own vector, computed beforehand
+        if let Some(known) = QUESTION_VECTORS.get() {
+            let input = serde_json::from_slice::<Value>(&body).ok();
+            let question = input.as_ref().and_then(|v| v["input"][0].as_str().or_else(|| v["input"].as_str()));
+            if let Some(body) = question.and_then(|q| known.get(q)) {
+                return response("application/json", body.clone());
+            }
+        }
         // the service embeds one question at a time; anything else is answered in full
         let n = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["input"].as_array().map(Vec::len));
         match n {
@@ -134,36 +156,98 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
     let email = Email::parse("bench@bench.example").unwrap();
     let tenant = tenants::create(&pool, "Bench", "bench", &email).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let user = users::upsert_on_login(&pool, tenant.id, &email, Role::Admin).await?;
-    let doc = Uuid::now_v7();
-    sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
-        .bind(doc)
-        .bind(tenant.id)
-        .bind(doc.as_bytes().repeat(2))
-        .execute(&pool)
-        .await?;
-    let chunks: Vec<Chunk> = (0..200)
-        .map(|i| Chunk {
-            ordinal: i,
-            page_from: 1,
-            page_to: 1,
-            text: format!("passage {i} about the bench topic. It says something."),
-            token_count: 10,
-        })
-        .collect();
-    let vectors = vec![unit(); chunks.len()];
-    let mut tx = pool.begin().await?;
-    insert_chunks(&mut tx, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
-    tx.commit().await?;
+    let real = match (std::env::var("BENCH_PDFS"), std::env::var("BENCH_QA")) {
+        (Ok(pdfs), Ok(qa)) => Some((pdfs, qa)),
+        _ => None,
+    };
+    // `BENCH_EMBED=remote`: the real-text questions' vectors come from the zero-latency server
+    // (computed here beforehand by the same model), so that the run measures the rest of the service
+    let remote_embeddings = std::env::var("BENCH_EMBED").is_ok_and(|v| v == "remote");
+    let questions: Vec<String> = if let Some((pdfs, qa)) = &real {
+        let config = docuchat::config::Config::from_env()?;
+        let embedder = docuchat::embed::from_config(&config)?;
+        let docs = support::read_pdfs(pdfs, &config, embedder.as_ref()).await?;
+        let questions = support::read_questions(qa)?;
+        let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
+        let picked = support::tenant_of_about(&docs, &qa_doc, 1_000);
+        let chunks: usize = picked.iter().map(|d| d.chunks.len()).sum();
+        println!("tenant: {} documents, {chunks} chunks of real text; {} questions", picked.len(), questions.len());
+        for d in picked {
+            let doc = Uuid::now_v7();
+            sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, $3, $4, 1, 1, 'ready')")
+                .bind(doc)
+                .bind(tenant.id)
+                .bind(&d.filename)
+                .bind(doc.as_bytes().repeat(2))
+                .execute(&pool)
+                .await?;
+            let mut tx = pool.begin().await?;
+            insert_chunks(&mut tx, tenant.id, doc, embedder.model(), &d.chunks, &d.vectors).await?;
+            tx.commit().await?;
+        }
+        let texts: Vec<String> = questions.into_iter().map(|q| q.text).collect();
+        if remote_embeddings {
+            let vectors = embedder.embed(&texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
+            let bodies = texts
+                .iter()
+                .zip(vectors)
+                .map(|(t, v)| {
+                    let body = json!({"object": "list", "model": embedder.model(),
+                        "data": [{"object": "embedding", "index": 0, "embedding": v}],
+                        "usage": {"prompt_tokens": 12, "total_tokens": 12}});
+                    (t.clone(), axum::body::Bytes::from(body.to_string()))
+                })
+                .collect();
+            QUESTION_VECTORS.set(bodies).ok();
+        }
+        texts
+    } else {
+        let doc = Uuid::now_v7();
+        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
+            .bind(doc)
+            .bind(tenant.id)
+            .bind(doc.as_bytes().repeat(2))
+            .execute(&pool)
+            .await?;
+        let chunks: Vec<Chunk> = (0..200)
+            .map(|i| Chunk {
+                ordinal: i,
+                page_from: 1,
+                page_to: 1,
+                text: format!("passage {i} about the bench topic. It says something."),
+                token_count: 10,
+            })
+            .collect();
+        let vectors = vec![unit(); chunks.len()];
+        let mut tx = pool.begin().await?;
+        insert_chunks(&mut tx, tenant.id, doc, "bench-embed", &chunks, &vectors).await?;
+        tx.commit().await?;
+        vec!["What does the bench topic say?".to_owned()]
+    };
+    sqlx::query("vacuum analyze").execute(&pool).await?;
+    let questions = Arc::new(questions);
     let token =
         JwtKeys::new(&Secret::new(SECRET), Duration::from_secs(3600)).issue(user.id, tenant.id, Role::Admin, 0)?;
 
     let upstream = fake_openai().await;
-    let server = support::Server::start(&[
+    let embedding: Vec<(&str, String)> = if real.is_some() && !remote_embeddings {
+        vec![("EMBEDDING_PROVIDER", "local".to_owned())]
+    } else if real.is_some() {
+        vec![
+            ("EMBEDDING_PROVIDER", "openai".to_owned()),
+            ("EMBEDDING_MODEL", "all-MiniLM-L6-v2".to_owned()),
+            ("EMBEDDING_DIMENSIONS", "384".to_owned()),
+        ]
+    } else {
+        vec![
+            ("EMBEDDING_PROVIDER", "openai".to_owned()),
+            ("EMBEDDING_MODEL", "bench-embed".to_owned()),
+            ("EMBEDDING_DIMENSIONS", DIMS.to_string()),
+        ]
+    };
+    let mut env = vec![
         ("DATABASE_URL", url.to_owned()),
         ("JWT_SECRET", SECRET.to_owned()),
-        ("EMBEDDING_PROVIDER", "openai".to_owned()),
-        ("EMBEDDING_MODEL", "bench-embed".to_owned()),
-        ("EMBEDDING_DIMENSIONS", DIMS.to_string()),
         ("OPENAI_BASE_URL", format!("http://{upstream}/v1")),
         ("OPENAI_API_KEY", "bench".to_owned()),
         ("CHAT_MODEL", "bench-chat".to_owned()),
@@ -172,8 +256,9 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         // and one user holds every socket
         ("WS_MAX_PER_USER", "10000000".to_owned()),
         ("WS_MAX_PER_TENANT", "10000000".to_owned()),
-    ])
-    .await?;
+    ];
+    env.extend(embedding);
+    let server = support::Server::start(&env).await?;
     let (port, pid) = (server.port, server.pid());
     let ws_url = format!("ws://127.0.0.1:{port}/ws/chat?token={token}");
     println!("server pid {pid}, RSS at start {} MiB", rss_kib(pid) / 1024);
@@ -184,13 +269,15 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
     // an untimed burst first fills the server's connection pool, as in a running service
     for (run, &(sessions, asks, think)) in std::iter::once(&(100, 3, false)).chain(phases).enumerate() {
         let ws_url = Arc::new(ws_url.clone());
+        let (server_cpu, postgres_cpu) = (support::cpu_ms(pid), support::postgres_cpu_ms());
         let start = Instant::now();
         let mut tasks = Vec::new();
         for session in 0..sessions {
             let ws_url = ws_url.clone();
+            let questions = questions.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut ws, _) = connect_async(ws_url.as_str()).await?;
-                let mut ttft = Vec::new();
+                let (mut ttft, mut refused) = (Vec::new(), 0usize);
                 for q in 0..asks {
                     if think {
                         // spread over 1–3 s, the same for every run
@@ -199,9 +286,10 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
                     }
                     let sent = Instant::now();
                     ws.send(Message::Text(
-                        json!({"type": "ask", "session_id": null, "content": "What does the bench topic say?"})
-                            .to_string()
-                            .into(),
+                        json!({"type": "ask", "session_id": null,
+                               "content": questions[(session * 31 + q) % questions.len()]})
+                        .to_string()
+                        .into(),
                     ))
                     .await?;
                     let mut first = None;
@@ -212,30 +300,47 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
                         match kind.kind {
                             "token" if first.is_none() => first = Some(sent.elapsed()),
                             "done" => break,
+                            // an overloaded service says so (`service_unavailable`, after its
+                            // pool's wait): counted, not timed
+                            "error" if t.as_str().contains("service_unavailable") => {
+                                first = None;
+                                refused += 1;
+                                break;
+                            }
                             "error" => anyhow::bail!("error frame {}", t.as_str()),
                             _ => {}
                         }
                     }
-                    ttft.push(first.unwrap_or_default().as_secs_f64() * 1000.0);
+                    if let Some(first) = first {
+                        ttft.push(first.as_secs_f64() * 1000.0);
+                    }
                 }
-                anyhow::Ok(ttft)
+                anyhow::Ok((ttft, refused))
             }));
         }
-        let mut all = Vec::new();
+        let (mut all, mut refused) = (Vec::new(), 0);
         for t in tasks {
-            all.extend(t.await??);
+            let (times, n) = t.await??;
+            all.extend(times);
+            refused += n;
         }
+        let elapsed = start.elapsed().as_secs_f64();
+        let (n, asked) = (all.len() as f64, (all.len() + refused) as f64);
+        let (server_cpu, postgres_cpu) =
+            ((support::cpu_ms(pid) - server_cpu) / asked, (support::postgres_cpu_ms() - postgres_cpu) / asked);
         all.sort_by(f64::total_cmp);
         if run == 0 {
             continue;
         }
         println!(
-            "(b) {sessions:>4} concurrent sessions{}, {} questions in {:.1} s: time to first token p50 {:.1} ms, p99 {:.1} ms",
+            "(b) {sessions:>4} concurrent sessions{}, {} questions in {elapsed:.1} s ({:.0}/s): time to first token \
+             p50 {:.1} ms, p99 {:.1} ms; CPU per question: server {server_cpu:.2} ms, Postgres {postgres_cpu:.2} ms{}",
             if think { " pausing 1–3 s" } else { "" },
             all.len(),
-            start.elapsed().as_secs_f64(),
+            n / elapsed,
             percentile(&all, 0.5),
-            percentile(&all, 0.99)
+            percentile(&all, 0.99),
+            if refused > 0 { format!("; {refused} refused as overloaded") } else { String::new() }
         );
     }
 
