@@ -14,7 +14,8 @@
 //!
 //! The tenant holds 200 short synthetic passages under a constant embedding, unless
 //! `BENCH_PDFS=<directory of PDFs>` and `BENCH_QA=<QA file>` are set: then it holds real text — the
-//! QA file's document and the directory's smallest other readable PDFs, up to 1,000 chunks,
+//! QA file's document and the directory's smallest other readable PDFs, up to 1,000 chunks
+//! (`BENCH_TENANT_CHUNKS`; beyond the directory's size, the directory again under other names),
 //! extracted, chunked and embedded here as ingestion would — and the service runs as by default,
 //! questions embedded in-process by the local embedder (`LOCAL_MODEL_DIR`); the questions are the
 //! QA file's, in turn. Answers still come from the zero-latency server; with `BENCH_EMBED=remote`
@@ -169,15 +170,24 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         let docs = support::read_pdfs(pdfs, &config, embedder.as_ref()).await?;
         let questions = support::read_questions(qa)?;
         let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
-        let picked = support::tenant_of_about(&docs, &qa_doc, 1_000);
+        // `BENCH_TENANT_CHUNKS` (1,000 by default): the tenant's size; beyond the directory's
+        // chunks, the whole directory again under other names
+        let want: usize = std::env::var("BENCH_TENANT_CHUNKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+        let total: usize = docs.iter().map(|d| d.chunks.len()).sum();
+        let picked: Vec<&support::Document> = if want <= total {
+            support::tenant_of_about(&docs, &qa_doc, want)
+        } else {
+            (0..want.div_ceil(total)).flat_map(|_| docs.iter()).collect()
+        };
         let chunks: usize = picked.iter().map(|d| d.chunks.len()).sum();
         println!("tenant: {} documents, {chunks} chunks of real text; {} questions", picked.len(), questions.len());
-        for d in picked {
+        for (i, d) in picked.iter().enumerate() {
             let doc = Uuid::now_v7();
+            let filename = if i < docs.len() { d.filename.clone() } else { format!("copy-{i}-{}", d.filename) };
             sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, $3, $4, 1, 1, 'ready')")
                 .bind(doc)
                 .bind(tenant.id)
-                .bind(&d.filename)
+                .bind(&filename)
                 .bind(doc.as_bytes().repeat(2))
                 .execute(&pool)
                 .await?;

@@ -72,6 +72,30 @@ fn the_best_kernel_here_matches_the_reference_vectors() {
     check_kernel(best_kernel());
 }
 
+/// Questions (single texts) are embedded by the question lane, many at once in one pass when
+/// they arrive together: each gets its own vector — the one it has alone — and its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_asked_together_get_the_vectors_they_get_alone() {
+    let embedder = std::sync::Arc::new(LocalEmbedder::load(&model_dir(), best_kernel(), 2).unwrap());
+    let mut questions: Vec<String> = reference().into_iter().map(|i| i.0).collect();
+    questions.extend((0..40).map(|i| format!("How do I plot {i} series of data with a legend?")));
+    questions.push("چگونه بسته‌ها را نصب کنم؟".to_owned());
+    let alone: Vec<Vec<f32>> =
+        questions.iter().map(|q| embedder.embed_blocking(std::slice::from_ref(q)).vectors.remove(0)).collect();
+    let asked = questions.iter().map(|q| {
+        let embedder = embedder.clone();
+        let q = q.clone();
+        tokio::spawn(async move { embedder.embed(std::slice::from_ref(&q)).await })
+    });
+    let together = futures_util::future::join_all(asked).await;
+    for ((q, alone), got) in questions.iter().zip(&alone).zip(together) {
+        let got = got.unwrap().unwrap();
+        assert_eq!(got.vectors.len(), 1);
+        assert!(cosine(&got.vectors[0], alone) > 0.99999, "{q:?}");
+        assert_eq!(got.tokens as usize, embedder.tokenizer().count(q), "{q:?}");
+    }
+}
+
 #[test]
 fn long_texts_are_cut_at_the_model_length() {
     let embedder = LocalEmbedder::load(&model_dir(), best_kernel(), 2).unwrap();

@@ -4,6 +4,13 @@
 //!
 //! Texts are tokenized with the model's own WordPiece (no fixed padding; truncation at the
 //! model's 256 word pieces) and embedded in batches of similar length.
+//!
+//! Questions — calls with one text — go to a lane of their own: one thread takes every question
+//! waiting when it is free and embeds them in one forward pass. A question alone is embedded at
+//! once; under load, a hundred questions cost one pass over their packed tokens instead of a
+//! hundred small ones contending for the cores (each with its own per-call costs, and GEMMs of a
+//! few rows that fill a fraction of a tile). A row's vector does not depend on the other rows of
+//! its batch, so a question gets the same vector in any company (tested).
 
 use std::{
     path::{Path, PathBuf},
@@ -25,10 +32,16 @@ pub const DIMENSIONS: usize = 384;
 pub const MAX_WORD_PIECES: usize = 256;
 /// Word pieces per model call: enough rows for full-speed matrix products, bounded memory.
 const BATCH_TOKENS: usize = 8192;
+/// Questions waiting for the question lane, at most (callers wait for room beyond that).
+const LANE_QUEUE: usize = 4096;
+
+/// A question for the lane, and where its vector goes.
+type Asked = (String, tokio::sync::oneshot::Sender<Embeddings>);
 
 pub struct LocalEmbedder {
     inner: Arc<Inner>,
     counter: Box<TokenCounter>,
+    questions: tokio::sync::mpsc::Sender<Asked>,
 }
 
 struct Inner {
@@ -45,10 +58,9 @@ impl LocalEmbedder {
         let counter_tok = WordPiece::from_tokenizer_json(&tokenizer_json)?;
         let model = MiniLm::load(model_dir, kernel, threads)?;
         tracing::info!(kernel = model.kernel().name(), threads, "local embedder loaded");
-        Ok(Self {
-            inner: Arc::new(Inner { tokenizer, model }),
-            counter: Box::new(move |text: &str| counter_tok.count(text)),
-        })
+        let inner = Arc::new(Inner { tokenizer, model });
+        let questions = start_question_lane(inner.clone())?;
+        Ok(Self { inner, counter: Box::new(move |text: &str| counter_tok.count(text)), questions })
     }
 
     /// From `LOCAL_MODEL_DIR` (as `infra/dev.sh env` prints it), with the best kernel here.
@@ -73,10 +85,47 @@ impl LocalEmbedder {
     }
 }
 
+/// The question lane's thread: it takes the first question waiting, then every other one already
+/// queued (up to about two batches' worth of text), embeds them together and answers each. It ends when the
+/// embedder is dropped.
+fn start_question_lane(inner: Arc<Inner>) -> anyhow::Result<tokio::sync::mpsc::Sender<Asked>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Asked>(LANE_QUEUE);
+    std::thread::Builder::new()
+        .name("embed-questions".to_owned())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                let mut size = batch[0].0.len();
+                while size < BATCH_TOKENS * 2
+                    && let Ok(next) = rx.try_recv()
+                {
+                    size += next.0.len();
+                    batch.push(next);
+                }
+                let (texts, replies): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+                // a panic fails this batch's questions (their replies are dropped), not the lane
+                let embedded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.embed_each(&texts)));
+                if let Ok(embedded) = embedded {
+                    for (reply, (vector, tokens)) in replies.into_iter().zip(embedded) {
+                        let _ = reply.send(Embeddings { vectors: vec![vector], tokens });
+                    }
+                }
+            }
+        })
+        .context("cannot start the question embedding thread")?;
+    Ok(tx)
+}
+
 impl Inner {
     fn embed(&self, texts: &[String]) -> Embeddings {
+        let embedded = self.embed_each(texts);
+        let tokens = embedded.iter().map(|(_, t)| t).sum();
+        Embeddings { vectors: embedded.into_iter().map(|(v, _)| v).collect(), tokens }
+    }
+
+    /// Each text's vector and word pieces.
+    fn embed_each(&self, texts: &[String]) -> Vec<(Vec<f32>, u64)> {
         let encoded: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode(t, MAX_WORD_PIECES)).collect();
-        let tokens = encoded.iter().map(|e| e.len() as u64).sum();
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut start = 0;
         while start < encoded.len() {
@@ -91,7 +140,7 @@ impl Inner {
             }
             start = end;
         }
-        Embeddings { vectors, tokens }
+        vectors.into_iter().zip(encoded.iter().map(|e| e.len() as u64)).collect()
     }
 }
 
@@ -113,6 +162,14 @@ impl Embedder for LocalEmbedder {
     }
 
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
+        if let [question] = texts {
+            return Box::pin(async move {
+                let lane_gone = || EmbedError::Failed("the question embedding thread is gone".to_owned());
+                let (reply, embedded) = tokio::sync::oneshot::channel();
+                self.questions.send((question.clone(), reply)).await.map_err(|_| lane_gone())?;
+                embedded.await.map_err(|_| lane_gone())
+            });
+        }
         // the model keeps the CPU busy: off the async workers
         let inner = self.inner.clone();
         let texts = texts.to_vec();

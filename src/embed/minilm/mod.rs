@@ -206,20 +206,27 @@ impl MiniLm {
             }
             start += len;
         }
-        let threads = self.threads.min(jobs.len()).max(1);
+        // a few short sequences (a question) are not worth a thread's start
+        let threads = if start < 64 { 1 } else { self.threads.min(jobs.len()).max(1) };
         let ctx_ptr = SendPtr(ctx.as_mut_ptr());
         std::thread::scope(|s| {
             for t in 0..threads {
                 let jobs = &jobs;
                 let ctx_ptr = &ctx_ptr;
-                s.spawn(move || {
+                let work = move || {
                     let mut scores = Vec::new();
                     for &(first, len, head) in jobs.iter().skip(t).step_by(threads) {
                         // SAFETY: each (sequence, head) job writes only its own rows' columns
                         // head*HEAD_DIM..(head+1)*HEAD_DIM of `ctx`; no two jobs overlap.
                         unsafe { attend(qkv, first, len, head, &mut scores, ctx_ptr.0) };
                     }
-                });
+                };
+                // the last share runs on this thread
+                if t + 1 == threads {
+                    work();
+                } else {
+                    s.spawn(work);
+                }
             }
         });
     }
