@@ -280,13 +280,21 @@ fn text_ctes(tenant: &str, candidates: &str, text: &str) -> String {
     )
 }
 
-/// Tenants of at most this many chunks are searched by distance to every one of their vectors;
-/// bigger ones through the model's HNSW index. Measured on real text (the tenant's vectors in its
-/// rows, migration 0017): the exact scan costs about 0.6 µs a chunk (150 chunks 0.2 ms, 3,991
-/// chunks 2.4 ms), the index about 1–1.5 ms a question at the service's search breadth whatever
-/// the tenant's size; and the exact scan misses nothing, where a small tenant's few vectors in a
-/// big shared index are found only by scanning past other tenants' neighbours.
-const EXACT_SCAN_MAX_CHUNKS: usize = 2_000;
+/// Tenants of at most [`exact_scan_max_chunks`] chunks are searched by distance to every one of
+/// their vectors; bigger ones through the model's HNSW index. An exact scan's cost is about
+/// proportional to the dimensions it reads; the index's hardly depends on the tenant. Measured on
+/// real text with 384 dimensions (the vectors in their rows, migration 0017): about 0.6 µs a
+/// chunk (150 chunks 0.2 ms, 3,991 chunks 2.4 ms), against 1–1.5 ms a question through the index
+/// at the service's search breadth; 2,000 random vectors of 1,536 dimensions took 6–9 ms. So the
+/// budget is 2,000 chunks of 384 dimensions (500 of 1,536). The exact scan also misses nothing,
+/// where a small tenant's few vectors in a big shared index are found only by scanning past other
+/// tenants' neighbours.
+const EXACT_SCAN_DIMENSIONS: usize = 2_000 * 384;
+
+/// The most chunks of `dims` dimensions a tenant may have to be scanned exactly.
+pub fn exact_scan_max_chunks(dims: usize) -> usize {
+    EXACT_SCAN_DIMENSIONS / dims.max(1)
+}
 
 /// The hybrid statement ($1 query vector, $2 tenant, $3 candidates per list, $4 question text,
 /// $5 and $6 the weights of the vector and the full-text list, $7 the similarity floor, $8 how
@@ -296,7 +304,7 @@ const EXACT_SCAN_MAX_CHUNKS: usize = 2_000;
 /// prove the index's predicate).
 ///
 /// The vector list has two arms, of which the tenant's size (its chunk count, kept with the
-/// term frequencies) runs one: an exact scan or the HNSW index (see [`EXACT_SCAN_MAX_CHUNKS`]). The
+/// term frequencies) runs one: an exact scan or the HNSW index (see [`exact_scan_max_chunks`]). The
 /// statement is planned once per connection for every tenant, so it must run in a transaction
 /// opened by [`crate::db::for_retrieval`], whose planner settings make that one plan use the index
 /// wherever an index can serve.
@@ -312,13 +320,13 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
                  (select c.id, c.embedding <=> $1::vector as distance
                     from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
                    where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
-                     and (select chunks from size) <= {EXACT_SCAN_MAX_CHUNKS}
+                     and (select chunks from size) <= {exact_max}
                    order by distance limit $3)
                  union all
                  (select c.id, {distance} as distance
                     from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
                    where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
-                     and (select chunks from size) > {EXACT_SCAN_MAX_CHUNKS}
+                     and (select chunks from size) > {exact_max}
                    order by {distance} limit $3)
              ) v
          ),
@@ -354,7 +362,8 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
           order by f.score desc, f.similarity desc",
         ctes = text_ctes("$2", "$3", "$4"),
-        model = literal(model)
+        model = literal(model),
+        exact_max = exact_scan_max_chunks(dims)
     )
 }
 

@@ -27,6 +27,12 @@ fn snippets_cut_at_words() {
 }
 
 #[test]
+fn the_exact_scan_budget_is_in_dimensions_read() {
+    assert_eq!(super::exact_scan_max_chunks(384), 2_000);
+    assert_eq!(super::exact_scan_max_chunks(1536), 500);
+}
+
+#[test]
 fn literals_are_quoted() {
     assert_eq!(literal("it's"), "'it''s'");
 }
@@ -242,7 +248,7 @@ async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
 }
 
 /// The vector list's two arms: a small tenant's vectors are all compared (the HNSW index is not
-/// read), a tenant over [`super::EXACT_SCAN_MAX_CHUNKS`] is searched through the index (its
+/// read), a tenant over [`super::exact_scan_max_chunks`] is searched through the index (its
 /// vectors are not all compared) — by one plan, made once for every tenant, among many tenants
 /// (where a plan made for a tenant of average size would sort). Both find the chunk the question
 /// was made from.
@@ -287,7 +293,7 @@ async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: Pg
         (tenant, vectors)
     };
     let (small, small_vectors) = tenant("small", 300).await;
-    let (big, big_vectors) = tenant("big", super::EXACT_SCAN_MAX_CHUNKS + 200).await;
+    let (big, big_vectors) = tenant("big", super::exact_scan_max_chunks(384) + 200).await;
     for i in 0..40 {
         tenant(&format!("other{i}"), 10).await;
     }
@@ -323,7 +329,7 @@ async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: Pg
             let node = if lines[at].trim_start().starts_with("One-Time Filter") { lines[at + 1] } else { lines[at] };
             !node.contains("never executed")
         };
-        let threshold = super::EXACT_SCAN_MAX_CHUNKS;
+        let threshold = super::exact_scan_max_chunks(384);
         assert_eq!(executed(&format!("<= {threshold})")), exact, "{plan}");
         assert_eq!(executed(&format!("> {threshold})")), !exact, "{plan}");
         assert_eq!(executed("Index Scan using chunks_embedding_minilm"), !exact, "{plan}");
