@@ -9,7 +9,9 @@
 //!     cargo run --release --example bench_chat -- [idle sockets] [phases]
 //!
 //! `phases` picks the time-to-first-token runs, comma-separated: `1`, `100`, `1000` (asking again
-//! at once) and `100p`, `1000p` (pausing 1–3 s between questions); all of them by default. Each
+//! at once), `100p`, `1000p` (pausing 1–3 s between questions) and `100b`, `1000b` (every session
+//! asking at the same instant, the next burst when all are answered); all but the bursts by
+//! default. Each
 //! run prints questions per second and the CPU time per question of the server and of Postgres.
 //!
 //! The tenant holds 200 short synthetic passages under a constant embedding, unless
@@ -139,19 +141,34 @@ async fn main() -> anyhow::Result<()> {
     docuchat::install_crypto_provider();
     let idle: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let phases = std::env::args().nth(2).unwrap_or_else(|| "1,100,1000,100p,1000p".to_owned());
-    let phases: Vec<(usize, usize, bool)> = phases
+    let phases: Vec<(usize, usize, Pace)> = phases
         .split(',')
         .filter_map(|p| {
-            let (n, think) = p.strip_suffix('p').map_or((p, false), |n| (n, true));
+            let (n, pace) = if let Some(n) = p.strip_suffix('p') {
+                (n, Pace::Pausing)
+            } else if let Some(n) = p.strip_suffix('b') {
+                (n, Pace::Bursts)
+            } else {
+                (p, Pace::Closed)
+            };
             let sessions: usize = n.parse().ok()?;
             // about a thousand questions at small concurrency, three a session at large
-            Some((sessions, (1000 / sessions).clamp(3, 200), think))
+            Some((sessions, (1000 / sessions).clamp(3, 200), pace))
         })
         .collect();
     support::with_scratch_database(|url| async move { run(&url, idle, &phases).await }).await
 }
 
-async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow::Result<()> {
+/// How a run's sessions ask: again as soon as an answer is done; after a pause of 1–3 s; or all at
+/// the same instant, the next burst when every answer of the last is done.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    Closed,
+    Pausing,
+    Bursts,
+}
+
+async fn run(url: &str, idle: usize, phases: &[(usize, usize, Pace)]) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
     docuchat::db::migrate(&pool).await?;
     let email = Email::parse("bench@bench.example").unwrap();
@@ -277,22 +294,30 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
     // closed loop (each session asks again as soon as its answer is done: the machine saturates),
     // then people: a pause of 1–3 s between a session's questions
     // an untimed burst first fills the server's connection pool, as in a running service
-    for (run, &(sessions, asks, think)) in std::iter::once(&(100, 3, false)).chain(phases).enumerate() {
+    for (run, &(sessions, asks, pace)) in std::iter::once(&(100, 3, Pace::Closed)).chain(phases).enumerate() {
         let ws_url = Arc::new(ws_url.clone());
+        let burst = Arc::new(tokio::sync::Barrier::new(sessions));
         let (server_cpu, postgres_cpu) = (support::cpu_ms(pid), support::postgres_cpu_ms());
         let start = Instant::now();
         let mut tasks = Vec::new();
         for session in 0..sessions {
             let ws_url = ws_url.clone();
             let questions = questions.clone();
+            let burst = burst.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut ws, _) = connect_async(ws_url.as_str()).await?;
                 let (mut ttft, mut refused) = (Vec::new(), 0usize);
                 for q in 0..asks {
-                    if think {
-                        // spread over 1–3 s, the same for every run
-                        let pause = 1000 + (session * 7919 + q * 104_729) as u64 % 2000;
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    match pace {
+                        Pace::Pausing => {
+                            // spread over 1–3 s, the same for every run
+                            let pause = 1000 + (session * 7919 + q * 104_729) as u64 % 2000;
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
+                        Pace::Bursts => {
+                            burst.wait().await;
+                        }
+                        Pace::Closed => {}
                     }
                     let sent = Instant::now();
                     ws.send(Message::Text(
@@ -345,7 +370,11 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, bool)]) -> anyhow:
         println!(
             "(b) {sessions:>4} concurrent sessions{}, {} questions in {elapsed:.1} s ({:.0}/s): time to first token \
              p50 {:.1} ms, p99 {:.1} ms; CPU per question: server {server_cpu:.2} ms, Postgres {postgres_cpu:.2} ms{}",
-            if think { " pausing 1–3 s" } else { "" },
+            match pace {
+                Pace::Pausing => " pausing 1–3 s",
+                Pace::Bursts => " in bursts",
+                Pace::Closed => "",
+            },
             all.len(),
             n / elapsed,
             percentile(&all, 0.5),
