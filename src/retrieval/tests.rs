@@ -44,27 +44,37 @@ fn at_angle(degrees: f32) -> Vec<f32> {
     vec![r.cos(), r.sin(), 0.0]
 }
 
+/// A document of the tenant with `status`, as an upload leaves it; its id.
+async fn insert_document(db: &PgPool, tenant: Uuid, filename: &str, status: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, $3, $4, 1, 1, $5)")
+        .bind(id)
+        .bind(tenant)
+        .bind(filename)
+        .bind(id.as_bytes().repeat(2))
+        .bind(status)
+        .execute(db)
+        .await
+        .unwrap();
+    id
+}
+
+/// A small linear congruential generator: the same numbers every run (the upper 31 bits of each
+/// state).
+fn lcg(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    }
+}
+
 #[sqlx::test]
 async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let email = Email::parse("boss@acme.example").unwrap();
     let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
-    let document = |status: &'static str| {
-        let id = Uuid::now_v7();
-        let db = db.clone();
-        async move {
-            sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, $3, $4, 1, 1, $5)")
-                .bind(id)
-                .bind(tenant)
-                .bind(format!("{status}.pdf"))
-                .bind(id.as_bytes().repeat(2))
-                .bind(status)
-                .execute(&db)
-                .await
-                .unwrap();
-            id
-        }
-    };
-    let (ready, processing) = (document("ready").await, document("processing").await);
+    let ready = insert_document(&db, tenant, "ready.pdf", "ready").await;
+    let processing = insert_document(&db, tenant, "processing.pdf", "processing").await;
     let chunk = |ordinal: i32, text: &str| Chunk {
         ordinal,
         page_from: ordinal + 1,
@@ -154,20 +164,10 @@ fn bm25_top(texts: &[String], query: &[&str], k: usize) -> Vec<(usize, f64)> {
 async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
     let email = Email::parse("boss@acme.example").unwrap();
     let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
-    let doc = Uuid::now_v7();
-    sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'big.pdf', $3, 1, 1, 'ready')")
-        .bind(doc)
-        .bind(tenant)
-        .bind(doc.as_bytes().repeat(2))
-        .execute(&db)
-        .await
-        .unwrap();
-    // a small linear congruential generator: the same tenant every run
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |m: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % m
-    };
+    let doc = insert_document(&db, tenant, "big.pdf", "ready").await;
+    // the same tenant every run
+    let mut random = lcg(0x2545_f491_4f6c_dd1d);
+    let mut next = move |m: u64| random() % m;
     fn put(words: &mut [String], next: &mut impl FnMut(u64) -> u64, word: &str, times: u64) {
         for _ in 0..times {
             let at = next(words.len() as u64) as usize;
@@ -255,11 +255,8 @@ async fn full_text_candidates_are_the_best_by_bm25_in_a_big_tenant(db: PgPool) {
 #[sqlx::test]
 async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: PgPool) {
     const MODEL: &str = "all-MiniLM-L6-v2";
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
+    let mut bits = lcg(0x9e37_79b9_7f4a_7c15);
+    let mut random = move || ((bits() >> 7) as f32 / (1u64 << 24) as f32) - 0.5;
     let mut unit = move || {
         let v: Vec<f32> = (0..384).map(|_| random()).collect();
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -269,14 +266,7 @@ async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: Pg
     let mut tenant = async |slug: &str, n: usize| {
         let email = Email::parse(&format!("boss@{slug}.example")).unwrap();
         let tenant = tenants::create(&db, slug, slug, &email).await.unwrap().id;
-        let doc = Uuid::now_v7();
-        sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, 'd.pdf', $3, 1, 1, 'ready')")
-            .bind(doc)
-            .bind(tenant)
-            .bind(doc.as_bytes().repeat(2))
-            .execute(&db)
-            .await
-            .unwrap();
+        let doc = insert_document(&db, tenant, "d.pdf", "ready").await;
         let chunks: Vec<Chunk> = (0..n)
             .map(|i| Chunk {
                 ordinal: i as i32,
