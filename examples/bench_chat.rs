@@ -198,20 +198,7 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, Pace)]) -> anyhow:
         };
         let chunks: usize = picked.iter().map(|d| d.chunks.len()).sum();
         println!("tenant: {} documents, {chunks} chunks of real text; {} questions", picked.len(), questions.len());
-        for (i, d) in picked.iter().enumerate() {
-            let doc = Uuid::now_v7();
-            let filename = if i < docs.len() { d.filename.clone() } else { format!("copy-{i}-{}", d.filename) };
-            sqlx::query("insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status) values ($1, $2, $3, $4, 1, 1, 'ready')")
-                .bind(doc)
-                .bind(tenant.id)
-                .bind(&filename)
-                .bind(doc.as_bytes().repeat(2))
-                .execute(&pool)
-                .await?;
-            let mut tx = pool.begin().await?;
-            insert_chunks(&mut tx, tenant.id, doc, embedder.model(), &d.chunks, &d.vectors).await?;
-            tx.commit().await?;
-        }
+        support::store_documents(&pool, &pool, tenant.id, &picked, embedder.model()).await?;
         let texts: Vec<String> = questions.into_iter().map(|q| q.text).collect();
         if remote_embeddings {
             let vectors = embedder.embed(&texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;

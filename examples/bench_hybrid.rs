@@ -30,7 +30,6 @@ use std::time::Instant;
 use docuchat::{
     config::Config,
     db,
-    ingestion::store::insert_chunks,
     retrieval::{self, Params, Space},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -162,27 +161,6 @@ async fn load_tenant(
         .bind(slug)
         .execute(owner)
         .await?;
-    for (i, doc) in docs.iter().enumerate() {
-        let id = Uuid::now_v7();
-        // copies keep the file's name at the end, under a name of their own
-        let filename = if docs[..i].iter().any(|d| d.filename == doc.filename) {
-            format!("copy-{i}-{}", doc.filename)
-        } else {
-            doc.filename.clone()
-        };
-        sqlx::query(
-            "insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status)
-             values ($1, $2, $3, $4, 1, 1, 'ready')",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(&filename)
-        .bind(id.as_bytes().repeat(2))
-        .execute(owner)
-        .await?;
-        let mut tx = db::for_tenant(service, tenant).await?;
-        insert_chunks(&mut tx, tenant, id, model, &doc.chunks, &doc.vectors).await?;
-        tx.commit().await?;
-    }
+    support::store_documents(owner, service, tenant, docs, model).await?;
     Ok(tenant)
 }

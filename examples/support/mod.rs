@@ -148,6 +148,40 @@ pub async fn read_pdfs(
     Ok(docs)
 }
 
+/// Writes `docs` as ready documents of `tenant` with their chunks (chunks through `service`, in
+/// a tenant transaction, as ingestion writes them). Copies keep the file's name at the end,
+/// under a name of their own.
+pub async fn store_documents(
+    owner: &sqlx::PgPool,
+    service: &sqlx::PgPool,
+    tenant: Uuid,
+    docs: &[&Document],
+    model: &str,
+) -> anyhow::Result<()> {
+    for (i, doc) in docs.iter().enumerate() {
+        let id = Uuid::now_v7();
+        let filename = if docs[..i].iter().any(|d| d.filename == doc.filename) {
+            format!("copy-{i}-{}", doc.filename)
+        } else {
+            doc.filename.clone()
+        };
+        sqlx::query(
+            "insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status)
+             values ($1, $2, $3, $4, 1, 1, 'ready')",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(&filename)
+        .bind(id.as_bytes().repeat(2))
+        .execute(owner)
+        .await?;
+        let mut tx = docuchat::db::for_tenant(service, tenant).await?;
+        docuchat::ingestion::store::insert_chunks(&mut tx, tenant, id, model, &doc.chunks, &doc.vectors).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 /// A question of a QA file (JSON lines naming a document `doc`, a `question` and the answer's
 /// pages `page_start`, `page_end`).
 pub struct Question {
