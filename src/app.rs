@@ -62,6 +62,10 @@ pub struct AppState {
     embedder: Arc<OnceLock<Result<Arc<dyn embed::Embedder>, String>>>,
     /// Writes answers, started on first use.
     recorder: Arc<OnceLock<Recorder>>,
+    /// The models of chunks not yet re-embedded with the configured one (during a model switch).
+    pub previous_embedders: Arc<embed::Previous>,
+    /// Which models each tenant's chunks are embedded with (a few seconds' cache).
+    pub tenant_models: Arc<crate::retrieval::TenantModels>,
 }
 
 impl AppState {
@@ -85,6 +89,7 @@ impl AppState {
         let sockets = SocketCaps::new(config.sockets_per_user, config.sockets_per_tenant);
         let streams = SocketCaps::new(config.sockets_per_user, config.sockets_per_tenant);
         let config = Arc::new(config);
+        let previous_embedders = Arc::new(embed::Previous::from_config(&config));
         Ok(Self {
             sockets,
             streams,
@@ -104,6 +109,8 @@ impl AppState {
             ingest_wakeup: Arc::new(Notify::new()),
             embedder: Arc::new(OnceLock::new()),
             recorder: Arc::new(OnceLock::new()),
+            previous_embedders,
+            tenant_models: Arc::new(crate::retrieval::TenantModels::default()),
         })
     }
 
@@ -118,6 +125,19 @@ impl AppState {
             .get_or_init(|| embed::from_config(&self.config).map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(anyhow::Error::msg)
+    }
+
+    /// What a chat turn needs of the process.
+    pub fn turn_services(&self) -> crate::chat::turn::Services {
+        crate::chat::turn::Services {
+            db: self.db.clone(),
+            config: self.config.clone(),
+            quotas: self.quotas.clone(),
+            recorder: self.recorder().clone(),
+            embedder: self.embedder().map_err(|e| format!("{e:#}")),
+            previous_embedders: self.previous_embedders.clone(),
+            tenant_models: self.tenant_models.clone(),
+        }
     }
 
     /// The ingestion workers, with the pipeline of the configured embedder.

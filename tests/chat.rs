@@ -7,7 +7,7 @@ use common::{
     ADMIN, TestApp, error_of, fixture,
     ws::{ask, connect, next_json},
 };
-use docuchat::chat::turn::{self, Frame, FrameSink, Turn};
+use docuchat::chat::turn::{Frame, FrameSink, Turn};
 use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -332,20 +332,7 @@ async fn a_turn_runs_without_a_socket_and_a_cancelled_one_is_saved_and_metered(d
         sqlx::query_scalar("select id from users where email = $1").bind(ADMIN).fetch_one(&app.db).await.unwrap();
     let turn = |sink| {
         let (model, model_name) = state.models.select(None).unwrap();
-        Turn {
-            services: turn::Services {
-                db: state.db.clone(),
-                config: state.config.clone(),
-                quotas: state.quotas.clone(),
-                recorder: state.recorder().clone(),
-                embedder: state.embedder().map_err(|e| e.to_string()),
-            },
-            model,
-            model_name,
-            tenant,
-            user,
-            sink,
-        }
+        Turn { services: state.turn_services(), model, model_name, tenant, user, sink }
     };
     let question = "What are the standard and recommended packages supplied with R?";
 

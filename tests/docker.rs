@@ -115,5 +115,16 @@ fn the_shared_script_installs_and_checks_the_model_in_an_empty_directory() {
     );
     // a second run keeps what is there
     assert!(run().status.success());
+    // a model it does not know is refused before anything is fetched
+    let other = std::env::temp_dir().join(format!("docuchat-model-{}", uuid::Uuid::new_v4()));
+    let out = Command::new("sh")
+        .arg(Path::new(ROOT).join("infra/install-model.sh"))
+        .arg(&other)
+        .arg("bert-base-uncased")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model"));
+    assert!(!other.exists());
     let _ = fs::remove_dir_all(&dest);
 }

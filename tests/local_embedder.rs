@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use common::TestApp;
 use docuchat::embed::{
     Embedder,
-    local::{DIMENSIONS, LocalEmbedder, MAX_WORD_PIECES, MODEL_NAME},
-    minilm::{Kernel, best_kernel},
+    bert::{Kernel, best_kernel},
+    local::{DIMENSIONS, LocalEmbedder, LocalModel, MAX_WORD_PIECES, MODEL_NAME},
 };
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(std::env::var("LOCAL_MODEL_DIR").expect("LOCAL_MODEL_DIR (infra/dev.sh up installs the model)"))
+    let root =
+        PathBuf::from(std::env::var("LOCAL_MODEL_DIR").expect("LOCAL_MODEL_DIR (infra/dev.sh up installs the model)"));
+    LocalModel::MiniLm.dir_in(&root)
 }
 
 fn reference() -> Vec<(String, usize, Vec<f32>)> {
@@ -72,7 +74,7 @@ fn the_best_kernel_here_matches_the_reference_vectors() {
     check_kernel(best_kernel());
 }
 
-/// Questions (single texts) are embedded by the question lane, many at once in one pass when
+/// Questions are embedded by the question lane, many at once in one pass when
 /// they arrive together: each gets its own vector — the one it has alone — and its own count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn questions_asked_together_get_the_vectors_they_get_alone() {
@@ -85,7 +87,7 @@ async fn questions_asked_together_get_the_vectors_they_get_alone() {
     let asked = questions.iter().map(|q| {
         let embedder = embedder.clone();
         let q = q.clone();
-        tokio::spawn(async move { embedder.embed(std::slice::from_ref(&q)).await })
+        tokio::spawn(async move { embedder.embed_query(&q).await })
     });
     let together = futures_util::future::join_all(asked).await;
     for ((q, alone), got) in questions.iter().zip(&alone).zip(together) {

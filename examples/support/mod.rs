@@ -238,3 +238,17 @@ pub fn postgres_cpu_ms() -> f64 {
         .map(cpu_ms)
         .sum()
 }
+
+/// Questions' vectors as the service embeds them (the query form of models that have one), all
+/// asked at once.
+pub async fn embed_questions(
+    embedder: &dyn docuchat::embed::Embedder,
+    questions: &[String],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let asked = questions.iter().map(|q| embedder.embed_query(q));
+    futures_util::future::join_all(asked)
+        .await
+        .into_iter()
+        .map(|r| r.map(|mut e| e.vectors.remove(0)).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect()
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{store, turn, ws};
+use super::{store, ws};
 use crate::{
     app::AppState,
     auth::{ChatCaller, CurrentUser},
@@ -66,13 +66,7 @@ pub async fn chat_socket(
         .into_response();
     };
     let context = ws::Context {
-        turns: turn::Services {
-            db: state.db.clone(),
-            config: state.config.clone(),
-            quotas: state.quotas.clone(),
-            recorder: state.recorder().clone(),
-            embedder: state.embedder().map_err(|e| format!("{e:#}")),
-        },
+        turns: state.turn_services(),
         limits: state.limits.clone(),
         models: state.models.clone(),
         access: state.access.clone(),

@@ -116,6 +116,9 @@ pub struct Services {
     pub recorder: Recorder,
     /// `Err` when no embedder could be loaded (a turn answers `embedding_unavailable`)
     pub embedder: Result<Arc<dyn Embedder>, String>,
+    /// the models of chunks not yet re-embedded with the configured one
+    pub previous_embedders: Arc<crate::embed::Previous>,
+    pub tenant_models: Arc<crate::retrieval::TenantModels>,
 }
 
 /// Gives back a hold in a transaction of its own.
@@ -195,11 +198,11 @@ impl<S: FrameSink> Turn<S> {
         let message_id = Uuid::now_v7();
         self.sink.send(Frame::Start { session_id: session, message_id }).await;
 
-        let Some((embedder, embedded)) = self.embed(question).await else {
+        let Some(embedded) = self.embed(question).await else {
             self.sink.send(Frame::error("embedding_unavailable", "questions cannot be searched right now")).await;
             return Ok(());
         };
-        let request = self.prompt(&*embedder, &embedded.vectors[0], question, session, title.is_none()).await?;
+        let request = self.prompt(&embedded, question, session, title.is_none()).await?;
         self.sink.send(Frame::Sources { sources: &request.sources }).await;
 
         let mut generated = self.generate(&request, cancel, asked).await;
@@ -220,8 +223,8 @@ impl<S: FrameSink> Turn<S> {
                 completion_tokens: generated.usage.completion_tokens as i32,
                 status: generated.status,
                 error_code: generated.failure.as_ref().map(|f| f.0),
-                embedding_model: embedder.model().to_owned(),
-                embedding_tokens: embedded.tokens as i64,
+                embedding_model: embedded[0].0.model().to_owned(),
+                embedding_tokens: embedded.iter().map(|(_, e)| e.tokens as i64).sum(),
                 hold: *hold,
             })
             .await?;
@@ -313,8 +316,11 @@ impl<S: FrameSink> Turn<S> {
             .await;
     }
 
-    /// The question's vector, or `None` when questions cannot be embedded now (logged).
-    async fn embed(&self, question: &str) -> Option<(Arc<dyn Embedder>, Embeddings)> {
+    /// The question's vector by the configured model — and, while a model switch re-embeds the
+    /// tenant's documents, by each model their chunks still hold (those documents stay
+    /// searchable meanwhile) — or `None` when questions cannot be embedded now (logged). The
+    /// configured model's comes first; its tokens and the others' are all charged.
+    async fn embed(&self, question: &str) -> Option<Vec<(Arc<dyn Embedder>, Embeddings)>> {
         let embedder = match &self.services.embedder {
             Ok(e) => e.clone(),
             Err(e) => {
@@ -322,29 +328,56 @@ impl<S: FrameSink> Turn<S> {
                 return None;
             }
         };
-        match embedder.embed(&[question.to_owned()]).await {
-            Ok(embedded) => Some((embedder, embedded)),
-            Err(e) => {
-                tracing::warn!(error = %e, "question embedding failed");
-                None
+        let configured = embedder.model().to_owned();
+        let mut embedders = vec![embedder];
+        match self.services.tenant_models.get(&self.services.db, self.tenant).await {
+            Ok(models) => {
+                for model in models.iter().filter(|m| **m != configured) {
+                    // a model this process cannot run: those chunks wait for their re-embedding
+                    embedders.extend(self.services.previous_embedders.get(model));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the tenant's embedding models"),
+        }
+        let asked = futures_util::future::join_all(embedders.iter().map(|e| e.embed_query(question))).await;
+        let mut embedded = Vec::with_capacity(embedders.len());
+        for (embedder, result) in embedders.into_iter().zip(asked) {
+            match result {
+                Ok(e) => embedded.push((embedder, e)),
+                Err(e) => {
+                    tracing::warn!(model = embedder.model(), error = %e, "question embedding failed");
+                    if embedded.is_empty() {
+                        return None;
+                    }
+                }
             }
         }
+        Some(embedded)
     }
 
     /// Retrieves the passages and builds the prompt, with the session's earlier turns.
     async fn prompt(
         &self,
-        embedder: &dyn Embedder,
-        vector: &[f32],
+        embedded: &[(Arc<dyn Embedder>, Embeddings)],
         question: &str,
         session: Uuid,
         continued: bool,
     ) -> anyhow::Result<ChatRequest> {
         let chat = &self.services.config.chat;
-        let params = Params { k: chat.k, min_similarity: chat.min_similarity, ..Params::default() };
-        let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
+        let mut params = Params { k: chat.k, ..Params::default() };
         let mut tx = crate::db::for_retrieval(&self.services.db, self.tenant).await?;
-        let sources = retrieval::search(&mut *tx, self.tenant, space, vector, question, &params).await?;
+        let mut sources = Vec::new();
+        for (embedder, e) in embedded {
+            params.min_similarity =
+                chat.min_similarity.unwrap_or_else(|| crate::embed::similarity_floor(embedder.model()));
+            let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
+            sources.extend(retrieval::search(&mut *tx, self.tenant, space, &e.vectors[0], question, &params).await?);
+        }
+        if embedded.len() > 1 {
+            // each model's documents are disjoint; their fused lists merge by score
+            sources.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.similarity.total_cmp(&a.similarity)));
+            sources.truncate(params.k);
+        }
         // a session started by this question has no earlier turns
         let history =
             if continued { store::history(&mut *tx, self.tenant, session, HISTORY_TURNS).await? } else { Vec::new() };

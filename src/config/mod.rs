@@ -120,8 +120,9 @@ pub struct ChatConfig {
     pub context_tokens: usize,
     /// Passages retrieved per question.
     pub k: usize,
-    /// Minimum cosine similarity of a passage to count as relevant.
-    pub min_similarity: f32,
+    /// Minimum cosine similarity of a passage to count as relevant (`None`: the embedding model's
+    /// own floor, [`crate::embed::similarity_floor`]).
+    pub min_similarity: Option<f32>,
     /// HNSW search breadth (`hnsw.ef_search`): recall against latency in big tenants.
     pub ef_search: u32,
     pub max_question_chars: usize,
@@ -301,12 +302,14 @@ impl Config {
             inspect_concurrency: parse_u64("INSPECT_CONCURRENCY", 2)?.clamp(1, 64) as usize,
         };
         let min_similarity = match var("RETRIEVAL_MIN_SIMILARITY") {
-            Some(v) => v
-                .parse::<f32>()
-                .ok()
-                .filter(|s| (-1.0..=1.0).contains(s))
-                .with_context(|| format!("RETRIEVAL_MIN_SIMILARITY must be a number from -1 to 1, not `{v}`"))?,
-            None => 0.25,
+            Some(v) => Some(
+                v.parse::<f32>()
+                    .ok()
+                    .filter(|s| (-1.0..=1.0).contains(s))
+                    .with_context(|| format!("RETRIEVAL_MIN_SIMILARITY must be a number from -1 to 1, not `{v}`"))?,
+            ),
+            // the embedding model's own (see `embed::similarity_floor`)
+            None => None,
         };
         let chat = ChatConfig {
             context_tokens: parse_u64("CHAT_CONTEXT_TOKENS", 3000)?.clamp(200, 100_000) as usize,

@@ -136,3 +136,13 @@ fn proxies_and_header_timeout() {
     let err = config(&[("TRUSTED_PROXIES", "10.0.0.0/99")]).unwrap_err();
     assert!(format!("{err:#}").contains("TRUSTED_PROXIES"), "{err:#}");
 }
+
+#[test]
+fn the_similarity_floor_is_the_models_unless_set() {
+    assert_eq!(config(&[]).unwrap().chat.min_similarity, None);
+    assert_eq!(crate::embed::similarity_floor("all-MiniLM-L6-v2"), 0.25);
+    assert_eq!(crate::embed::similarity_floor("multilingual-e5-small"), 0.80);
+    let c = config(&[("RETRIEVAL_MIN_SIMILARITY", "0.5"), ("EMBEDDING_MODEL", "multilingual-e5-small")]).unwrap();
+    assert_eq!(c.chat.min_similarity, Some(0.5));
+    assert!(config(&[("RETRIEVAL_MIN_SIMILARITY", "2")]).is_err());
+}

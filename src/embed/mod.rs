@@ -1,12 +1,13 @@
 //! Embeddings behind one trait, chosen by configuration: an OpenAI-compatible HTTP API, or a
 //! local model run in-process.
 
+pub mod bert;
 pub mod local;
-pub mod minilm;
 pub mod openai;
+pub mod unigram;
 pub mod wordpiece;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 
@@ -45,7 +46,13 @@ pub trait Embedder: Send + Sync {
     fn input_limit(&self) -> Option<(&TokenCounter, usize)> {
         None
     }
+    /// Vectors of passages (document chunks).
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>>;
+    /// The vector of a question. Models trained with a query form and a passage form (e5's
+    /// `query: ` and `passage: `) give the query form here; for the others it is [`Self::embed`].
+    fn embed_query<'a>(&'a self, question: &'a str) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
+        Box::pin(async move { self.embed(&[question.to_owned()]).await })
+    }
 }
 
 /// Builds the embedder the configuration names (its batches counted and timed for the metrics).
@@ -53,13 +60,50 @@ pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     let inner: Box<dyn Embedder> = match config.embedding_provider {
         EmbeddingProvider::OpenAi => Box::new(openai::OpenAiEmbedder::from_config(config)?),
         EmbeddingProvider::Local => {
-            if config.embedding_model != local::MODEL_NAME {
-                anyhow::bail!("the local embedder runs {}, not `{}`", local::MODEL_NAME, config.embedding_model);
-            }
-            Box::new(local::LocalEmbedder::from_dir(config.local_model_dir.as_deref(), config.embed_threads)?)
+            let Some(model) = local::LocalModel::from_name(&config.embedding_model) else {
+                anyhow::bail!(
+                    "the local embedder runs {} or {}, not `{}`",
+                    local::MODEL_NAME,
+                    local::E5_MODEL_NAME,
+                    config.embedding_model
+                );
+            };
+            Box::new(local::LocalEmbedder::from_dir(model, config.local_model_dir.as_deref(), config.embed_threads)?)
         }
     };
     Ok(Arc::new(Metered(inner)))
+}
+
+/// Embedders of the models a tenant's chunks may still hold while a model switch re-embeds them
+/// (`docuchat reindex` after `EMBEDDING_MODEL` changed): questions are embedded with those too, so
+/// that a document not yet re-embedded stays searchable. The local models are loaded on first use
+/// from `LOCAL_MODEL_DIR`; a hosted model no longer configured cannot be (its chunks are not
+/// searched until they are re-embedded).
+pub struct Previous {
+    local_dir: Option<String>,
+    threads: usize,
+    loaded: [OnceLock<Option<Arc<dyn Embedder>>>; 2],
+}
+
+impl Previous {
+    pub fn from_config(config: &Config) -> Self {
+        Self { local_dir: config.local_model_dir.clone(), threads: config.embed_threads, loaded: Default::default() }
+    }
+
+    /// The embedder of `model`, if this process can run it.
+    pub fn get(&self, model: &str) -> Option<Arc<dyn Embedder>> {
+        let which = local::LocalModel::from_name(model)?;
+        let slot = local::LocalModel::ALL.iter().position(|m| *m == which)?;
+        self.loaded[slot]
+            .get_or_init(|| match local::LocalEmbedder::from_dir(which, self.local_dir.as_deref(), self.threads) {
+                Ok(e) => Some(Arc::new(Metered(Box::new(e))) as Arc<dyn Embedder>),
+                Err(e) => {
+                    tracing::warn!(model, error = %format!("{e:#}"), "cannot load the model of earlier chunks");
+                    None
+                }
+            })
+            .clone()
+    }
 }
 
 /// An embedder whose batches go into the metrics.
@@ -83,14 +127,34 @@ impl Embedder for Metered {
     }
 
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = self.0.embed(texts).await;
-            let m = crate::metrics::get();
-            m.embed_batches.inc();
-            m.embed_batch_duration.observe(started.elapsed().as_secs_f64());
-            result
-        })
+        Box::pin(metered(self.0.embed(texts)))
+    }
+
+    fn embed_query<'a>(&'a self, question: &'a str) -> BoxFuture<'a, Result<Embeddings, EmbedError>> {
+        Box::pin(metered(self.0.embed_query(question)))
+    }
+}
+
+async fn metered(call: BoxFuture<'_, Result<Embeddings, EmbedError>>) -> Result<Embeddings, EmbedError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let m = crate::metrics::get();
+    m.embed_batches.inc();
+    m.embed_batch_duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The cosine under which a passage does not count as relevant to a question, by embedding model
+/// (`RETRIEVAL_MIN_SIMILARITY` overrides it). Models spread their similarities differently:
+/// measured with `examples/eval_retrieval.rs` on the shared corpus (docs/BENCHMARKS.md), the best
+/// passage of a question that a tenant cannot answer scores p50 0.12 / p90 0.22 / p99 0.36 with
+/// all-MiniLM-L6-v2 and 0.80 / 0.83 / 0.84 with multilingual-e5-small, while the passages that
+/// answer score from 0.30 and from 0.82 (p10). Each floor lets through what answers, at the cost
+/// of some of what does not.
+pub fn similarity_floor(model: &str) -> f32 {
+    match model {
+        local::E5_MODEL_NAME | "intfloat/multilingual-e5-small" => 0.80,
+        _ => 0.25,
     }
 }
 

@@ -30,6 +30,7 @@ fn known_dimensions(model: &str) -> Option<usize> {
         "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
         "text-embedding-3-large" => Some(3072),
         "all-MiniLM-L6-v2" | "all-minilm" | "all-minilm:l6-v2" => Some(384),
+        "multilingual-e5-small" | "intfloat/multilingual-e5-small" => Some(384),
         "nomic-embed-text" => Some(768),
         _ => None,
     }

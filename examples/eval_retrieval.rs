@@ -1,0 +1,236 @@
+//! Retrieval quality per language and across languages, for each local embedding model and each
+//! retriever (dense only, full text only, the hybrid the service runs).
+//!
+//!     eval "$(infra/dev.sh env)"
+//!     cargo run --release --example eval_retrieval -- <directory of PDFs> [evaluation sets directory] [models]
+//!
+//! e.g. `../shared/data/pdfs docs/eval`. Every PDF the service can read is extracted, chunked and
+//! embedded as ingestion would, with each model in turn (`all-MiniLM-L6-v2,multilingual-e5-small`
+//! by default). Each question is asked twice: of a tenant holding the whole corpus (`corpus`: the
+//! other documents compete, some in the question's language) and of a tenant holding its
+//! document alone (`alone`). The sets (`*.jsonl`, see `docs/eval/`) name a document, a question and the
+//! answer's pages; a retrieved chunk is a hit when it is of that document and its pages meet the
+//! answer's. Printed per set: recall@5 (a hit among the first five) and MRR@10 (1/rank of the first
+//! hit in ten), and the similarity of the best dense hit for answered and for unanswerable
+//! questions (the questions of another set, asked of a tenant without their document) — what the
+//! similarity floor (`RETRIEVAL_MIN_SIMILARITY`) is set from. `EVAL_WEIGHTS=vector,text` sets the
+//! hybrid's fusion weights (default: the service's).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+
+use docuchat::{
+    config::Config,
+    db,
+    embed::{
+        Embedder,
+        local::{LocalEmbedder, LocalModel},
+    },
+    retrieval::{self, Params, Space},
+};
+use sqlx::postgres::PgPoolOptions;
+use support::{Question, percentile};
+use uuid::Uuid;
+
+struct Set {
+    name: String,
+    questions: Vec<Question>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    docuchat::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(!args.is_empty(), "usage: eval_retrieval <directory of PDFs> [sets directory] [models]");
+    let pdfs = args[0].clone();
+    let sets_dir = args.get(1).cloned().unwrap_or_else(|| format!("{}/docs/eval", env!("CARGO_MANIFEST_DIR")));
+    let models: Vec<LocalModel> = args
+        .get(2)
+        .map_or("all-MiniLM-L6-v2,multilingual-e5-small", String::as_str)
+        .split(',')
+        .map(|m| LocalModel::from_name(m).ok_or_else(|| anyhow::anyhow!("no local model {m}")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(&sets_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    names.sort();
+    let sets: Vec<Set> = names
+        .iter()
+        .map(|p| {
+            Ok(Set {
+                name: p.file_stem().unwrap().to_string_lossy().into_owned(),
+                questions: support::read_questions(&p.to_string_lossy())?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    support::with_scratch_database(|url| async move { run(&url, &pdfs, &sets, &models).await }).await
+}
+
+async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyhow::Result<()> {
+    let owner = PgPoolOptions::new().max_connections(4).connect(url).await?;
+    db::migrate(&owner).await?;
+    let config = Config::from_env()?;
+    let service = db::pool_options(config.chat.ef_search).max_connections(4).connect(url).await?;
+    let root = std::path::PathBuf::from(
+        config.local_model_dir.clone().ok_or_else(|| anyhow::anyhow!("set LOCAL_MODEL_DIR (infra/dev.sh env)"))?,
+    );
+    // `EVAL_WEIGHTS=vector,text`: the hybrid's fusion weights (the service's by default)
+    let (vector_weight, text_weight) = match std::env::var("EVAL_WEIGHTS") {
+        Ok(w) => {
+            let (v, t) = w.split_once(',').ok_or_else(|| anyhow::anyhow!("EVAL_WEIGHTS=vector,text"))?;
+            (v.parse()?, t.parse()?)
+        }
+        Err(_) => (Params::default().vector_weight, Params::default().text_weight),
+    };
+    println!("hybrid fusion weights: vector {vector_weight}, text {text_weight}");
+    let mut table = Vec::new();
+    for &model in models {
+        let embedder = LocalEmbedder::load_model(model, &model.dir_in(&root), docuchat::embed::bert::best_kernel(), 2)?;
+        println!("{}:", model.name());
+        let docs = support::read_pdfs(pdfs, &config, &embedder).await?;
+        let space = Space { model: model.name(), dims: embedder.dimensions() };
+        // the corpus in one tenant, and each evaluated document alone in one of its own
+        let slug = |what: &str| format!("eval-{}-{what}", model.name().to_lowercase()).replace('.', "-");
+        let corpus = make_tenant(&owner, &service, slug("corpus"), &docs.iter().collect::<Vec<_>>(), space.model).await?;
+        let mut alone: HashMap<String, Uuid> = HashMap::new();
+        for set in sets {
+            let doc = &set.questions[0].doc;
+            if !alone.contains_key(doc) {
+                let members: Vec<&support::Document> = docs.iter().filter(|d| d.filename == *doc).collect();
+                alone.insert(doc.clone(), make_tenant(&owner, &service, slug(doc), &members, space.model).await?);
+            }
+        }
+        sqlx::query("vacuum analyze").execute(&owner).await?;
+        // where each chunk is
+        let places: HashMap<i64, (String, i32, i32)> = sqlx::query_as::<_, (i64, String, i32, i32)>(
+            "select c.id, d.filename, c.page_from, c.page_to from chunks c join documents d on d.id = c.document_id",
+        )
+        .fetch_all(&owner)
+        .await?
+        .into_iter()
+        .map(|(id, f, a, b)| (id, (f, a, b)))
+        .collect();
+
+        for set in sets {
+            let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
+            let vectors = support::embed_questions(&embedder, &texts).await?;
+            let hit = |q: &Question, id: i64| {
+                places.get(&id).is_some_and(|(f, a, b)| *f == q.doc && *a <= q.pages.1 && *b >= q.pages.0)
+            };
+            for (scope, tenant) in [("corpus", corpus), ("alone", alone[&set.questions[0].doc])] {
+                let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
+                let mut best_hit = Vec::new();
+                for (q, v) in set.questions.iter().zip(&vectors) {
+                    let dense =
+                        retrieval::nearest(&service, tenant, space, v, 10, config.chat.ef_search, false).await?;
+                    let mut tx = db::for_tenant(&service, tenant).await?;
+                    let text = retrieval::text_candidates(&mut *tx, tenant, space.model, &q.text, 10).await?;
+                    tx.commit().await?;
+                    let mut tx = db::for_retrieval(&service, tenant).await?;
+                    let params =
+                        Params { k: 10, min_similarity: -1.0, vector_weight, text_weight, ..Params::default() };
+                    let hybrid: Vec<i64> = retrieval::search(&mut *tx, tenant, space, v, &q.text, &params)
+                        .await?
+                        .into_iter()
+                        .map(|s| s.chunk_id)
+                        .collect();
+                    tx.commit().await?;
+                    if let Some((_, similarity)) = dense.iter().find(|(id, _)| hit(q, *id)) {
+                        best_hit.push(f64::from(*similarity));
+                    }
+                    for (retriever, ids) in [
+                        ("dense", dense.iter().map(|d| d.0).collect::<Vec<_>>()),
+                        ("full text", text.iter().map(|d| d.0).collect()),
+                        ("hybrid", hybrid),
+                    ] {
+                        let first = ids.iter().take(10).position(|&id| hit(q, id));
+                        let e = scores.entry(retriever).or_default();
+                        if first.is_some_and(|r| r < 5) {
+                            e.0 += 1.0;
+                        }
+                        e.1 += first.map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+                    }
+                }
+                let n = set.questions.len() as f64;
+                best_hit.sort_by(f64::total_cmp);
+                let sim = if best_hit.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}/{:.2}", percentile(&best_hit, 0.1), percentile(&best_hit, 0.5))
+                };
+                for retriever in ["dense", "full text", "hybrid"] {
+                    let (r5, mrr) = scores[retriever];
+                    table.push(format!(
+                        "{:<22} {:>4} {:<7} {:<22} {:<10} {:>8.3} {:>7.3} {:>11}",
+                        set.name,
+                        set.questions.len(),
+                        scope,
+                        model.name(),
+                        retriever,
+                        r5 / n,
+                        mrr / n,
+                        if retriever == "dense" { sim.as_str() } else { "" }
+                    ));
+                }
+            }
+        }
+        // unanswerable: every set's questions asked of a tenant without their document
+        let mut unanswered = Vec::new();
+        let others: Vec<&Question> = sets.iter().flat_map(|s| &s.questions).collect();
+        let empty = Uuid::now_v7();
+        sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@eval.example')")
+            .bind(empty)
+            .bind(format!("eval-{}-unrelated", model.name().to_lowercase()))
+            .execute(&owner)
+            .await?;
+        let unrelated: Vec<&support::Document> = docs
+            .iter()
+            .filter(|d| ["sf424-form.pdf", "paper-bdb-usenix.pdf", "crazyones.pdf"].contains(&d.filename.as_str()))
+            .collect();
+        support::store_documents(&owner, &service, empty, &unrelated, space.model).await?;
+        let texts: Vec<String> = others.iter().map(|q| q.text.clone()).collect();
+        for v in support::embed_questions(&embedder, &texts).await? {
+            if let Some((_, s)) =
+                retrieval::nearest(&service, empty, space, &v, 1, config.chat.ef_search, false).await?.first()
+            {
+                unanswered.push(f64::from(*s));
+            }
+        }
+        unanswered.sort_by(f64::total_cmp);
+        println!(
+            "  best similarity of unanswerable questions (sf424 form, bdb paper, crazyones): p50 {:.2}, p90 {:.2}, p99 {:.2}",
+            percentile(&unanswered, 0.5),
+            percentile(&unanswered, 0.9),
+            percentile(&unanswered, 0.99)
+        );
+    }
+    println!(
+        "\n{:<22} {:>4} {:<7} {:<22} {:<10} {:>8} {:>7} {:>11}",
+        "set", "n", "tenant", "model", "retriever", "recall@5", "MRR@10", "hit sim p10/p50"
+    );
+    for line in table {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// A tenant holding `members`, ready.
+async fn make_tenant(
+    owner: &sqlx::PgPool,
+    service: &sqlx::PgPool,
+    slug: String,
+    members: &[&support::Document],
+    model: &str,
+) -> anyhow::Result<Uuid> {
+    let tenant = Uuid::now_v7();
+    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@eval.example')")
+        .bind(tenant)
+        .bind(slug)
+        .execute(owner)
+        .await?;
+    support::store_documents(owner, service, tenant, members, model).await?;
+    Ok(tenant)
+}

