@@ -32,9 +32,8 @@ use docuchat::{
     db,
     retrieval::{self, Params, Space},
 };
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use support::{Document, percentile};
-use uuid::Uuid;
 
 /// Short questions of common words: each matches a large share of a big tenant's chunks.
 const COMMON: &[&str] = &[
@@ -88,7 +87,11 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
     let mut loaded = Vec::new();
     for (slug, members) in &tenants {
         let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
-        loaded.push((*slug, load_tenant(&owner, &service, slug, members, space.model).await?, chunks));
+        loaded.push((
+            *slug,
+            support::tenant_with_documents(&owner, &service, slug, members, space.model).await?,
+            chunks,
+        ));
     }
     sqlx::query("vacuum analyze").execute(&owner).await?;
     println!(
@@ -145,22 +148,4 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-/// A tenant holding the documents (ready), written as ingestion writes them.
-async fn load_tenant(
-    owner: &PgPool,
-    service: &PgPool,
-    slug: &str,
-    docs: &[&Document],
-    model: &str,
-) -> anyhow::Result<Uuid> {
-    let tenant = Uuid::now_v7();
-    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@bench.example')")
-        .bind(tenant)
-        .bind(slug)
-        .execute(owner)
-        .await?;
-    support::store_documents(owner, service, tenant, docs, model).await?;
-    Ok(tenant)
 }

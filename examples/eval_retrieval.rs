@@ -94,13 +94,23 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         let space = Space { model: model.name(), dims: embedder.dimensions() };
         // the corpus in one tenant, and each evaluated document alone in one of its own
         let slug = |what: &str| format!("eval-{}-{what}", model.name().to_lowercase()).replace('.', "-");
-        let corpus = make_tenant(&owner, &service, slug("corpus"), &docs.iter().collect::<Vec<_>>(), space.model).await?;
+        let corpus = support::tenant_with_documents(
+            &owner,
+            &service,
+            &slug("corpus"),
+            &docs.iter().collect::<Vec<_>>(),
+            space.model,
+        )
+        .await?;
         let mut alone: HashMap<String, Uuid> = HashMap::new();
         for set in sets {
             let doc = &set.questions[0].doc;
             if !alone.contains_key(doc) {
                 let members: Vec<&support::Document> = docs.iter().filter(|d| d.filename == *doc).collect();
-                alone.insert(doc.clone(), make_tenant(&owner, &service, slug(doc), &members, space.model).await?);
+                alone.insert(
+                    doc.clone(),
+                    support::tenant_with_documents(&owner, &service, &slug(doc), &members, space.model).await?,
+                );
             }
         }
         sqlx::query("vacuum analyze").execute(&owner).await?;
@@ -215,22 +225,4 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         println!("{line}");
     }
     Ok(())
-}
-
-/// A tenant holding `members`, ready.
-async fn make_tenant(
-    owner: &sqlx::PgPool,
-    service: &sqlx::PgPool,
-    slug: String,
-    members: &[&support::Document],
-    model: &str,
-) -> anyhow::Result<Uuid> {
-    let tenant = Uuid::now_v7();
-    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@eval.example')")
-        .bind(tenant)
-        .bind(slug)
-        .execute(owner)
-        .await?;
-    support::store_documents(owner, service, tenant, members, model).await?;
-    Ok(tenant)
 }

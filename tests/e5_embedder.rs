@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{
-    TestApp,
+    TestApp, cosine,
     ws::{ask, connect},
 };
 
@@ -55,11 +55,6 @@ fn the_tokenizer_gives_the_reference_ids_in_every_script() {
         }
     }
     assert!(wrong.is_empty(), "{} of {} differ:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
 }
 
 fn vector(v: &Value) -> Vec<f32> {
@@ -147,17 +142,11 @@ async fn questions_asked_together_get_the_query_vectors_they_get_alone() {
     questions.extend((0..30).map(|i| format!("Как построить {i} графиков с легендой?")));
     let alone: Vec<Vec<f32>> =
         questions.iter().map(|q| embedder.embed_queries_blocking(std::slice::from_ref(q)).vectors.remove(0)).collect();
-    let asked = questions.iter().map(|q| {
-        let embedder = embedder.clone();
-        let q = q.clone();
-        tokio::spawn(async move { embedder.embed_query(&q).await })
-    });
-    let together = futures_util::future::join_all(asked).await;
-    for ((q, alone), got) in questions.iter().zip(&alone).zip(together) {
-        let got = got.unwrap().unwrap();
-        assert!(cosine(&got.vectors[0], alone) > 0.99999, "{q:?}");
-        assert_eq!(got.tokens as usize, embedder.tokenizer().count(&format!("query: {q}")), "{q:?}");
-    }
+    let counter = embedder.clone();
+    common::lane_gives_each_question_its_own_vector(embedder, &questions, &alone, |q| {
+        counter.tokenizer().count(&format!("query: {q}"))
+    })
+    .await;
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::TestApp;
+use common::{TestApp, cosine};
 use docuchat::embed::{
     Embedder,
     bert::{Kernel, best_kernel},
@@ -36,11 +36,6 @@ fn reference() -> Vec<(String, usize, Vec<f32>)> {
             )
         })
         .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
 }
 
 fn check_kernel(kernel: Kernel) {
@@ -84,18 +79,9 @@ async fn questions_asked_together_get_the_vectors_they_get_alone() {
     questions.push("چگونه بسته‌ها را نصب کنم؟".to_owned());
     let alone: Vec<Vec<f32>> =
         questions.iter().map(|q| embedder.embed_blocking(std::slice::from_ref(q)).vectors.remove(0)).collect();
-    let asked = questions.iter().map(|q| {
-        let embedder = embedder.clone();
-        let q = q.clone();
-        tokio::spawn(async move { embedder.embed_query(&q).await })
-    });
-    let together = futures_util::future::join_all(asked).await;
-    for ((q, alone), got) in questions.iter().zip(&alone).zip(together) {
-        let got = got.unwrap().unwrap();
-        assert_eq!(got.vectors.len(), 1);
-        assert!(cosine(&got.vectors[0], alone) > 0.99999, "{q:?}");
-        assert_eq!(got.tokens as usize, embedder.tokenizer().count(q), "{q:?}");
-    }
+    let counter = embedder.clone();
+    common::lane_gives_each_question_its_own_vector(embedder, &questions, &alone, |q| counter.tokenizer().count(q))
+        .await;
 }
 
 #[test]

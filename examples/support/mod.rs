@@ -252,3 +252,21 @@ pub async fn embed_questions(
         .map(|r| r.map(|mut e| e.vectors.remove(0)).map_err(|e| anyhow::anyhow!("{e}")))
         .collect()
 }
+
+/// A new tenant `slug` holding `docs` (ready), written as ingestion writes them.
+pub async fn tenant_with_documents(
+    owner: &sqlx::PgPool,
+    service: &sqlx::PgPool,
+    slug: &str,
+    docs: &[&Document],
+    model: &str,
+) -> anyhow::Result<Uuid> {
+    let tenant = Uuid::now_v7();
+    sqlx::query("insert into tenants (id, name, slug, admin_email) values ($1, $2, $2, 'admin@bench.example')")
+        .bind(tenant)
+        .bind(slug)
+        .execute(owner)
+        .await?;
+    store_documents(owner, service, tenant, docs, model).await?;
+    Ok(tenant)
+}

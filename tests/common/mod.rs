@@ -392,3 +392,32 @@ impl Drop for RedisProcess {
         self.stop();
     }
 }
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+/// Asks all `questions` of a local embedder's question lane at once, and checks that each gets the
+/// vector it gets alone (`alone`) and its own token count (`tokens`).
+pub async fn lane_gives_each_question_its_own_vector(
+    embedder: std::sync::Arc<docuchat::embed::local::LocalEmbedder>,
+    questions: &[String],
+    alone: &[Vec<f32>],
+    tokens: impl Fn(&str) -> usize,
+) {
+    use docuchat::embed::Embedder;
+    let asked = questions.iter().map(|q| {
+        let embedder = embedder.clone();
+        let q = q.clone();
+        tokio::spawn(async move { embedder.embed_query(&q).await })
+    });
+    let together = futures_util::future::join_all(asked).await;
+    for ((q, alone), got) in questions.iter().zip(alone).zip(together) {
+        let got = got.unwrap().unwrap();
+        assert_eq!(got.vectors.len(), 1);
+        assert!(cosine(&got.vectors[0], alone) > 0.99999, "{q:?}");
+        assert_eq!(got.tokens as usize, tokens(q), "{q:?}");
+    }
+}
