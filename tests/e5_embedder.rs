@@ -90,7 +90,7 @@ fn check_kernel(kernel: Kernel) {
     assert_eq!(queries.tokens, counted("query"));
     // the chunker counts passages as the model reads them
     let (count, max) = embedder.input_limit().unwrap();
-    assert_eq!(max, 256);
+    assert_eq!(max, docuchat::embed::local::E5_CHUNK_TOKENS);
     for item in items {
         assert_eq!(count(item["text"].as_str().unwrap()) as u64, item["passage_token_count"].as_u64().unwrap());
     }
@@ -196,6 +196,12 @@ async fn switching_the_model_re_embeds_in_the_background_without_a_window(db: Pg
     // re-embedded by the new service's workers: the new chunks, through the new model
     after.drain().await;
     assert_eq!(models().await, ["multilingual-e5-small"]);
+    // re-chunked for the new model: no chunk is longer than its cap, counted as it reads them
+    let embedder = after.state.embedder().unwrap();
+    let (count, max) = embedder.input_limit().unwrap();
+    let texts: Vec<String> = sqlx::query_scalar("select text from chunks").fetch_all(&db).await.unwrap();
+    assert!(!texts.is_empty());
+    assert!(texts.iter().all(|t| count(t) <= max), "{:?}", texts.iter().map(|t| count(t)).max());
     let doc: Value = after.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
     assert_eq!(doc["documents"][0]["status"], "ready", "{doc}");
     assert_eq!(doc["documents"][0]["embedding_model"], "multilingual-e5-small", "{doc}");

@@ -44,10 +44,11 @@ pub const MAX_WORD_PIECES: usize = 256;
 /// multilingual-e5-small reads at most this many tokens (its position embeddings).
 pub const E5_MAX_TOKENS: usize = 512;
 /// Chunks for multilingual-e5-small are cut at this many of its tokens, `passage: ` included:
-/// measured on the shared corpus, passages of about 200 o200k tokens found the answer's page more
-/// often than passages of 400 (English FAQ recall@5 0.932 → 0.986, Russian manual 0.852 → 0.896;
-/// docs/BENCHMARKS.md), as they do for MiniLM, whose 256 word pieces cut them there.
-pub const E5_CHUNK_TOKENS: usize = 256;
+/// measured on the shared corpus (docs/BENCHMARKS.md, "e5's chunk size"), hybrid recall@5 on the
+/// English FAQ, the LaTeX manual and the Russian manual was 0.932 / 0.843 / 0.852 with chunks of
+/// up to 512 tokens, 0.986 / 0.806 / 0.836 at 256 and 0.986 / 0.851 / 0.868 at 200 — about the
+/// size MiniLM's 256 word pieces give.
+pub const E5_CHUNK_TOKENS: usize = 200;
 
 /// The models this embedder runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
