@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
-    #[error("authentication required")]
+    #[error("{message}")]
     Unauthorized { code: &'static str, message: &'static str },
     #[error("{0}")]
     Forbidden(&'static str),

@@ -352,7 +352,16 @@ async fn serve_stops_within_seconds_of_sigterm_while_a_hostile_extraction_runs(d
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!reader.is_empty(), "no reader started");
-    // the reader runs under its limits
+    // the reader runs under its limits — which it sets itself first thing after it starts, so
+    // they are read once it has (a child caught in its first microseconds has not yet)
+    // (its OOM score is the last thing it sets)
+    for _ in 0..100 {
+        let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", reader[0])).unwrap();
+        if adj.trim() == "1000" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", reader[0])).unwrap();
     let line = |name: &str| {
         limits.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
