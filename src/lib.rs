@@ -21,6 +21,7 @@ pub mod telemetry;
 pub mod tenants;
 pub mod text;
 pub mod usage;
+pub mod web;
 
 /// Selects ring as the process-wide TLS crypto provider (once; later calls do nothing).
 pub fn install_crypto_provider() {

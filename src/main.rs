@@ -342,7 +342,9 @@ async fn tenant(command: TenantCommand, config: &Config) -> anyhow::Result<()> {
             tenants::set_access(&pool, tenant.id, tenants::Signup::Open, &[]).await?;
             let base = format!("http://{}", config.bind_addr);
             eprintln!(
-                "\nDemo tenant `{slug}` (id {id}), admin {admin}; it is open: any address may log in. To log in:\n\
+                "\nDemo tenant `{slug}` (id {id}), admin {admin}; it is open: any address may log in.\n\
+                 \nIn a browser: {base}/app/?tenant={slug}  (log in as {admin}; {where_code})\n\
+                 \nWith curl:\n\
                  \n  curl -s -X POST {base}/v1/auth/request-code -H 'X-Tenant-ID: {slug}' \\\n    \
                  -H 'Content-Type: application/json' -d '{{\"email\":\"{admin}\"}}'\n\
                  \n  # {where_code}\n\

@@ -21,8 +21,8 @@ fn readme_endpoints() -> BTreeSet<(String, String)> {
             continue;
         }
         let path = path.split('?').next().unwrap().to_owned();
-        // the description does not describe itself, its page or the metrics
-        if ["/openapi.json", "/docs/", "/metrics"].contains(&path.as_str()) {
+        // the description does not describe itself, its page, the metrics or the web app
+        if ["/openapi.json", "/docs/", "/metrics", "/app/"].contains(&path.as_str()) {
             continue;
         }
         // a WebSocket starts as a GET

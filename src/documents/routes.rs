@@ -41,6 +41,7 @@ pub fn router(max_upload: usize) -> Router<AppState> {
         .route("/v1/documents", get(list))
         .route("/v1/documents/{id}", get(show).delete(remove))
         .route("/v1/documents/{id}/events", get(events))
+        .route("/v1/documents/{id}/file", get(file))
 }
 
 /// Room for the multipart framing around the file itself.
@@ -323,6 +324,71 @@ pub async fn show(
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(doc.into()))
+}
+
+#[utoipa::path(
+    get, path = "/v1/documents/{id}/file", operation_id = "getDocumentFile", tag = "documents", security(("bearer" = []), ("api_key" = [])),
+    summary = "The uploaded PDF itself (users, or a key with `documents:read`)",
+    description = "The bytes as uploaded, `application/pdf`, to be shown at a source's page (a viewer opens \
+        `…#page=N`). Sent as an attachment unless `?inline=true`; either way with `X-Content-Type-Options: nosniff` \
+        and a `sandbox` Content-Security-Policy, so a hostile file opened from here runs no script in the service's origin.",
+    params(("id" = String, Path, description = "the document's id"), FileQuery),
+    responses(
+        (status = 200, description = "The PDF", content_type = "application/pdf", body = Vec<u8>),
+        (status = 400, description = "`invalid_query`", body = Error),
+        (status = 403, description = "`insufficient_scope`", body = Error),
+        (status = 404, description = "`document_not_found`", body = Error),
+    )
+)]
+pub async fn file(
+    State(state): State<AppState>,
+    user: Principal,
+    Path(id): Path<String>,
+    query: Result<Query<FileQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    user.require(Scope::DocumentsRead)?;
+    let Query(query) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?inline=true or false"))?;
+    let id = parse_id(&id)?;
+    let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
+    let doc = super::get(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
+    let data: Vec<u8> = sqlx::query_scalar("select data from document_files where tenant_id = $1 and document_id = $2")
+        .bind(user.tenant_id())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(not_found)?;
+    let disposition = if query.inline.unwrap_or(false) { "inline" } else { "attachment" };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("{disposition}; filename*=UTF-8''{}", percent_encode(&doc.filename))),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
+            (header::CACHE_CONTROL, "private, max-age=300".to_owned()),
+        ],
+        data,
+    )
+        .into_response())
+}
+
+/// `?inline=true`: show the PDF rather than download it.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    inline: Option<bool>,
+}
+
+/// RFC 5987 `attr-char`s stay, every other byte is percent-encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[utoipa::path(

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(documents::routes::router(config.ingestion.max_upload_bytes))
         .merge(chat::routes::router())
         .merge(tenants::routes::router())
+        .merge(crate::web::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_json_bytes))

@@ -60,6 +60,7 @@ use crate::{app::AppState, auth, chat, documents, error::error_response, tenants
         documents::routes::show,
         documents::routes::remove,
         documents::routes::events,
+        documents::routes::file,
         chat::routes::chat_socket,
         chat::routes::list_sessions,
         chat::routes::list_messages,

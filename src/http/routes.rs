@@ -98,6 +98,8 @@ pub struct Links {
     pub me: &'static str,
     /// the chat WebSocket
     pub chat: &'static str,
+    /// the web app: log in, upload, chat
+    pub app: &'static str,
 }
 
 #[utoipa::path(
@@ -118,6 +120,7 @@ pub async fn root() -> Json<Root> {
             verify_code: "/v1/auth/verify-code",
             me: "/v1/me",
             chat: "/ws/chat",
+            app: "/app/",
         },
     })
 }

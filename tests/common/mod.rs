@@ -8,6 +8,7 @@ pub mod openai;
 pub mod pdfgen;
 pub mod smtp;
 pub mod tcp_proxy;
+pub mod webdriver;
 pub mod ws;
 
 use std::{

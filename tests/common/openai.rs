@@ -37,6 +37,8 @@ pub struct Control {
     pub chat_token_delay_ms: AtomicU64,
     /// chat: tokens actually written to the wire
     pub chat_sent: AtomicUsize,
+    /// chat: the tokens to answer with instead of `chat_token(i)` (then `chat_tokens` is their number)
+    pub chat_text: std::sync::Mutex<Option<Vec<String>>>,
     /// chat: the last request body
     pub chat_last: std::sync::Mutex<Option<Value>>,
 }
@@ -71,7 +73,8 @@ async fn chat(
         )
             .into_response();
     }
-    let n = control.chat_tokens.load(Ordering::SeqCst).max(1);
+    let text = control.chat_text.lock().unwrap().clone();
+    let n = text.as_ref().map_or_else(|| control.chat_tokens.load(Ordering::SeqCst).max(1), Vec::len);
     let delay = control.chat_token_delay_ms.load(Ordering::SeqCst);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let chunk = move |delta: Value, usage: Value| {
@@ -85,6 +88,7 @@ async fn chat(
     let stream = futures_util::stream::unfold(0usize, move |i| {
         let control = control.clone();
         let chunk = chunk.clone();
+        let tokens = text.clone();
         async move {
             if i > n + 1 {
                 return None;
@@ -94,7 +98,8 @@ async fn chat(
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
                 control.chat_sent.fetch_add(1, Ordering::SeqCst);
-                chunk(json!({"content": chat_token(i)}), Value::Null)
+                let token = tokens.as_ref().map_or_else(|| chat_token(i), |t| t[i].clone());
+                chunk(json!({"content": token}), Value::Null)
             } else if i == n {
                 chunk(
                     json!({}),

@@ -1,0 +1,350 @@
+//! The web app at `/app`: how the server serves it (policy, caching, size), and a person using it
+//! in a real browser (headless Chromium over WebDriver) against a real server with Postgres,
+//! Redis, the local embedder, an SMTP receiver and an OpenAI-protocol model server.
+//! Screenshots go to `target/screenshots/`.
+
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use common::{ADMIN, TestApp, fixture, openai::EmbeddingServer, webdriver::Browser};
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+#[sqlx::test]
+async fn the_app_is_served_with_a_strict_policy_and_lasting_caches(db: PgPool) {
+    let app = TestApp::builder().without_mail().spawn(db).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+    // linked from the root, and /app goes to /app/ with its query
+    let root: Value = client.get(app.url("/")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(root["links"]["app"], "/app/");
+    let resp = client.get(app.url("/app?tenant=acme")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(resp.headers()[header::LOCATION], "/app/?tenant=acme");
+
+    let resp = client.get(app.url("/app/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers().clone();
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    for directive in
+        ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]
+    {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("http"), "{csp}");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    // the page is revalidated each time, cheaply
+    assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+    let etag = h[header::ETAG].to_str().unwrap().to_owned();
+    let html = resp.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains("style="), "no inline script or style");
+    let again = client.get(app.url("/app/")).header(header::IF_NONE_MATCH, &etag).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    // its files are named by their content's hash and cached for good under that name
+    let mut transferred = html.len();
+    for (name, kind) in [("app.js", "text/javascript"), ("app.css", "text/css"), ("icon.svg", "image/svg+xml")] {
+        let start = html.find(&format!("{name}?v=")).unwrap_or_else(|| panic!("{name} is not linked"));
+        let url = &html[start..html[start..].find('"').unwrap() + start];
+        let resp = client.get(app.url(&format!("/app/{url}"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{url}");
+        assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{url}");
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable", "{url}");
+        assert!(resp.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        transferred += resp.bytes().await.unwrap().len();
+        // an old or made-up version is not cached for good
+        let stale = client.get(app.url(&format!("/app/{name}?v=0123"))).send().await.unwrap();
+        assert_eq!(stale.headers()[header::CACHE_CONTROL], "no-cache");
+    }
+    // a first view, uncompressed, is well under 100 KB
+    assert!(transferred < 100 * 1024, "{transferred} bytes");
+    let sizes: usize = docuchat::web::sizes().iter().map(|(_, n)| n).sum();
+    assert_eq!(sizes, transferred);
+    println!("first view: {transferred} bytes, {:?}", docuchat::web::sizes());
+
+    let (status, code, _) = common::error_of(client.get(app.url("/app/../Cargo.toml")).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, code, _) = common::error_of(client.get(app.url("/app/secret.js")).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[sqlx::test]
+async fn a_document_is_shown_to_its_own_tenant_only(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let admin = app.acme_with_document().await;
+    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
+
+    let resp = app.get_as(&format!("/v1/documents/{id}/file?inline=true"), "acme", &admin).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers().clone();
+    assert_eq!(h[header::CONTENT_TYPE], "application/pdf");
+    assert_eq!(h[header::CONTENT_DISPOSITION], "inline; filename*=UTF-8''r-intro.pdf");
+    assert_eq!(h[header::CONTENT_SECURITY_POLICY], "sandbox");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), fixture("english-2page.pdf").as_slice());
+    let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
+    assert!(resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment;"));
+
+    // a member reads it too; another tenant's admin does not learn it exists
+    let member = app.login("acme", "ann@acme.example").await;
+    assert_eq!(app.get_as(&format!("/v1/documents/{id}/file"), "acme", &member).await.status(), StatusCode::OK);
+    let other = app.tenant_with_admin("globex", "boss@globex.example").await;
+    let (status, code, _) =
+        common::error_of(app.get_as(&format!("/v1/documents/{id}/file"), "globex", &other).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "document_not_found"));
+    let (status, code, _) = common::error_of(app.get_as("/v1/documents/nope/file", "acme", &admin).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "document_not_found"));
+    let (status, code, _) =
+        common::error_of(app.get_as(&format!("/v1/documents/{id}/file?inline=maybe"), "acme", &admin).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "invalid_query"));
+
+    // a name that is not plain ASCII is percent-encoded, never sent raw in the header
+    let resp = app.upload("acme", &admin, "گزارش \"1\"; x=y.pdf", fixture("persian.pdf")).await;
+    let up: Value = resp.json().await.unwrap();
+    assert_eq!(up["filename"], "گزارش \"1\"; x=y.pdf");
+    let resp = app.get_as(&format!("/v1/documents/{}/file", up["document_id"].as_str().unwrap()), "acme", &admin).await;
+    let disposition = resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned();
+    assert_eq!(disposition, "attachment; filename*=UTF-8''%DA%AF%D8%B2%D8%A7%D8%B1%D8%B4%20%221%22%3B%20x%3Dy.pdf");
+}
+
+/// The answers the model server streams, a token every `TOKEN_MS`.
+const TOKEN_MS: u64 = 60;
+
+fn english_answer() -> Vec<String> {
+    let words = "When you quit R you are asked whether to save the data of your session [1]. \
+        Answer yes, no or cancel; the saved workspace is loaded again at the next start.";
+    words.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+fn persian_answer() -> Vec<String> {
+    let words = "بر اساس اسناد شما، یک فایل لاتک با \\documentclass آغاز می‌شود و متن میان \
+        \\begin{document} و \\end{document} می‌آید [1].";
+    words.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+/// What the answer being shown looks like: its state, its text, its sources.
+const LAST_ANSWER: &str = "const all = document.querySelectorAll('[data-testid=answer]'); \
+    const a = all[all.length - 1]; if (!a) return null; \
+    return { state: a.dataset.state, text: a.querySelector('.answer-text').textContent, \
+             sources: [...a.querySelectorAll('[data-testid=source]')].map(s => ({ \
+                 document: s.dataset.documentId, page: Number(s.dataset.page), page_to: Number(s.dataset.pageTo) })), \
+             citations: a.querySelectorAll('[data-testid=citation]').length, \
+             status: a.querySelector('.status').textContent };";
+
+/// Asks `question` in the page and follows the answer until it is done; returns the answer's
+/// last view and whether text was seen while it was still streaming.
+async fn ask(browser: &Browser, question: &str) -> (Value, bool) {
+    let before = browser.eval("return document.querySelectorAll('[data-testid=answer]').length;", json!([])).await;
+    let q = browser.wait_for("[data-testid=question]", 5).await;
+    browser.type_into(&q, question).await;
+    browser.click(&browser.wait_for("[data-testid=ask]", 5).await).await;
+    browser
+        .wait_until(
+            "a new answer appears",
+            "return document.querySelectorAll('[data-testid=answer]').length > arguments[0];",
+            json!([before]),
+            10,
+        )
+        .await;
+    let mut streamed = false;
+    let started = std::time::Instant::now();
+    loop {
+        let a = browser.eval(LAST_ANSWER, json!([])).await;
+        match a["state"].as_str() {
+            Some("streaming") => {
+                if !a["text"].as_str().unwrap_or_default().is_empty() {
+                    streamed = true;
+                }
+            }
+            Some("done") => return (a, streamed),
+            other => panic!("the answer ended as {other:?}: {a}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no answer: {a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn a_person_logs_in_uploads_asks_and_reads_in_english_and_persian(db: PgPool) {
+    let model = EmbeddingServer::start().await;
+    model.control.chat_token_delay_ms.store(TOKEN_MS, Ordering::SeqCst);
+    *model.control.chat_text.lock().unwrap() = Some(english_answer());
+    let app = TestApp::builder()
+        .vars(model.chat_vars())
+        // ingestion runs in the background, as in service
+        .var("INGEST_WORKERS", "1")
+        .spawn(db)
+        .await;
+    app.create_tenant("acme", ADMIN).await;
+    let browser = Browser::start(1360, 860).await;
+
+    // log in with the code from the e-mail
+    browser.goto(&app.url("/app/?tenant=acme")).await;
+    assert_eq!(browser.prop(&browser.wait_for("[data-testid=tenant]", 10).await, "value").await, "acme");
+    browser.type_into(&browser.wait_for("[data-testid=email]", 5).await, ADMIN).await;
+    browser.click(&browser.wait_for("[data-testid=request-code]", 5).await).await;
+    let mail = app.mail.as_ref().unwrap().next_to(ADMIN, Duration::from_secs(15)).await.expect("no e-mail");
+    let code = mail.code().expect("no code in the e-mail");
+    // a wrong code first: its sentence is shown, and the right one still works
+    let code_field = browser.wait_for("[data-testid=code]", 5).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    browser.type_into(&code_field, wrong).await;
+    browser.click(&browser.wait_for("[data-testid=verify-code]", 5).await).await;
+    let error = browser.wait_for("#login-error", 10).await;
+    assert!(browser.text(&error).await.contains("wrong"), "{}", browser.text(&error).await);
+    browser.clear(&code_field).await;
+    browser.type_into(&code_field, &code).await;
+    browser.click(&browser.wait_for("[data-testid=verify-code]", 5).await).await;
+    browser.wait_for("[data-testid=logout]", 10).await;
+    browser.screenshot("01-logged-in-en").await;
+
+    // upload a PDF and see it become ready; an encrypted one fails with its sentence
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let input = browser.all("[data-testid=file-input]").await.remove(0);
+    browser.type_into(&input, &format!("{dir}/tests/fixtures/english-2page.pdf")).await;
+    let row = browser.wait_for("[data-testid=document-row]", 20).await;
+    let id = browser.attr(&row, "data-id").await.unwrap();
+    browser
+        .wait_until(
+            "the document is ready",
+            "return document.querySelector('[data-testid=document-row]').dataset.status === 'ready';",
+            json!([]),
+            90,
+        )
+        .await;
+    let input = browser.all("[data-testid=file-input]").await.remove(0);
+    browser.type_into(&input, &format!("{dir}/tests/fixtures/encrypted.pdf")).await;
+    let failure = browser
+        .wait_until(
+            "the encrypted file's failure is shown",
+            "const e = document.querySelector('[data-testid=upload-row] .doc-error'); return e && e.textContent;",
+            json!([]),
+            20,
+        )
+        .await;
+    assert!(failure.as_str().unwrap().contains("encrypted"), "{failure}");
+    let usage_before = browser.text(&browser.wait_for("[data-testid=usage]", 5).await).await;
+    browser.screenshot("02-documents-en").await;
+
+    // ask: tokens arrive before the answer is done, with a source on the right page
+    let (answer, streamed) = ask(&browser, "Will R ask me whether to save the data when I quit?").await;
+    assert!(streamed, "no text was shown before the answer was done");
+    assert_eq!(answer["text"], english_answer().concat());
+    assert_eq!(answer["citations"], 1, "{answer}");
+    let sources = answer["sources"].as_array().unwrap();
+    assert!(!sources.is_empty(), "{answer}");
+    assert_eq!(sources[0]["document"], id.as_str());
+    let (from, to) = (sources[0]["page"].as_i64().unwrap(), sources[0]["page_to"].as_i64().unwrap());
+    assert!(from <= 2 && 2 <= to, "the first source is not on page 2: {answer}");
+    // a citation shows its passage
+    browser.click(&browser.wait_for("[data-testid=citation]", 5).await).await;
+    browser.wait_for(".source.open .snippet", 5).await;
+    // the admin's usage moved with the answer
+    browser
+        .wait_until(
+            "usage shows the answer",
+            "return document.querySelector('[data-testid=usage]').textContent !== arguments[0];",
+            json!([usage_before]),
+            10,
+        )
+        .await;
+    browser.screenshot("03-answer-en").await;
+
+    // stop an answer half-way
+    model.control.chat_token_delay_ms.store(200, Ordering::SeqCst);
+    browser
+        .type_into(
+            &browser.wait_for("[data-testid=question]", 5).await,
+            "Does R save the data of my session when I quit?",
+        )
+        .await;
+    browser.click(&browser.wait_for("[data-testid=ask]", 5).await).await;
+    browser
+        .wait_until(
+            "the second answer streams",
+            "const all = document.querySelectorAll('[data-testid=answer]'); const a = all[all.length - 1]; \
+             return all.length === 2 && a.dataset.state === 'streaming' && a.querySelector('.answer-text').textContent.length > 0;",
+            json!([]),
+            20,
+        )
+        .await;
+    browser.click(&browser.wait_for("[data-testid=cancel]", 5).await).await;
+    let stopped = browser
+        .wait_until(
+            "the answer stops",
+            "const all = document.querySelectorAll('[data-testid=answer]'); const a = all[all.length - 1]; \
+             return a.dataset.state === 'done' && a.querySelector('.status').textContent;",
+            json!([]),
+            10,
+        )
+        .await;
+    assert_eq!(stopped, "Stopped.");
+    model.control.chat_token_delay_ms.store(TOKEN_MS, Ordering::SeqCst);
+
+    // a reload keeps the person logged in; the conversation is in the sidebar and reopens
+    browser.refresh().await;
+    let session = browser.wait_for("[data-testid=session] button.open", 15).await;
+    assert_eq!(browser.all("[data-testid=session]").await.len(), 1);
+    browser.click(&session).await;
+    browser
+        .wait_until(
+            "the conversation reopens",
+            "return document.querySelectorAll('[data-testid=answer][data-state=done]').length === 2;",
+            json!([]),
+            10,
+        )
+        .await;
+
+    // Persian: the layout turns right-to-left, the interface speaks Persian, answers read right
+    browser.click(&browser.wait_for("[data-testid=new-session]", 5).await).await;
+    let language = browser.wait_for("[data-testid=language]", 5).await;
+    browser.click(&language).await;
+    browser.click(&browser.wait_for("[data-testid=language] option[value=fa]", 5).await).await;
+    let dir = browser.eval("return document.documentElement.dir;", json!([])).await;
+    assert_eq!(dir, "rtl");
+    assert_eq!(browser.eval("return document.documentElement.lang;", json!([])).await, "fa");
+    assert_eq!(browser.text(&browser.wait_for("[data-testid=ask]", 5).await).await, "بپرس");
+    let input = browser.all("[data-testid=file-input]").await.remove(0);
+    browser.type_into(&input, &format!("{dir_}/tests/fixtures/persian.pdf", dir_ = env!("CARGO_MANIFEST_DIR"))).await;
+    browser
+        .wait_until(
+            "the Persian document is ready",
+            "const rows = document.querySelectorAll('[data-testid=document-row]'); \
+             return rows.length === 2 && [...rows].every(r => r.dataset.status === 'ready');",
+            json!([]),
+            90,
+        )
+        .await;
+    *model.control.chat_text.lock().unwrap() = Some(persian_answer());
+    let (answer, streamed) = ask(&browser, "ساختار فایل های ورودی لاتک چگونه است؟").await;
+    assert!(streamed);
+    assert_eq!(answer["text"], persian_answer().concat());
+    assert!(!answer["sources"].as_array().unwrap().is_empty(), "{answer}");
+    let answer_dir = browser
+        .eval(
+            "const all = document.querySelectorAll('[data-testid=answer] .answer-text'); \
+             const a = all[all.length - 1]; return [a.getAttribute('dir'), getComputedStyle(a).direction];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(answer_dir, json!(["auto", "rtl"]));
+    browser.screenshot("04-answer-fa").await;
+
+    // log out: the token is revoked, and a reload stays logged out
+    let token = browser.eval("return JSON.parse(localStorage.getItem('docuchat.auth')).token;", json!([])).await;
+    let token = token.as_str().unwrap().to_owned();
+    assert_eq!(app.get_as("/v1/me", "acme", &token).await.status(), StatusCode::OK);
+    browser.click(&browser.wait_for("[data-testid=logout]", 5).await).await;
+    browser.wait_for("[data-testid=request-code]", 10).await;
+    assert_eq!(app.get_as("/v1/me", "acme", &token).await.status(), StatusCode::UNAUTHORIZED);
+    browser.refresh().await;
+    browser.wait_for("[data-testid=request-code]", 10).await;
+    assert_eq!(browser.eval("return localStorage.getItem('docuchat.auth');", json!([])).await, Value::Null);
+    browser.screenshot("05-logged-out-fa").await;
+    browser.quit();
+}
