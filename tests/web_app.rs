@@ -227,7 +227,7 @@ async fn a_person_logs_in_uploads_asks_and_reads_in_english_and_persian(db: PgPo
             20,
         )
         .await;
-    assert!(failure.as_str().unwrap().contains("encrypted"), "{failure}");
+    assert!(failure.as_str().unwrap().contains("password-protected"), "{failure}");
     let usage_before = browser.text(&browser.wait_for("[data-testid=usage]", 5).await).await;
     browser.screenshot("02-documents-en").await;
 
@@ -346,5 +346,249 @@ async fn a_person_logs_in_uploads_asks_and_reads_in_english_and_persian(db: PgPo
     browser.wait_for("[data-testid=request-code]", 10).await;
     assert_eq!(browser.eval("return localStorage.getItem('docuchat.auth');", json!([])).await, Value::Null);
     browser.screenshot("05-logged-out-fa").await;
+    browser.quit();
+}
+
+/// Opens the app already logged in as `email` with `token`, as a reload after a login does.
+async fn enter(browser: &Browser, app: &TestApp, token: &str, email: &str) {
+    browser.goto(&app.url("/app/?tenant=acme")).await;
+    browser.wait_until("the page loads", "return document.readyState === 'complete';", json!([]), 10).await;
+    browser
+        .eval(
+            "localStorage.setItem('docuchat.auth', JSON.stringify({ tenant: 'acme', token: arguments[0], email: arguments[1] }));",
+            json!([token, email]),
+        )
+        .await;
+    browser.refresh().await;
+    browser.wait_for("[data-testid=logout]", 10).await;
+}
+
+/// What the answer being shown says when it failed: its sentence.
+async fn failed_answer(browser: &Browser, question: &str) -> String {
+    let (state, status) = finished_answer(browser, question).await;
+    assert_eq!(state, "error", "{status}");
+    status
+}
+
+/// Asks and waits for the answer to end: its state (`done` or `error`) and its status line.
+async fn finished_answer(browser: &Browser, question: &str) -> (String, String) {
+    let before = browser.eval("return document.querySelectorAll('[data-testid=answer]').length;", json!([])).await;
+    browser.type_into(&browser.wait_for("[data-testid=question]", 5).await, question).await;
+    browser.click(&browser.wait_for("[data-testid=ask]", 5).await).await;
+    let status = browser
+        .wait_until(
+            "the answer fails",
+            "const all = document.querySelectorAll('[data-testid=answer]'); const a = all[all.length - 1]; \
+             return all.length > arguments[0] && a.dataset.state !== 'streaming' && [a.dataset.state, a.querySelector('.status').textContent];",
+            json!([before]),
+            20,
+        )
+        .await;
+    (status[0].as_str().unwrap().to_owned(), status[1].as_str().unwrap().to_owned())
+}
+
+#[sqlx::test]
+async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_failed(db: PgPool) {
+    use base64::Engine as _;
+    const MEMBER: &str = "member@acme.example";
+    let model = EmbeddingServer::start().await;
+    *model.control.chat_text.lock().unwrap() = Some(english_answer());
+    let app = TestApp::builder()
+        .vars(model.chat_vars())
+        .var("INGEST_WORKERS", "1")
+        // two questions a minute per user (in fixed windows: questions in a row may straddle a
+        // minute, so the member below asks until refused, at most twice the limit)
+        .config(|c| c.rate_limits.chat_per_minute = 2)
+        .spawn(db)
+        .await;
+    app.create_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    let browser = Browser::start(1360, 860).await;
+    enter(&browser, &app, &admin, ADMIN).await;
+
+    // several files dropped at once: the PDFs are uploaded one after the other and ingested;
+    // a file that is not a PDF by its name is refused here, one that only pretends by the server
+    let b64 = |name: &str| base64::engine::general_purpose::STANDARD.encode(fixture(name));
+    let files = json!([
+        ["english-2page.pdf", b64("english-2page.pdf")],
+        ["notes.txt", base64::engine::general_purpose::STANDARD.encode("not a pdf")],
+        ["persian.pdf", b64("persian.pdf")],
+        ["report.pdf", b64("not-a-pdf.zip")],
+    ]);
+    browser
+        .eval(
+            "const dt = new DataTransfer(); \
+             for (const [name, b64] of arguments[0]) { \
+                 const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)); \
+                 dt.items.add(new File([bytes], name, { type: name.endsWith('.pdf') ? 'application/pdf' : 'text/plain' })); \
+             } \
+             const zone = document.getElementById('upload'); \
+             zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true })); \
+             zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));",
+            json!([files]),
+        )
+        .await;
+    let refused = browser
+        .wait_until(
+            "both refusals are shown",
+            "const e = [...document.querySelectorAll('[data-testid=upload-row] .doc-error')].map((e) => e.textContent); \
+             return e.length === 2 && e;",
+            json!([]),
+            20,
+        )
+        .await;
+    let refused: Vec<&str> = refused.as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(
+        refused.iter().any(|e| e.starts_with("notes.txt") && e.contains("Only PDF files can be uploaded")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|e| e.starts_with("report.pdf") && e.contains("Only PDF files are accepted")),
+        "{refused:?}"
+    );
+    browser
+        .wait_until(
+            "both PDFs are ready",
+            "const rows = document.querySelectorAll('[data-testid=document-row]'); \
+             return rows.length === 2 && [...rows].every((r) => r.dataset.status === 'ready');",
+            json!([]),
+            90,
+        )
+        .await;
+    let listed: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    assert_eq!(listed["documents"].as_array().unwrap().len(), 2, "only the two PDFs reached the server: {listed}");
+
+    // an admin deletes a document, after saying yes
+    let persian = browser
+        .eval(
+            "const r = [...document.querySelectorAll('[data-testid=document-row]')] \
+                 .find((r) => r.textContent.includes('persian.pdf')); return r.dataset.id;",
+            json!([]),
+        )
+        .await;
+    let persian = persian.as_str().unwrap().to_owned();
+    let delete = browser
+        .wait_for(&format!("[data-testid=document-row][data-id='{persian}'] [data-testid=delete-document]"), 5)
+        .await;
+    browser.click(&delete).await;
+    assert!(browser.accept_dialog(5).await.contains("persian.pdf"));
+    browser
+        .wait_until(
+            "the row goes",
+            "return document.querySelectorAll('[data-testid=document-row]').length === 1;",
+            json!([]),
+            10,
+        )
+        .await;
+    assert_eq!(app.get_as(&format!("/v1/documents/{persian}"), "acme", &admin).await.status(), StatusCode::NOT_FOUND);
+
+    // usage by day for a range: the day's embedding tokens are there
+    browser.click(&browser.wait_for("#usage-by-day", 5).await).await;
+    let days = browser
+        .wait_until(
+            "the days are shown",
+            "const t = document.getElementById('usage-days'); return !t.hidden && t.querySelectorAll('tbody tr').length > 0 \
+                 && [...t.querySelectorAll('tbody tr')].map((r) => r.textContent);",
+            json!([]),
+            10,
+        )
+        .await;
+    assert!(days.to_string().chars().any(|c| c.is_ascii_digit() && c != '0'), "{days}");
+
+    // the model server fails: the answer says so, and the socket goes on working
+    model.control.chat_status.store(500, Ordering::SeqCst);
+    let said = failed_answer(&browser, "Will R ask me whether to save the data when I quit?").await;
+    assert!(said.contains("model"), "{said}");
+    model.control.chat_status.store(0, Ordering::SeqCst);
+    // what it spent (the prompt) is metered, and the range shown is read again with it
+    browser
+        .wait_until(
+            "the days show the prompt",
+            "const rows = [...document.querySelectorAll('#usage-days tbody tr')].map((r) => r.textContent);              return JSON.stringify(rows) !== JSON.stringify(arguments[0]);",
+            json!([days]),
+            10,
+        )
+        .await;
+
+    // over the tenant's quota: the sentence says when it resets
+    let resp = reqwest::Client::new()
+        .put(app.url("/v1/quotas"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&admin)
+        .json(&json!({ "scope": "tenant", "period": "day", "token_limit": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let said = failed_answer(&browser, "Does R save the data of my session when I quit?").await;
+    assert!(said.contains("quota") && said.contains("It resets"), "{said}");
+    browser.screenshot("06-quota-en").await;
+    let resp = reqwest::Client::new()
+        .put(app.url("/v1/quotas"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&admin)
+        .json(&json!({ "scope": "tenant", "period": "day", "token_limit": null }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    // a conversation is deleted from the sidebar, after saying yes
+    let delete = browser.wait_for("[data-testid=session] button.delete", 10).await;
+    browser.click(&delete).await;
+    browser.accept_dialog(5).await;
+    browser
+        .wait_until(
+            "the conversation goes",
+            "return document.querySelectorAll('[data-testid=session]').length === 0;",
+            json!([]),
+            10,
+        )
+        .await;
+    let sessions: Value = app.get_as("/v1/chat/sessions", "acme", &admin).await.json().await.unwrap();
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(0), "{sessions}");
+
+    // a member sees the documents but cannot upload or delete, and has no usage panel; past the
+    // rate limit, the sentence says how long to wait
+    let resp = reqwest::Client::new()
+        .post(app.url("/v1/members"))
+        .header("X-Tenant-ID", "acme")
+        .bearer_auth(&admin)
+        .json(&json!({ "email": MEMBER }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let member = app.login("acme", MEMBER).await;
+    enter(&browser, &app, &member, MEMBER).await;
+    browser
+        .wait_until(
+            "the member sees the document",
+            "return document.querySelectorAll('[data-testid=document-row][data-status=ready]').length === 1;",
+            json!([]),
+            10,
+        )
+        .await;
+    let hidden = browser
+        .eval(
+            "return [document.getElementById('upload').hidden, document.getElementById('usage-section').hidden, \
+                     document.querySelectorAll('[data-testid=delete-document]').length];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(hidden, json!([true, true, 0]));
+    let (answer, _) = ask(&browser, "Will R ask me whether to save the data when I quit?").await;
+    assert_eq!(answer["text"], english_answer().concat());
+    let mut refused = None;
+    for _ in 0..4 {
+        let (state, said) = finished_answer(&browser, "Will R ask me whether to save the data when I quit?").await;
+        if state == "error" {
+            refused = Some(said);
+            break;
+        }
+    }
+    let said = refused.expect("five questions in a row were all answered");
+    assert!(said.starts_with("Too many") && said.contains("Try again in"), "{said}");
+    browser.screenshot("07-rate-limited-member-en").await;
     browser.quit();
 }

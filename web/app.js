@@ -27,7 +27,7 @@ const I18N = {
     streaming: 'Answering…', cancelled: 'Stopped.', tokens_used: '{total} tokens', answer_failed: 'The answer failed.',
     retry_in: 'Try again in {seconds} s.', resets_at: 'It resets {when}.', network: 'The server cannot be reached. Check the connection and try again.',
     connection_lost: 'The connection to the server was lost. Ask again to reconnect.', session_expired: 'Your session has ended. Log in again.',
-    not_pdf: '{name}: only PDF files can be uploaded.', untitled: 'Untitled',
+    not_pdf: '{name}: Only PDF files can be uploaded.', untitled: 'Untitled',
     err_invalid_code: 'That code is wrong, expired or already used.', err_too_many_attempts: 'Too many wrong codes: ask for a new one.',
     err_invalid_email: 'That is not an e-mail address.', err_tenant_not_found: 'There is no workspace with that name.',
     err_tenant_required: 'Enter your workspace.', err_rate_limited: 'Too many requests.',
@@ -143,9 +143,24 @@ function describe(err) {
   if (code === 'network' || code === 'connection_lost') text = err.message || t('network');
   else if (lang !== 'en' && translated) text = translated;
   else text = err.message || translated || code || t('answer_failed');
-  if (err.retryAfter != null && Number(err.retryAfter) > 0) text += ' ' + t('retry_in', { seconds: num(Math.ceil(Number(err.retryAfter))) });
-  if (err.resetsAt) text += ' ' + t('resets_at', { when: when(err.resetsAt) });
+  if (err.resetsAt) {
+    // a quota: the time it resets, in the reader's own time (the server's sentence gives it in UTC)
+    text = sentence(text.replace(/;\s*it resets at \S+$/, '')) + ' ' + t('resets_at', { when: when(err.resetsAt) });
+  } else if (err.retryAfter != null && Number(err.retryAfter) > 0) {
+    // the server's sentence may name the wait itself: it is said once, in the reader's language
+    text = sentence(text.replace(/[:;,]?\s*try again in \d+ ?s$/i, '')) + ' ' + t('retry_in', { seconds: num(Math.ceil(Number(err.retryAfter))) });
+  } else {
+    text = sentence(text);
+  }
   return text;
+}
+
+/** The server's messages are sentences without their capital and full stop. */
+function sentence(s) {
+  const t = s.trim();
+  if (!t) return t;
+  const first = /^[a-z]/.test(t) ? t[0].toUpperCase() + t.slice(1) : t;
+  return /[.!?…؟]$/.test(first) ? first : first + '.';
 }
 
 function headers(extra = {}) {
@@ -285,25 +300,29 @@ let nextDocuments = null;
 let pollTimer = null;
 const POLL_MS = 1000;
 
+const isBusy = (d) => d.status === 'queued' || d.status === 'processing';
+
 async function loadDocuments(more = false) {
+  const wasBusy = new Set(documents.filter(isBusy).map((d) => d.id));
   try {
     const q = more && nextDocuments ? `&after=${encodeURIComponent(nextDocuments)}` : '';
     const page = await api('GET', '/v1/documents?limit=50' + q);
     documents = more ? documents.concat(page.documents) : page.documents;
-    if (!more) nextDocuments = page.next_cursor;
-    else nextDocuments = page.next_cursor;
-  } catch (e) {
-    if (e.status === 401) return;
+    nextDocuments = page.next_cursor;
+  } catch {
+    // a failed read leaves the list as it was (a 401 has already logged the person out)
     return;
   }
   renderDocuments();
   schedulePoll();
+  // a document that has finished has had its embedding tokens metered
+  if (isAdmin() && documents.some((d) => wasBusy.has(d.id) && !isBusy(d))) loadUsage();
 }
 
 /** While a document is on its way, the list is read again every second: progress needs no
  *  open connection per document (a browser keeps only six per server). */
 function schedulePoll() {
-  const busy = documents.some((d) => d.status === 'queued' || d.status === 'processing');
+  const busy = documents.some(isBusy);
   if (busy && !pollTimer) {
     pollTimer = setInterval(() => {
       if (!document.hidden) loadDocuments();
@@ -474,6 +493,8 @@ async function loadUsage() {
     show($('usage-error'), describe(e));
   }
   renderUsage();
+  // a range being shown is read again with the windows
+  if (usageDays) loadUsageDays();
 }
 
 async function loadUsageDays() {
@@ -658,6 +679,9 @@ function failTurn(err) {
   renderMessage(turn);
   turn = null;
   setAsking(false);
+  // a failed answer is saved in its conversation too, and what it spent is metered
+  loadSessions();
+  if (isAdmin()) loadUsage();
 }
 
 function onFrame(raw) {

@@ -88,6 +88,19 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(v) => v,
+            Err((err, message)) => panic!("webdriver {path}: {err}: {message}"),
+        }
+    }
+
+    /// A command, with WebDriver's error (its code and message) as `Err`.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (String, Value)> {
         let url = format!("{}/session/{}{}", self.base, self.session, path);
         let mut req = self.http.request(method, &url);
         if let Some(body) = body {
@@ -95,9 +108,22 @@ impl Browser {
         }
         let resp: Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(err) = resp["value"]["error"].as_str() {
-            panic!("webdriver {path}: {err}: {}", resp["value"]["message"]);
+            return Err((err.to_owned(), resp["value"]["message"].clone()));
         }
-        resp["value"].clone()
+        Ok(resp["value"].clone())
+    }
+
+    /// Waits up to `secs` for the page's dialog (`confirm`, `alert`), accepts it and returns its text.
+    pub async fn accept_dialog(&self, secs: u64) -> String {
+        let started = Instant::now();
+        loop {
+            if let Ok(text) = self.try_call(reqwest::Method::GET, "/alert/text", None).await {
+                self.post("/alert/accept", json!({})).await;
+                return text.as_str().unwrap_or_default().to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(secs), "no dialog after {secs} s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
