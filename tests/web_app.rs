@@ -244,6 +244,34 @@ async fn a_person_logs_in_uploads_asks_and_reads_in_english_and_persian(db: PgPo
     // a citation shows its passage
     browser.click(&browser.wait_for("[data-testid=citation]", 5).await).await;
     browser.wait_for(".source.open .snippet", 5).await;
+    // and its page opens in a window of its own: the PDF, read with the token, at that page
+    let app_window = browser.window().await;
+    browser.click(&browser.wait_for(".source.open [data-testid=open-page]", 5).await).await;
+    let started = std::time::Instant::now();
+    let viewer = loop {
+        let windows = browser.windows().await;
+        if let Some(w) = windows.into_iter().find(|w| *w != app_window) {
+            break w;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no window opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    browser.switch_to(&viewer).await;
+    let want = format!("#page={from}");
+    let started = std::time::Instant::now();
+    let opened = loop {
+        let url = browser.url().await;
+        if url.starts_with(&format!("blob:{}", app.url(""))) && url.ends_with(&want) {
+            break url;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the page did not open: {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // what the window shows is a PDF (the browser's viewer)
+    let shown = browser.eval("return document.contentType;", json!([])).await;
+    assert_eq!(shown, "application/pdf", "{opened}");
+    browser.close_window().await;
+    browser.switch_to(&app_window).await;
     // the admin's usage moved with the answer
     browser
         .wait_until(
@@ -414,6 +442,7 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
         ["notes.txt", base64::engine::general_purpose::STANDARD.encode("not a pdf")],
         ["persian.pdf", b64("persian.pdf")],
         ["report.pdf", b64("not-a-pdf.zip")],
+        ["scanned.pdf", b64("scanned.pdf")],
     ]);
     browser
         .eval(
@@ -448,15 +477,21 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     );
     browser
         .wait_until(
-            "both PDFs are ready",
-            "const rows = document.querySelectorAll('[data-testid=document-row]'); \
-             return rows.length === 2 && [...rows].every((r) => r.dataset.status === 'ready');",
+            "two PDFs are ready and the scanned one has failed",
+            "const rows = [...document.querySelectorAll('[data-testid=document-row]')]; \
+             return rows.length === 3 && rows.filter((r) => r.dataset.status === 'ready').length === 2 \
+                 && rows.filter((r) => r.dataset.status === 'failed').length === 1;",
             json!([]),
             90,
         )
         .await;
+    let scanned = browser
+        .eval("return document.querySelector('[data-testid=document-row][data-status=failed]').textContent;", json!([]))
+        .await;
+    let scanned = scanned.as_str().unwrap();
+    assert!(scanned.contains("scanned.pdf") && scanned.contains("no extractable text"), "{scanned}");
     let listed: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
-    assert_eq!(listed["documents"].as_array().unwrap().len(), 2, "only the two PDFs reached the server: {listed}");
+    assert_eq!(listed["documents"].as_array().unwrap().len(), 3, "only the three PDFs reached the server: {listed}");
 
     // an admin deletes a document, after saying yes
     let persian = browser
@@ -475,7 +510,7 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     browser
         .wait_until(
             "the row goes",
-            "return document.querySelectorAll('[data-testid=document-row]').length === 1;",
+            "return document.querySelectorAll('[data-testid=document-row]').length === 2;",
             json!([]),
             10,
         )

@@ -113,6 +113,30 @@ impl Browser {
         Ok(resp["value"].clone())
     }
 
+    /// The browser's windows (tabs), the current one first among equals.
+    pub async fn windows(&self) -> Vec<String> {
+        let v = self.get("/window/handles").await;
+        v.as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_owned()).collect()
+    }
+
+    pub async fn window(&self) -> String {
+        self.get("/window").await.as_str().unwrap().to_owned()
+    }
+
+    pub async fn switch_to(&self, handle: &str) {
+        self.post("/window", json!({ "handle": handle })).await;
+    }
+
+    /// Closes the current window (then switch to another).
+    pub async fn close_window(&self) {
+        self.call(reqwest::Method::DELETE, "/window", None).await;
+    }
+
+    /// The current window's address.
+    pub async fn url(&self) -> String {
+        self.get("/url").await.as_str().unwrap().to_owned()
+    }
+
     /// Waits up to `secs` for the page's dialog (`confirm`, `alert`), accepts it and returns its text.
     pub async fn accept_dialog(&self, secs: u64) -> String {
         let started = Instant::now();
