@@ -426,7 +426,11 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
         .var("INGEST_WORKERS", "1")
         // two questions a minute per user (in fixed windows: questions in a row may straddle a
         // minute, so the member below asks until refused, at most twice the limit)
-        .config(|c| c.rate_limits.chat_per_minute = 2)
+        .config(|c| {
+            c.rate_limits.chat_per_minute = 2;
+            // small enough for a test to drop a file over it
+            c.ingestion.max_upload_bytes = 2 * 1024 * 1024;
+        })
         .spawn(db)
         .await;
     app.create_tenant("acme", ADMIN).await;
@@ -451,6 +455,8 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
                  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)); \
                  dt.items.add(new File([bytes], name, { type: name.endsWith('.pdf') ? 'application/pdf' : 'text/plain' })); \
              } \
+             const big = new Uint8Array(3 * 1024 * 1024); big.set([37, 80, 68, 70, 45]); \
+             dt.items.add(new File([big], 'big.pdf', { type: 'application/pdf' })); \
              const zone = document.getElementById('upload'); \
              zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true })); \
              zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));",
@@ -459,9 +465,9 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
         .await;
     let refused = browser
         .wait_until(
-            "both refusals are shown",
+            "the refusals are shown",
             "const e = [...document.querySelectorAll('[data-testid=upload-row] .doc-error')].map((e) => e.textContent); \
-             return e.length === 2 && e;",
+             return e.length === 3 && e;",
             json!([]),
             20,
         )
@@ -473,6 +479,10 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     );
     assert!(
         refused.iter().any(|e| e.starts_with("report.pdf") && e.contains("Only PDF files are accepted")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|e| e.starts_with("big.pdf") && e.contains("larger than the limit of 2 MB")),
         "{refused:?}"
     );
     browser
