@@ -357,6 +357,8 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
              select id, max(similarity) as similarity, sum(part)::real as score
                from listed where similarity >= $7
               group by id
+             -- a list weighed 0 adds no candidate of its own
+             having sum(part) > 0
               order by score desc, similarity desc limit $8
          )
          select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
@@ -498,15 +500,23 @@ pub async fn search(
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
+    // a question the model cannot read (all-MiniLM-L6-v2 and a Persian question) is searched by
+    // its words alone: its vector would only push noise into the fusion, and its similarity says
+    // nothing, so no floor either (the full-text list holds only chunks that share its words)
+    let (vector_weight, min_similarity) = if crate::embed::reads(space.model, query_text) {
+        (params.vector_weight, params.min_similarity)
+    } else {
+        (0.0, -1.0)
+    };
     let sql = hybrid_sql(space.model, space.dims);
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)
         .bind(params.candidates as i64)
         .bind(text_query(query_text))
-        .bind(params.vector_weight)
+        .bind(vector_weight)
         .bind(params.text_weight)
-        .bind(params.min_similarity)
+        .bind(min_similarity)
         .bind(params.k as i64)
         .fetch_all(db)
         .await?;

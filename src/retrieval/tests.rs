@@ -354,3 +354,51 @@ async fn small_tenants_are_scanned_exactly_and_big_ones_through_the_index(db: Pg
         assert!(!plan.contains("Bitmap Heap Scan on text_df"), "{plan}");
     }
 }
+
+/// all-MiniLM-L6-v2 cannot read Persian: a Persian question is searched by its words alone with
+/// that model (its vector's nearest chunk is noise, its similarity no floor), and by both lists
+/// with a model that reads every script.
+#[sqlx::test]
+async fn a_question_the_model_cannot_read_is_searched_by_its_words(db: PgPool) {
+    let email = Email::parse("boss@acme.example").unwrap();
+    let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
+    let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 1.0 };
+    let chunk = |ordinal: i32, text: &str| Chunk {
+        ordinal,
+        page_from: ordinal + 1,
+        page_to: ordinal + 1,
+        text: text.to_owned(),
+        token_count: 3,
+    };
+    // the words' chunk is far from the question's vector (under the floor); the other is nearest
+    let chunks = [chunk(0, "مدل زبانی بزرگ متن را می‌خواند"), chunk(1, "جدول و شکل در صفحه")];
+    // 384 dimensions, as the model's index wants
+    let wide = |mut v: Vec<f32>| {
+        v.resize(384, 0.0);
+        v
+    };
+    let vectors = [wide(at_angle(85.0)), wide(at_angle(0.0))];
+    for model in [crate::embed::local::MODEL_NAME, "t"] {
+        let doc = insert_document(&db, tenant, &format!("{model}.pdf"), "ready").await;
+        let mut tx = db.begin().await.unwrap();
+        insert_chunks(&mut tx, tenant, doc, model, &chunks, &vectors).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let found = |model: &'static str, question: &'static str| {
+        let db = db.clone();
+        let params = params.clone();
+        let question_vector = wide(at_angle(0.0));
+        async move {
+            let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
+            let space = Space { model, dims: 384 };
+            let found = search(&mut *tx, tenant, space, &question_vector, question, &params).await.unwrap();
+            found.into_iter().map(|s| s.text).collect::<Vec<_>>()
+        }
+    };
+    let persian = "مدل زبانی چیست؟";
+    assert_eq!(found(crate::embed::local::MODEL_NAME, persian).await, [chunks[0].text.clone()]);
+    // a model that reads it: both lists, and the floor
+    assert_eq!(found("t", persian).await, [chunks[1].text.clone()]);
+    // an English question with MiniLM: both lists, and the floor, as always
+    assert_eq!(found(crate::embed::local::MODEL_NAME, "what is in the table?").await, [chunks[1].text.clone()]);
+}
