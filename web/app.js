@@ -812,7 +812,10 @@ function renderMessage(m) {
 /** The cited page in the browser's PDF viewer: the file is fetched with the token (a new tab
  *  could not send it) and opened from memory at `#page=N`. */
 async function openPage(s) {
+  // opened now, while the click lets a window open, and cut from this page at once: what the
+  // document's window shows never reaches back into the app
   const w = window.open('', '_blank');
+  if (w) w.opener = null;
   try {
     const resp = await fetch(`/v1/documents/${encodeURIComponent(s.document_id)}/file?inline=true`, { headers: headers() });
     if (!resp.ok) throw apiError(resp.status, await resp.json().catch(() => null), resp.headers.get('Retry-After'));
