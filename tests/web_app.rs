@@ -637,3 +637,39 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     browser.screenshot("07-rate-limited-member-en").await;
     browser.quit();
 }
+
+#[sqlx::test]
+async fn a_document_shows_its_progress_while_it_is_ingested(db: PgPool) {
+    // an embedding server that takes its time, so that the stages can be watched
+    let model = EmbeddingServer::start().await;
+    model.control.delay_ms.store(2500, Ordering::SeqCst);
+    let app = TestApp::builder().vars(model.vars()).var("INGEST_WORKERS", "1").spawn(db).await;
+    app.create_tenant("acme", ADMIN).await;
+    let admin = app.login("acme", ADMIN).await;
+    let browser = Browser::start(1360, 860).await;
+    enter(&browser, &app, &admin, ADMIN).await;
+    let input = browser.all("[data-testid=file-input]").await.remove(0);
+    browser.type_into(&input, &format!("{}/tests/fixtures/english-2page.pdf", env!("CARGO_MANIFEST_DIR"))).await;
+    // read again every second while it is on its way: the stage, with its counts
+    let shown = browser
+        .wait_until(
+            "the embedding stage is shown",
+            "const r = document.querySelector('[data-testid=document-row]'); \
+             return r && r.dataset.status === 'processing' && /Embedding chunks 0 of [1-9]/.test(r.textContent) && r.textContent;",
+            json!([]),
+            20,
+        )
+        .await;
+    browser.screenshot("08-progress-en").await;
+    let done = browser
+        .wait_until(
+            "the document is ready",
+            "const r = document.querySelector('[data-testid=document-row]'); \
+             return r.dataset.status === 'ready' && r.textContent;",
+            json!([]),
+            30,
+        )
+        .await;
+    assert!(done.as_str().unwrap().contains("2 pages"), "{done} (was {shown})");
+    browser.quit();
+}
