@@ -7,7 +7,7 @@ mod common;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use common::{ADMIN, TestApp, fixture, openai::EmbeddingServer, webdriver::Browser};
+use common::{ADMIN, TestApp, fixture, metering::put_quota, openai::EmbeddingServer, webdriver::Browser};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -549,33 +549,20 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     browser
         .wait_until(
             "the days show the prompt",
-            "const rows = [...document.querySelectorAll('#usage-days tbody tr')].map((r) => r.textContent);              return JSON.stringify(rows) !== JSON.stringify(arguments[0]);",
+            "const rows = [...document.querySelectorAll('#usage-days tbody tr')].map((r) => r.textContent); \
+             return JSON.stringify(rows) !== JSON.stringify(arguments[0]);",
             json!([days]),
             10,
         )
         .await;
 
     // over the tenant's quota: the sentence says when it resets
-    let resp = reqwest::Client::new()
-        .put(app.url("/v1/quotas"))
-        .header("X-Tenant-ID", "acme")
-        .bearer_auth(&admin)
-        .json(&json!({ "scope": "tenant", "period": "day", "token_limit": 1 }))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_quota(&app, &admin, json!({ "scope": "tenant", "period": "day", "token_limit": 1 })).await;
     assert!(resp.status().is_success(), "{}", resp.status());
     let said = failed_answer(&browser, "Does R save the data of my session when I quit?").await;
     assert!(said.contains("quota") && said.contains("It resets"), "{said}");
     browser.screenshot("06-quota-en").await;
-    let resp = reqwest::Client::new()
-        .put(app.url("/v1/quotas"))
-        .header("X-Tenant-ID", "acme")
-        .bearer_auth(&admin)
-        .json(&json!({ "scope": "tenant", "period": "day", "token_limit": null }))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_quota(&app, &admin, json!({ "scope": "tenant", "period": "day", "token_limit": null })).await;
     assert!(resp.status().is_success(), "{}", resp.status());
 
     // a conversation is deleted from the sidebar, after saying yes
@@ -595,7 +582,8 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
 
     // a member sees the documents but cannot upload or delete, and has no usage panel; past the
     // rate limit, the sentence says how long to wait
-    let resp = reqwest::Client::new()
+    let resp = app
+        .client
         .post(app.url("/v1/members"))
         .header("X-Tenant-ID", "acme")
         .bearer_auth(&admin)

@@ -351,12 +351,7 @@ pub async fn file(
     let id = parse_id(&id)?;
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
     let doc = super::get(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
-    let data: Vec<u8> = sqlx::query_scalar("select data from document_files where tenant_id = $1 and document_id = $2")
-        .bind(user.tenant_id())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(not_found)?;
+    let data = super::lifecycle::upload(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?.data;
     let disposition = if query.inline.unwrap_or(false) { "inline" } else { "attachment" };
     Ok((
         [

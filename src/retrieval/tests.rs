@@ -59,6 +59,11 @@ async fn insert_document(db: &PgPool, tenant: Uuid, filename: &str, status: &str
     id
 }
 
+/// A chunk of three tokens on page `ordinal + 1`.
+fn chunk(ordinal: i32, text: &str) -> Chunk {
+    Chunk { ordinal, page_from: ordinal + 1, page_to: ordinal + 1, text: text.to_owned(), token_count: 3 }
+}
+
 /// A small linear congruential generator: the same numbers every run (the upper 31 bits of each
 /// state).
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
@@ -75,13 +80,6 @@ async fn hybrid_search_fuses_both_lists_in_the_database(db: PgPool) {
     let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
     let ready = insert_document(&db, tenant, "ready.pdf", "ready").await;
     let failed = insert_document(&db, tenant, "failed.pdf", "failed").await;
-    let chunk = |ordinal: i32, text: &str| Chunk {
-        ordinal,
-        page_from: ordinal + 1,
-        page_to: ordinal + 1,
-        text: text.to_owned(),
-        token_count: 3,
-    };
     // a: nearest by vector only; b: near, and the only full-text match that passes; c: farther;
     // d: a full-text match under the similarity floor (longer, so ranked under b); e: nearest of
     // all but of a failed document
@@ -363,13 +361,6 @@ async fn a_question_the_model_cannot_read_is_searched_by_its_words(db: PgPool) {
     let email = Email::parse("boss@acme.example").unwrap();
     let tenant = tenants::create(&db, "Acme", "acme", &email).await.unwrap().id;
     let params = Params { k: 3, candidates: 30, min_similarity: 0.25, vector_weight: 1.0, text_weight: 1.0 };
-    let chunk = |ordinal: i32, text: &str| Chunk {
-        ordinal,
-        page_from: ordinal + 1,
-        page_to: ordinal + 1,
-        text: text.to_owned(),
-        token_count: 3,
-    };
     // the words' chunk is far from the question's vector (under the floor); the other is nearest
     let chunks = [chunk(0, "مدل زبانی بزرگ متن را می‌خواند"), chunk(1, "جدول و شکل در صفحه")];
     // 384 dimensions, as the model's index wants
