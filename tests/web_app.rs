@@ -89,6 +89,15 @@ async fn a_document_is_shown_to_its_own_tenant_only(db: PgPool) {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), fixture("english-2page.pdf").as_slice());
     let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
     assert!(resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment;"));
+    // many at once: a few files are held at a time, the others wait their turn, and every one
+    // arrives whole (a slot that was not given back would leave the later ones waiting for good)
+    let path = format!("/v1/documents/{id}/file");
+    let sizes = futures_util::future::join_all((0..24).map(|_| async {
+        let resp = app.get_as(&path, "acme", &admin).await;
+        (resp.status(), resp.bytes().await.unwrap().len())
+    }))
+    .await;
+    assert!(sizes.iter().all(|s| *s == (StatusCode::OK, fixture("english-2page.pdf").len())), "{sizes:?}");
 
     // a member reads it too; another tenant's admin does not learn it exists
     let member = app.login("acme", "ann@acme.example").await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::MultipartError},
     http::{HeaderMap, StatusCode, header},
     response::{
@@ -349,6 +350,10 @@ pub async fn file(
     user.require(Scope::DocumentsRead)?;
     let Query(query) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?inline=true or false"))?;
     let id = parse_id(&id)?;
+    // a file is read whole (up to `MAX_UPLOAD_BYTES`): a slot is taken first, and held until the
+    // last byte has been written, so that however many downloads are asked for at once the
+    // process holds at most `FILES_SENT_AT_ONCE` files; the others wait their turn
+    let slot = FILE_SLOTS.acquire().await.expect("never closed");
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
     let doc = super::get(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
     let data = super::lifecycle::upload(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?.data;
@@ -361,9 +366,25 @@ pub async fn file(
             (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
             (header::CACHE_CONTROL, "private, max-age=300".to_owned()),
         ],
-        data,
+        Bytes::from_owner(Held { data, _slot: slot }),
     )
         .into_response())
+}
+
+/// Files sent at once by one process (each up to `MAX_UPLOAD_BYTES`: 8 × 25 MB by default).
+const FILES_SENT_AT_ONCE: usize = 8;
+static FILE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FILES_SENT_AT_ONCE);
+
+/// A file's bytes with the slot they hold: both go when the response has been written.
+struct Held {
+    data: Vec<u8>,
+    _slot: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 /// `?inline=true`: show the PDF rather than download it.
