@@ -185,7 +185,8 @@ pub async fn serve(
             None
         }
     };
-    let header_read_timeout = state.config.header_read_timeout;
+    let (header_read_timeout, write_stall_timeout) =
+        (state.config.header_read_timeout, state.config.write_stall_timeout);
     let (sockets, grace) = (state.sockets.clone(), state.config.chat.shutdown_grace);
     let streams = state.streams.clone();
     let app = http::router(state);
@@ -195,7 +196,9 @@ pub async fn serve(
         shutdown.await;
         streams.close_all();
     };
-    let served = http::server::serve(listener, app, header_read_timeout, shutdown).await.context("server error");
+    let served = http::server::serve(listener, app, header_read_timeout, write_stall_timeout, shutdown)
+        .await
+        .context("server error");
     // no new connections now; the chat sockets finish their answers (or cut them past the grace
     // period), save and charge them, and close
     sockets.close_all();
@@ -217,8 +220,8 @@ pub async fn serve_metrics(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics at /metrics");
-    let timeout = state.config.header_read_timeout;
-    http::server::serve(listener, crate::metrics::router(state), timeout, shutdown)
+    let (headers, writes) = (state.config.header_read_timeout, state.config.write_stall_timeout);
+    http::server::serve(listener, crate::metrics::router(state), headers, writes, shutdown)
         .await
         .context("metrics server error")
 }

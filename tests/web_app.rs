@@ -635,6 +635,65 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     browser.quit();
 }
 
+/// Clients that ask for files and stop reading them do not keep the download slots: a write that
+/// waits `HTTP_WRITE_STALL_SECONDS` for its client closes the connection, the response's bytes
+/// and slot go, and the next download is served. (Without the deadline every slot stays taken
+/// for as long as those clients like, and this download waits for good.)
+#[sqlx::test]
+async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "1").spawn(db).await;
+    let admin = app.acme_with_document().await;
+    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
+    // more than the kernel buffers for a connection nobody reads
+    let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
+    sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
+        .bind(&big)
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // as many requests as there are slots, whose answers are never read (a small receive buffer
+    // of their own, so that the kernel does not take the whole file in for them)
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut tcp = socket.connect(app.addr).await.unwrap();
+        let head = format!(
+            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(tcp);
+    }
+    // time for all eight to take their slots
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let resp = tokio::time::timeout(Duration::from_secs(20), async {
+        let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
+        (resp.status(), resp.bytes().await.unwrap())
+    })
+    .await
+    .expect("a download waited behind clients that do not read");
+    assert_eq!(resp.0, StatusCode::OK);
+    assert!(resp.1.as_ref() == big.as_slice(), "{} bytes", resp.1.len());
+    // the server closed the stalled connections: what they can still read ends short of the file
+    // (after a wait longer than the deadline, since a request may have had its slot only now)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for mut tcp in stalled {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                got += n;
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a stalled connection stayed open ({got} bytes read)");
+        assert!(got < big.len(), "{got}");
+    }
+}
+
 #[sqlx::test]
 async fn a_document_shows_its_progress_while_it_is_ingested(db: PgPool) {
     // an embedding server that takes its time, so that the stages can be watched

@@ -76,6 +76,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Longest wait for a request's headers once a connection has started sending one.
     pub header_read_timeout: Duration,
+    /// Longest a write to a client may wait for the client to read before the connection is closed.
+    pub write_stall_timeout: Duration,
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
     pub auth: AuthLimits,
@@ -382,6 +384,7 @@ impl Config {
                 TrustedProxies::parse(&var("TRUSTED_PROXIES").unwrap_or_default())?
             },
             header_read_timeout: Duration::from_secs(parse_u64("HTTP_HEADER_TIMEOUT_SECONDS", 30)?.clamp(1, 3600)),
+            write_stall_timeout: Duration::from_secs(parse_u64("HTTP_WRITE_STALL_SECONDS", 60)?.clamp(1, 3600)),
             max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
                 .context("MAX_JSON_BYTES is too large")?,
             auth: {

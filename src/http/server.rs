@@ -1,13 +1,26 @@
 //! The connection loop: accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on
-//! each, with a deadline on reading a request's headers. (`axum::serve` sets no timer, so a client
-//! that sends its headers a byte a minute holds a connection and its task for ever.)
+//! each, with a deadline on reading a request's headers and one on a write that makes no
+//! progress. (`axum::serve` sets no timer, so a client that sends its headers a byte a minute, or
+//! stops reading a response, holds a connection, its task and what the response holds for ever.)
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use axum::{Router, body::Body, extract::ConnectInfo, http::Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -19,6 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    write_stall_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
@@ -51,7 +65,9 @@ pub async fn serve(
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-            let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+            let conn = http
+                .serve_connection(TokioIo::new(StallTimeout::new(tcp, write_stall_timeout)), service)
+                .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => log_end(result, peer),
@@ -73,5 +89,71 @@ fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
     if let Err(e) = result {
         // a client that timed out on its headers, or went away mid-request: theirs, not ours
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection whose writes stop making progress for `timeout` fails with `TimedOut`: a client
+/// that stops reading (a response body, an event stream, a WebSocket) loses the connection, and
+/// hyper drops what the response held (a file's bytes and its download slot, an answer's stream)
+/// rather than keep it for as long as the client likes. Reading and idle time are not counted: only
+/// a write that the peer's window keeps waiting.
+struct StallTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// armed when a write first waits, disarmed when one goes through
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> StallTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        Self { inner, timeout, stalled: None }
+    }
+
+    /// What a write (or flush, or shutdown) returned, with the stall deadline applied.
+    fn deadline<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+        ready!(stalled.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallTimeout<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallTimeout<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.deadline(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.deadline(cx, polled)
     }
 }
