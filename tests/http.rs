@@ -387,7 +387,7 @@ async fn an_unreachable_database_is_service_unavailable_and_recovery_is_at_once(
     // the owner's pool, as `#[sqlx::test]` gives it; the service's own is made from its options
     let through_proxy = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(2))
+        .acquire_timeout(Duration::from_secs(10))
         .connect_with(options.host("127.0.0.1").port(proxy.addr.port()))
         .await
         .unwrap();
