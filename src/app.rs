@@ -185,8 +185,8 @@ pub async fn serve(
             None
         }
     };
-    let (header_read_timeout, write_stall_timeout) =
-        (state.config.header_read_timeout, state.config.write_stall_timeout);
+    let (header_read_timeout, write_stall_timeout, min_send_rate) =
+        (state.config.header_read_timeout, state.config.write_stall_timeout, state.config.min_send_rate);
     let (sockets, grace) = (state.sockets.clone(), state.config.chat.shutdown_grace);
     let streams = state.streams.clone();
     let app = http::router(state);
@@ -196,7 +196,7 @@ pub async fn serve(
         shutdown.await;
         streams.close_all();
     };
-    let served = http::server::serve(listener, app, header_read_timeout, write_stall_timeout, shutdown)
+    let served = http::server::serve(listener, app, header_read_timeout, write_stall_timeout, min_send_rate, shutdown)
         .await
         .context("server error");
     // no new connections now; the chat sockets finish their answers (or cut them past the grace
@@ -220,8 +220,9 @@ pub async fn serve_metrics(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics at /metrics");
-    let (headers, writes) = (state.config.header_read_timeout, state.config.write_stall_timeout);
-    http::server::serve(listener, crate::metrics::router(state), headers, writes, shutdown)
+    let (headers, writes, rate) =
+        (state.config.header_read_timeout, state.config.write_stall_timeout, state.config.min_send_rate);
+    http::server::serve(listener, crate::metrics::router(state), headers, writes, rate, shutdown)
         .await
         .context("metrics server error")
 }

@@ -695,6 +695,70 @@ async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
 }
 
 #[sqlx::test]
+async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // writes may wait 5 s at a time, and 5 s plus a second per 8 MiB sent in all
+    let app = TestApp::builder()
+        .var("HTTP_WRITE_STALL_SECONDS", "5")
+        .var("HTTP_MIN_SEND_RATE", (8 << 20).to_string())
+        .spawn(db)
+        .await;
+    let admin = app.acme_with_document().await;
+    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
+    let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
+    sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
+        .bind(&big)
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // as many downloads as there are slots, each read 64 KiB every 64 ms (about 1 MB/s): the
+    // kernel's send buffer (a few MB) has room again every second or two, so no write waits 5 s
+    // and only the total the writes have waited can close them (at 1 MB/s the file would hold
+    // its slot for 24 s)
+    let mut tricklers = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut tcp = socket.connect(app.addr).await.unwrap();
+        let head = format!(
+            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tricklers.push(tokio::spawn(async move {
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            let started = std::time::Instant::now();
+            // until the server closes the connection (or two minutes, far longer than its credit)
+            while started.elapsed() < Duration::from_secs(120) {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return (got, true),
+                    Ok(n) => got += n,
+                }
+                tokio::time::sleep(Duration::from_millis(64)).await;
+            }
+            (got, false)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // a ninth download arrives whole, read at full speed
+    let resp = tokio::time::timeout(Duration::from_secs(15), async {
+        let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
+        (resp.status(), resp.bytes().await.unwrap())
+    })
+    .await
+    .expect("a download waited behind clients that read a trickle");
+    assert_eq!(resp.0, StatusCode::OK);
+    assert!(resp.1.as_ref() == big.as_slice(), "{} bytes", resp.1.len());
+    for trickler in tricklers {
+        let (got, closed) = trickler.await.unwrap();
+        assert!(closed, "a trickling connection stayed open ({got} bytes read)");
+        assert!(got < big.len(), "{got}");
+    }
+}
+
+#[sqlx::test]
 async fn a_document_shows_its_progress_while_it_is_ingested(db: PgPool) {
     // an embedding server that takes its time, so that the stages can be watched
     let model = EmbeddingServer::start().await;

@@ -78,6 +78,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Longest a write to a client may wait for the client to read before the connection is closed.
     pub write_stall_timeout: Duration,
+    /// Bytes per second a client that keeps the server's writes waiting must read, on average: the
+    /// writes of a connection may wait `write_stall_timeout` plus a second per this many bytes
+    /// sent, in all.
+    pub min_send_rate: u64,
     /// Largest JSON request body accepted.
     pub max_json_bytes: usize,
     pub auth: AuthLimits,
@@ -385,6 +389,7 @@ impl Config {
             },
             header_read_timeout: Duration::from_secs(parse_u64("HTTP_HEADER_TIMEOUT_SECONDS", 30)?.clamp(1, 3600)),
             write_stall_timeout: Duration::from_secs(parse_u64("HTTP_WRITE_STALL_SECONDS", 60)?.clamp(1, 3600)),
+            min_send_rate: parse_u64("HTTP_MIN_SEND_RATE", 16 * 1024)?.clamp(1, 1 << 30),
             max_json_bytes: usize::try_from(parse_u64("MAX_JSON_BYTES", 64 * 1024)?)
                 .context("MAX_JSON_BYTES is too large")?,
             auth: {

@@ -131,13 +131,16 @@ fn proxies_and_header_timeout() {
     assert_eq!(c.trusted_proxies, TrustedProxies::None);
     assert_eq!(c.header_read_timeout, Duration::from_secs(30));
     assert_eq!(c.write_stall_timeout, Duration::from_secs(60));
+    assert_eq!(c.min_send_rate, 16 * 1024);
     let c = config(&[
         ("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"),
         ("HTTP_HEADER_TIMEOUT_SECONDS", "5"),
         ("HTTP_WRITE_STALL_SECONDS", "7"),
+        ("HTTP_MIN_SEND_RATE", "0"),
     ])
     .unwrap();
     assert_eq!(c.write_stall_timeout, Duration::from_secs(7));
+    assert_eq!(c.min_send_rate, 1, "no rate of 0: a waiting client would never earn time");
     assert!(matches!(c.trusted_proxies, TrustedProxies::Networks(ref n) if n.len() == 2));
     assert_eq!(c.header_read_timeout, Duration::from_secs(5));
     let err = config(&[("TRUSTED_PROXIES", "10.0.0.0/99")]).unwrap_err();
