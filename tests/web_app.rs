@@ -713,12 +713,13 @@ async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
         .execute(&app.db)
         .await
         .unwrap();
-    // as many downloads as there are slots, each read 64 KiB every 64 ms (about 1 MB/s): the
-    // kernel's send buffer (a few MB) has room again every second or two, so no write waits 5 s
-    // and only the total the writes have waited can close them (at 1 MB/s the file would hold
-    // its slot for 24 s)
+    // as many downloads as the tenant's share of the slots (half of eight: its next download
+    // waits for one of these), each read 64 KiB every 64 ms (about 1 MB/s): the kernel's send
+    // buffer (a few MB) has room again every second or two, so no write waits 5 s and only the
+    // total the writes have waited can close them (at 1 MB/s the file would hold its slot for
+    // 24 s)
     let mut tricklers = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..4 {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(64 * 1024).unwrap();
         let mut tcp = socket.connect(app.addr).await.unwrap();
@@ -742,7 +743,7 @@ async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // a ninth download arrives whole, read at full speed
+    // a fifth download arrives whole, read at full speed
     let resp = tokio::time::timeout(Duration::from_secs(15), async {
         let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
         (resp.status(), resp.bytes().await.unwrap())
@@ -756,6 +757,56 @@ async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
         assert!(closed, "a trickling connection stayed open ({got} bytes read)");
         assert!(got < big.len(), "{got}");
     }
+}
+
+/// One tenant's downloads take at most half the process's slots, however slowly they are read:
+/// another tenant's download does not wait behind them. (Without the share, the eight unread
+/// downloads below hold every slot for the stall deadline, a minute, and the other tenant's
+/// download waits that long.)
+#[sqlx::test]
+async fn one_tenants_downloads_leave_slots_for_the_others(db: PgPool) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "60").spawn(db).await;
+    let admin = app.acme_with_document().await;
+    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
+    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
+    let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
+    sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
+        .bind(&big)
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let other = app.tenant_with_admin("globex", "boss@globex.example").await;
+    let theirs = app.upload_ready("globex", &other, "r-intro.pdf", "english-2page.pdf").await;
+    // acme asks for as many files as there are slots, and reads none of them
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut tcp = socket.connect(app.addr).await.unwrap();
+        let head = format!(
+            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // globex's file comes at once
+    let resp = tokio::time::timeout(Duration::from_secs(10), async {
+        let resp = app.get_as(&format!("/v1/documents/{theirs}/file"), "globex", &other).await;
+        (resp.status(), resp.bytes().await.unwrap())
+    })
+    .await
+    .expect("a tenant's download waited behind another tenant's");
+    assert_eq!(resp.0, StatusCode::OK);
+    assert!(resp.1.starts_with(b"%PDF"), "{} bytes", resp.1.len());
+    // and acme's own next download waits behind acme's (its share is taken)
+    let waiting =
+        tokio::time::timeout(Duration::from_secs(3), app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin))
+            .await;
+    assert!(waiting.is_err(), "a ninth acme download did not wait for acme's share");
+    drop(stalled);
 }
 
 #[sqlx::test]

@@ -352,8 +352,10 @@ pub async fn file(
     let id = parse_id(&id)?;
     // a file is read whole (up to `MAX_UPLOAD_BYTES`): a slot is taken first, and held until the
     // last byte has been written, so that however many downloads are asked for at once the
-    // process holds at most `FILES_SENT_AT_ONCE` files; the others wait their turn
-    let slot = FILE_SLOTS.acquire().await.expect("never closed");
+    // process holds at most `FILES_SENT_AT_ONCE` files; the others wait their turn — behind at
+    // most `FILES_PER_TENANT` of their own tenant's, so that one tenant's downloads (however slow
+    // their readers) never take every slot from the others
+    let slot = FileSlot::take(user.tenant_id()).await;
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
     let doc = super::get(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
     let data = super::lifecycle::upload(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?.data;
@@ -373,12 +375,69 @@ pub async fn file(
 
 /// Files sent at once by one process (each up to `MAX_UPLOAD_BYTES`: 8 × 25 MB by default).
 const FILES_SENT_AT_ONCE: usize = 8;
+/// ... of which one tenant's, at most: the others always have the rest.
+const FILES_PER_TENANT: usize = FILES_SENT_AT_ONCE / 2;
 static FILE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FILES_SENT_AT_ONCE);
+/// Each tenant's share of the slots and how many of its downloads hold or await it, while it has
+/// any (an entry goes with its tenant's last download, so the map holds only tenants downloading).
+static TENANT_FILE_SLOTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Uuid, Share>>> =
+    std::sync::LazyLock::new(Default::default);
+
+struct Share {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    downloads: usize,
+}
+
+/// One download's place: its tenant's share first, then one of the process's slots. (Fields drop
+/// in order: the permits before the count.)
+struct FileSlot {
+    _share: tokio::sync::OwnedSemaphorePermit,
+    _slot: tokio::sync::SemaphorePermit<'static>,
+    _counted: Counted,
+}
+
+impl FileSlot {
+    async fn take(tenant: Uuid) -> Self {
+        // counted before the waits, so that a request dropped while it waits (its client gone)
+        // still takes its count away
+        let (counted, share) = Counted::new(tenant);
+        let share = share.acquire_owned().await.expect("never closed");
+        let slot = FILE_SLOTS.acquire().await.expect("never closed");
+        Self { _share: share, _slot: slot, _counted: counted }
+    }
+}
+
+/// One download counted in its tenant's share.
+struct Counted(Uuid);
+
+impl Counted {
+    fn new(tenant: Uuid) -> (Self, std::sync::Arc<tokio::sync::Semaphore>) {
+        let mut shares = TENANT_FILE_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        let share = shares.entry(tenant).or_insert_with(|| Share {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(FILES_PER_TENANT)),
+            downloads: 0,
+        });
+        share.downloads += 1;
+        (Self(tenant), share.slots.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut shares = TENANT_FILE_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(share) = shares.get_mut(&self.0) {
+            share.downloads -= 1;
+            if share.downloads == 0 {
+                shares.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// A file's bytes with the slot they hold: both go when the response has been written.
 struct Held {
     data: Vec<u8>,
-    _slot: tokio::sync::SemaphorePermit<'static>,
+    _slot: FileSlot,
 }
 
 impl AsRef<[u8]> for Held {
@@ -598,5 +657,28 @@ mod tests {
         assert!(looks_like_pdf(b"\xef\xbb\xbf  %PDF-1.4"));
         assert!(!looks_like_pdf(b"PK\x03\x04 zip file"));
         assert!(!looks_like_pdf(b"<html>%PDF-"[..5].as_ref()));
+    }
+
+    /// A tenant's share is kept only while it has downloads: after the last one (sent, or given up
+    /// while it waited) the map no longer holds the tenant, and a share never lends more than its
+    /// slots.
+    #[tokio::test]
+    async fn a_tenants_share_goes_with_its_last_download() {
+        let tenant = Uuid::new_v4();
+        let held =
+            |t: Uuid| TENANT_FILE_SLOTS.lock().unwrap().get(&t).map(|s| (s.downloads, s.slots.available_permits()));
+        let mut slots = Vec::new();
+        for _ in 0..FILES_PER_TENANT {
+            slots.push(FileSlot::take(tenant).await);
+        }
+        assert_eq!(held(tenant), Some((FILES_PER_TENANT, 0)));
+        // one more waits; given up, it is counted no more
+        let waiting = tokio::time::timeout(Duration::from_millis(50), FileSlot::take(tenant)).await;
+        assert!(waiting.is_err(), "a download went past its tenant's share");
+        assert_eq!(held(tenant), Some((FILES_PER_TENANT, 0)));
+        slots.pop();
+        assert_eq!(held(tenant), Some((FILES_PER_TENANT - 1, 1)));
+        drop(slots);
+        assert_eq!(held(tenant), None);
     }
 }
