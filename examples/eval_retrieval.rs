@@ -87,6 +87,10 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
     };
     println!("hybrid fusion weights: vector {vector_weight}, text {text_weight}");
     let mut table = Vec::new();
+    // every question's ranked lists by each model, and where every chunk is, for the two-model
+    // fusions measured after the models alone
+    let mut lists: HashMap<(usize, &str, usize, &str), Lists> = HashMap::new();
+    let mut places: HashMap<i64, (String, i32, i32)> = HashMap::new();
     for &model in models {
         let embedder = LocalEmbedder::load_model(model, &model.dir_in(&root), docuchat::embed::bert::best_kernel(), 2)?;
         println!("{}:", model.name());
@@ -115,16 +119,17 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         }
         sqlx::query("vacuum analyze").execute(&owner).await?;
         // where each chunk is
-        let places: HashMap<i64, (String, i32, i32)> = sqlx::query_as::<_, (i64, String, i32, i32)>(
-            "select c.id, d.filename, c.page_from, c.page_to from chunks c join documents d on d.id = c.document_id",
-        )
-        .fetch_all(&owner)
-        .await?
-        .into_iter()
-        .map(|(id, f, a, b)| (id, (f, a, b)))
-        .collect();
+        places.extend(
+            sqlx::query_as::<_, (i64, String, i32, i32)>(
+                "select c.id, d.filename, c.page_from, c.page_to from chunks c join documents d on d.id = c.document_id",
+            )
+            .fetch_all(&owner)
+            .await?
+            .into_iter()
+            .map(|(id, f, a, b)| (id, (f, a, b))),
+        );
 
-        for set in sets {
+        for (set_index, set) in sets.iter().enumerate() {
             let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
             let vectors = support::embed_questions(&embedder, &texts).await?;
             let hit = |q: &Question, id: i64| {
@@ -133,11 +138,13 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             for (scope, tenant) in [("corpus", corpus), ("alone", alone[&set.questions[0].doc])] {
                 let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
                 let mut best_hit = Vec::new();
-                for (q, v) in set.questions.iter().zip(&vectors) {
+                for (qi, (q, v)) in set.questions.iter().zip(&vectors).enumerate() {
+                    let candidates = Params::default().candidates;
                     let dense =
-                        retrieval::nearest(&service, tenant, space, v, 10, config.chat.ef_search, false).await?;
+                        retrieval::nearest(&service, tenant, space, v, candidates, config.chat.ef_search, false)
+                            .await?;
                     let mut tx = db::for_tenant(&service, tenant).await?;
-                    let text = retrieval::text_candidates(&mut *tx, tenant, space.model, &q.text, 10).await?;
+                    let text = retrieval::text_candidates(&mut *tx, tenant, space.model, &q.text, candidates).await?;
                     tx.commit().await?;
                     let mut tx = db::for_retrieval(&service, tenant).await?;
                     let params =
@@ -148,7 +155,15 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
                         .map(|s| s.chunk_id)
                         .collect();
                     tx.commit().await?;
-                    if let Some((_, similarity)) = dense.iter().find(|(id, _)| hit(q, *id)) {
+                    lists.insert(
+                        (set_index, scope, qi, model.name()),
+                        Lists {
+                            dense: dense.iter().map(|d| d.0).collect(),
+                            text: text.iter().map(|d| d.0).collect(),
+                            hybrid: hybrid.clone(),
+                        },
+                    );
+                    if let Some((_, similarity)) = dense.iter().take(10).find(|(id, _)| hit(q, *id)) {
                         best_hit.push(f64::from(*similarity));
                     }
                     for (retriever, ids) in [
@@ -217,6 +232,9 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             percentile(&unanswered, 0.99)
         );
     }
+    if models.len() == 2 {
+        two_models(sets, models, &lists, &places, &mut table);
+    }
     println!(
         "\n{:<22} {:>4} {:<7} {:<22} {:<10} {:>8} {:>7} {:>11}",
         "set", "n", "tenant", "model", "retriever", "recall@5", "MRR@10", "hit sim p10/p50"
@@ -225,4 +243,84 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         println!("{line}");
     }
     Ok(())
+}
+
+/// One question's ranked chunk ids by one model: the dense and full-text candidate lists (as many
+/// as the hybrid fuses) and the hybrid's result.
+struct Lists {
+    dense: Vec<i64>,
+    text: Vec<i64>,
+    hybrid: Vec<i64>,
+}
+
+/// Reciprocal rank fusion of weighted lists, as the hybrid statement fuses (k = 60).
+fn fuse(parts: &[(&[i64], f64)]) -> Vec<i64> {
+    let mut score: HashMap<i64, f64> = HashMap::new();
+    for (list, weight) in parts {
+        for (rank, id) in list.iter().enumerate() {
+            *score.entry(*id).or_default() += weight / (60.0 + rank as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(i64, f64)> = score.into_iter().filter(|(_, s)| *s > 0.0).collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    fused.into_iter().map(|(id, _)| id).collect()
+}
+
+/// What a deployment holding every document in both models could answer: each model's chunks
+/// are their own (cut at each model's size), so the fused lists mix chunks of both cuts, as two
+/// chunk sets of one tenant would. `route`: a question the first model reads (English, Latin
+/// script) gets its hybrid, any other the second's. `3 lists`: the first model's dense list (when
+/// it reads the question), the second's, and the first's full-text list, weighed alike.
+/// `2 hybrids`: the two models' hybrid results fused.
+fn two_models(
+    sets: &[Set],
+    models: &[LocalModel],
+    lists: &HashMap<(usize, &str, usize, &str), Lists>,
+    places: &HashMap<i64, (String, i32, i32)>,
+    table: &mut Vec<String>,
+) {
+    let (a, b) = (models[0].name(), models[1].name());
+    for (set_index, set) in sets.iter().enumerate() {
+        for scope in ["corpus", "alone"] {
+            let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
+            for (qi, q) in set.questions.iter().enumerate() {
+                let (Some(la), Some(lb)) =
+                    (lists.get(&(set_index, scope, qi, a)), lists.get(&(set_index, scope, qi, b)))
+                else {
+                    continue;
+                };
+                let reads = docuchat::embed::reads(a, &q.text);
+                let first_weight = if reads { 1.0 } else { 0.0 };
+                let route = if reads { la.hybrid.clone() } else { lb.hybrid.clone() };
+                let three = fuse(&[(&la.dense, first_weight), (&lb.dense, 1.0), (&la.text, 1.0)]);
+                let hybrids = fuse(&[(&la.hybrid, first_weight), (&lb.hybrid, 1.0)]);
+                let hit = |id: i64| {
+                    places.get(&id).is_some_and(|(f, x, y)| *f == q.doc && *x <= q.pages.1 && *y >= q.pages.0)
+                };
+                for (name, ids) in [("route", route), ("3 lists", three), ("2 hybrids", hybrids)] {
+                    let first = ids.iter().take(10).position(|&id| hit(id));
+                    let e = scores.entry(name).or_default();
+                    if first.is_some_and(|r| r < 5) {
+                        e.0 += 1.0;
+                    }
+                    e.1 += first.map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+                }
+            }
+            let n = set.questions.len() as f64;
+            for name in ["route", "3 lists", "2 hybrids"] {
+                let (r5, mrr) = scores.get(name).copied().unwrap_or_default();
+                table.push(format!(
+                    "{:<22} {:>4} {:<7} {:<22} {:<10} {:>8.3} {:>7.3} {:>11}",
+                    set.name,
+                    set.questions.len(),
+                    scope,
+                    "both",
+                    name,
+                    r5 / n,
+                    mrr / n,
+                    ""
+                ));
+            }
+        }
+    }
 }
