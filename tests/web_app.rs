@@ -635,18 +635,12 @@ async fn admins_drop_files_and_delete_them_and_everyone_sees_why_an_answer_faile
     browser.quit();
 }
 
-/// Clients that ask for files and stop reading them do not keep the download slots: a write that
-/// waits `HTTP_WRITE_STALL_SECONDS` for its client closes the connection, the response's bytes
-/// and slot go, and the next download is served. (Without the deadline every slot stays taken
-/// for as long as those clients like, and this download waits for good.)
-#[sqlx::test]
-async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "1").spawn(db).await;
+/// Tenant `acme` with its document's file replaced by 24 MB, more than the kernel buffers for a
+/// connection nobody reads: the admin's token, the document's id and the file's bytes.
+async fn acme_with_a_big_file(app: &TestApp) -> (String, String, Vec<u8>) {
     let admin = app.acme_with_document().await;
     let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
     let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
-    // more than the kernel buffers for a connection nobody reads
     let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
     sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
         .bind(&big)
@@ -654,18 +648,36 @@ async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
         .execute(&app.db)
         .await
         .unwrap();
-    // as many requests as there are slots, whose answers are never read (a small receive buffer
-    // of their own, so that the kernel does not take the whole file in for them)
+    (admin, id, big)
+}
+
+/// A raw connection that has asked for acme's file `id` and read nothing yet; its receive buffer
+/// is small, so that the kernel does not take the whole file in for it.
+async fn ask_for_file(app: &TestApp, id: &str, admin: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut tcp = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Clients that ask for files and stop reading them do not keep the download slots: a write that
+/// waits `HTTP_WRITE_STALL_SECONDS` for its client closes the connection, the response's bytes
+/// and slot go, and the next download is served. (Without the deadline every slot stays taken
+/// for as long as those clients like, and this download waits for good.)
+#[sqlx::test]
+async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "1").spawn(db).await;
+    let (admin, id, big) = acme_with_a_big_file(&app).await;
+    // as many requests as there are slots, whose answers are never read
     let mut stalled = Vec::new();
     for _ in 0..8 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(64 * 1024).unwrap();
-        let mut tcp = socket.connect(app.addr).await.unwrap();
-        let head = format!(
-            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        stalled.push(tcp);
+        stalled.push(ask_for_file(&app, &id, &admin).await);
     }
     // time for all eight to take their slots
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -696,23 +708,14 @@ async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
 
 #[sqlx::test]
 async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     // writes may wait 5 s at a time, and 5 s plus a second per 8 MiB sent in all
     let app = TestApp::builder()
         .var("HTTP_WRITE_STALL_SECONDS", "5")
         .var("HTTP_MIN_SEND_RATE", (8 << 20).to_string())
         .spawn(db)
         .await;
-    let admin = app.acme_with_document().await;
-    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
-    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
-    let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
-    sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
-        .bind(&big)
-        .bind(&id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    let (admin, id, big) = acme_with_a_big_file(&app).await;
     // as many downloads as the tenant's share of the slots (half of eight: its next download
     // waits for one of these), each read 64 KiB every 64 ms (about 1 MB/s): the kernel's send
     // buffer (a few MB) has room again every second or two, so no write waits 5 s and only the
@@ -720,13 +723,7 @@ async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
     // 24 s)
     let mut tricklers = Vec::new();
     for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(64 * 1024).unwrap();
-        let mut tcp = socket.connect(app.addr).await.unwrap();
-        let head = format!(
-            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut tcp = ask_for_file(&app, &id, &admin).await;
         tricklers.push(tokio::spawn(async move {
             let mut got = 0usize;
             let mut buf = vec![0u8; 64 * 1024];
@@ -765,31 +762,14 @@ async fn downloads_read_a_trickle_at_a_time_give_their_slots_back(db: PgPool) {
 /// download waits that long.)
 #[sqlx::test]
 async fn one_tenants_downloads_leave_slots_for_the_others(db: PgPool) {
-    use tokio::io::AsyncWriteExt;
     let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "60").spawn(db).await;
-    let admin = app.acme_with_document().await;
-    let docs: Value = app.get_as("/v1/documents", "acme", &admin).await.json().await.unwrap();
-    let id = docs["documents"][0]["id"].as_str().unwrap().to_owned();
-    let big: Vec<u8> = (0..24_000_000u32).map(|i| (i % 251) as u8).collect();
-    sqlx::query("update document_files set data = $1 where document_id = $2::uuid")
-        .bind(&big)
-        .bind(&id)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    let (admin, id, _) = acme_with_a_big_file(&app).await;
     let other = app.tenant_with_admin("globex", "boss@globex.example").await;
     let theirs = app.upload_ready("globex", &other, "r-intro.pdf", "english-2page.pdf").await;
     // acme asks for as many files as there are slots, and reads none of them
     let mut stalled = Vec::new();
     for _ in 0..8 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(64 * 1024).unwrap();
-        let mut tcp = socket.connect(app.addr).await.unwrap();
-        let head = format!(
-            "GET /v1/documents/{id}/file HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nAuthorization: Bearer {admin}\r\n\r\n"
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        stalled.push(tcp);
+        stalled.push(ask_for_file(&app, &id, &admin).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // globex's file comes at once
