@@ -130,9 +130,9 @@ impl<T> StallTimeout<T> {
 
     /// How long writes may still wait, in all, from `now` (when no write is waiting).
     fn credit(&self, now: Instant) -> Duration {
-        let earned = Duration::from_secs_f64(self.written as f64 / self.min_rate as f64);
+        let earned = Duration::try_from_secs_f64(self.written as f64 / self.min_rate as f64).unwrap_or(Duration::MAX);
         let unhurried = now.saturating_duration_since(self.opened).saturating_sub(self.waited);
-        (self.timeout + earned + unhurried).saturating_sub(self.waited)
+        self.timeout.saturating_add(earned).saturating_add(unhurried).saturating_sub(self.waited)
     }
 
     /// What a write (or flush, or shutdown) returned, with the stall deadlines applied.
