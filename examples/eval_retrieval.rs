@@ -132,11 +132,8 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         for (set_index, set) in sets.iter().enumerate() {
             let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
             let vectors = support::embed_questions(&embedder, &texts).await?;
-            let hit = |q: &Question, id: i64| {
-                places.get(&id).is_some_and(|(f, a, b)| *f == q.doc && *a <= q.pages.1 && *b >= q.pages.0)
-            };
             for (scope, tenant) in [("corpus", corpus), ("alone", alone[&set.questions[0].doc])] {
-                let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
+                let mut scores: HashMap<&str, Score> = HashMap::new();
                 let mut best_hit = Vec::new();
                 for (qi, (q, v)) in set.questions.iter().zip(&vectors).enumerate() {
                     let candidates = Params::default().candidates;
@@ -155,31 +152,21 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
                         .map(|s| s.chunk_id)
                         .collect();
                     tx.commit().await?;
-                    lists.insert(
-                        (set_index, scope, qi, model.name()),
-                        Lists {
-                            dense: dense.iter().map(|d| d.0).collect(),
-                            text: text.iter().map(|d| d.0).collect(),
-                            hybrid: hybrid.clone(),
-                        },
-                    );
-                    if let Some((_, similarity)) = dense.iter().take(10).find(|(id, _)| hit(q, *id)) {
+                    if let Some((_, similarity)) = dense.iter().take(10).find(|(id, _)| hit(&places, q, *id)) {
                         best_hit.push(f64::from(*similarity));
                     }
-                    for (retriever, ids) in [
-                        ("dense", dense.iter().map(|d| d.0).collect::<Vec<_>>()),
-                        ("full text", text.iter().map(|d| d.0).collect()),
-                        ("hybrid", hybrid),
-                    ] {
-                        let first = ids.iter().take(10).position(|&id| hit(q, id));
-                        let e = scores.entry(retriever).or_default();
-                        if first.is_some_and(|r| r < 5) {
-                            e.0 += 1.0;
-                        }
-                        e.1 += first.map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+                    let found = Lists {
+                        dense: dense.iter().map(|d| d.0).collect(),
+                        text: text.iter().map(|d| d.0).collect(),
+                        hybrid,
+                    };
+                    for (retriever, ids) in
+                        [("dense", &found.dense), ("full text", &found.text), ("hybrid", &found.hybrid)]
+                    {
+                        scores.entry(retriever).or_default().add(ids, |id| hit(&places, q, id));
                     }
+                    lists.insert((set_index, scope, qi, model.name()), found);
                 }
-                let n = set.questions.len() as f64;
                 best_hit.sort_by(f64::total_cmp);
                 let sim = if best_hit.is_empty() {
                     "-".to_owned()
@@ -187,18 +174,8 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
                     format!("{:.2}/{:.2}", percentile(&best_hit, 0.1), percentile(&best_hit, 0.5))
                 };
                 for retriever in ["dense", "full text", "hybrid"] {
-                    let (r5, mrr) = scores[retriever];
-                    table.push(format!(
-                        "{:<22} {:>4} {:<7} {:<22} {:<10} {:>8.3} {:>7.3} {:>11}",
-                        set.name,
-                        set.questions.len(),
-                        scope,
-                        model.name(),
-                        retriever,
-                        r5 / n,
-                        mrr / n,
-                        if retriever == "dense" { sim.as_str() } else { "" }
-                    ));
+                    let similarity = if retriever == "dense" { sim.as_str() } else { "" };
+                    table.push(scores[retriever].row(set, scope, model.name(), retriever, similarity));
                 }
             }
         }
@@ -245,6 +222,45 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
     Ok(())
 }
 
+/// Whether chunk `id` answers `q`: of its document, its pages meeting the answer's.
+fn hit(places: &HashMap<i64, (String, i32, i32)>, q: &Question, id: i64) -> bool {
+    places.get(&id).is_some_and(|(f, a, b)| *f == q.doc && *a <= q.pages.1 && *b >= q.pages.0)
+}
+
+/// One retriever's tally over a set's questions: hits in the first five, and the sum of 1/rank of
+/// the first hit in ten.
+#[derive(Clone, Copy, Default)]
+struct Score {
+    in_five: f64,
+    reciprocal_ranks: f64,
+}
+
+impl Score {
+    fn add(&mut self, ranked: &[i64], hit: impl Fn(i64) -> bool) {
+        let first = ranked.iter().take(10).position(|&id| hit(id));
+        if first.is_some_and(|r| r < 5) {
+            self.in_five += 1.0;
+        }
+        self.reciprocal_ranks += first.map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+    }
+
+    /// A line of the table: recall@5 and MRR@10 over the set's questions.
+    fn row(&self, set: &Set, scope: &str, model: &str, retriever: &str, similarity: &str) -> String {
+        let n = set.questions.len() as f64;
+        format!(
+            "{:<22} {:>4} {:<7} {:<22} {:<10} {:>8.3} {:>7.3} {:>11}",
+            set.name,
+            set.questions.len(),
+            scope,
+            model,
+            retriever,
+            self.in_five / n,
+            self.reciprocal_ranks / n,
+            similarity
+        )
+    }
+}
+
 /// One question's ranked chunk ids by one model: the dense and full-text candidate lists (as many
 /// as the hybrid fuses) and the hybrid's result.
 struct Lists {
@@ -282,7 +298,7 @@ fn two_models(
     let (a, b) = (models[0].name(), models[1].name());
     for (set_index, set) in sets.iter().enumerate() {
         for scope in ["corpus", "alone"] {
-            let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
+            let mut scores: HashMap<&str, Score> = HashMap::new();
             for (qi, q) in set.questions.iter().enumerate() {
                 let (Some(la), Some(lb)) =
                     (lists.get(&(set_index, scope, qi, a)), lists.get(&(set_index, scope, qi, b)))
@@ -294,32 +310,12 @@ fn two_models(
                 let route = if reads { la.hybrid.clone() } else { lb.hybrid.clone() };
                 let three = fuse(&[(&la.dense, first_weight), (&lb.dense, 1.0), (&la.text, 1.0)]);
                 let hybrids = fuse(&[(&la.hybrid, first_weight), (&lb.hybrid, 1.0)]);
-                let hit = |id: i64| {
-                    places.get(&id).is_some_and(|(f, x, y)| *f == q.doc && *x <= q.pages.1 && *y >= q.pages.0)
-                };
                 for (name, ids) in [("route", route), ("3 lists", three), ("2 hybrids", hybrids)] {
-                    let first = ids.iter().take(10).position(|&id| hit(id));
-                    let e = scores.entry(name).or_default();
-                    if first.is_some_and(|r| r < 5) {
-                        e.0 += 1.0;
-                    }
-                    e.1 += first.map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+                    scores.entry(name).or_default().add(&ids, |id| hit(places, q, id));
                 }
             }
-            let n = set.questions.len() as f64;
             for name in ["route", "3 lists", "2 hybrids"] {
-                let (r5, mrr) = scores.get(name).copied().unwrap_or_default();
-                table.push(format!(
-                    "{:<22} {:>4} {:<7} {:<22} {:<10} {:>8.3} {:>7.3} {:>11}",
-                    set.name,
-                    set.questions.len(),
-                    scope,
-                    "both",
-                    name,
-                    r5 / n,
-                    mrr / n,
-                    ""
-                ));
+                table.push(scores.get(name).copied().unwrap_or_default().row(set, scope, "both", name, ""));
             }
         }
     }
