@@ -20,7 +20,10 @@
 //! tenant transaction, the prepared statement warm): the hybrid statement's latency p50/p99 over
 //! the QA questions and over short questions of common words (which match most chunks in full
 //! text), the full-text side alone, and answer-page recall@5 (a top-5 source of the QA document, or
-//! of one of its copies, on the answer's pages). Works in a database of its own, created and dropped here.
+//! of one of its copies, on the answer's pages). Works in a database of its own, created and dropped here
+//! (`KEEP_DB=1` keeps it and prints its name). `BENCH_DB=<that name>` measures a kept database's
+//! tenants again without building them (the PDFs are not read; the questions are embedded again),
+//! so that two builds of the statement can be measured in turns on the same data.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -56,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.len() >= 2, "usage: bench_hybrid <directory of PDFs> <QA file> [copies]");
     let copies: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let (dir, qa) = (args[0].clone(), args[1].clone());
+    if let Ok(name) = std::env::var("BENCH_DB") {
+        return run(&support::database_url(&name), &dir, &qa, copies).await;
+    }
     support::with_scratch_database(|url| async move { run(&url, &dir, &qa, copies).await }).await
 }
 
@@ -67,8 +73,6 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
     let embedder = docuchat::embed::from_config(&config)?;
     let space = Space { model: embedder.model(), dims: embedder.dimensions() };
 
-    // read, chunk and embed every PDF the service can read
-    let docs = support::read_pdfs(dir, &config, embedder.as_ref()).await?;
     let questions = support::read_questions(qa)?;
     let qa_doc = questions.first().map(|q| q.doc.clone()).unwrap_or_default();
     let qa_texts: Vec<String> = questions.iter().map(|q| q.text.clone()).collect();
@@ -76,24 +80,31 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
     let qa_vectors = support::embed_questions(embedder.as_ref(), &qa_texts).await?;
     let common_vectors = support::embed_questions(embedder.as_ref(), &common_texts).await?;
 
-    let tenants: [(&str, Vec<&Document>); 4] = [
-        ("qa", docs.iter().filter(|d| d.filename == qa_doc).collect()),
-        ("mid", support::tenant_of_about(&docs, &qa_doc, 1_000)),
-        ("corpus", docs.iter().collect()),
-        ("big", (0..copies).flat_map(|_| docs.iter()).collect()),
-    ];
-    // every tenant is written before any is measured: a small tenant is asked inside the big
-    // shared index, as in a service with many tenants
-    let mut loaded = Vec::new();
-    for (slug, members) in &tenants {
-        let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
-        loaded.push((
-            *slug,
-            support::tenant_with_documents(&owner, &service, slug, members, space.model).await?,
-            chunks,
-        ));
-    }
-    sqlx::query("vacuum analyze").execute(&owner).await?;
+    let loaded = if std::env::var_os("BENCH_DB").is_some() {
+        kept_tenants(&owner).await?
+    } else {
+        // read, chunk and embed every PDF the service can read
+        let docs = support::read_pdfs(dir, &config, embedder.as_ref()).await?;
+        let tenants: [(&str, Vec<&Document>); 4] = [
+            ("qa", docs.iter().filter(|d| d.filename == qa_doc).collect()),
+            ("mid", support::tenant_of_about(&docs, &qa_doc, 1_000)),
+            ("corpus", docs.iter().collect()),
+            ("big", (0..copies).flat_map(|_| docs.iter()).collect()),
+        ];
+        // every tenant is written before any is measured: a small tenant is asked inside the big
+        // shared index, as in a service with many tenants
+        let mut loaded = Vec::new();
+        for (slug, members) in &tenants {
+            let chunks: usize = members.iter().map(|d| d.chunks.len()).sum();
+            loaded.push((
+                slug.to_string(),
+                support::tenant_with_documents(&owner, &service, slug, members, space.model).await?,
+                chunks,
+            ));
+        }
+        sqlx::query("vacuum analyze").execute(&owner).await?;
+        loaded
+    };
     println!(
         "\n{:<7} {:>7}  {:<22} {:>9} {:>9} {:>17} {:>9}",
         "tenant", "chunks", "questions", "p50 ms", "p99 ms", "full text p50/p99", "recall@5"
@@ -148,4 +159,15 @@ async fn run(url: &str, dir: &str, qa: &str, copies: usize) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// A kept database's tenants (slug, id, chunks), smallest first.
+async fn kept_tenants(owner: &sqlx::PgPool) -> anyhow::Result<Vec<(String, uuid::Uuid, usize)>> {
+    let rows: Vec<(String, uuid::Uuid, i64)> = sqlx::query_as(
+        "select t.slug, t.id, count(c.id) from tenants t join chunks c on c.tenant_id = t.id
+          group by t.slug, t.id order by 3",
+    )
+    .fetch_all(owner)
+    .await?;
+    Ok(rows.into_iter().map(|(slug, id, n)| (slug, id, n as usize)).collect())
 }
