@@ -86,6 +86,7 @@ async fn a_document_is_shown_to_its_own_tenant_only(db: PgPool) {
     assert_eq!(h[header::CONTENT_DISPOSITION], "inline; filename*=UTF-8''r-intro.pdf");
     assert_eq!(h[header::CONTENT_SECURITY_POLICY], "sandbox");
     assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(h[header::CONTENT_LENGTH], fixture("english-2page.pdf").len().to_string().as_str());
     assert_eq!(resp.bytes().await.unwrap().as_ref(), fixture("english-2page.pdf").as_slice());
     let resp = app.get_as(&format!("/v1/documents/{id}/file"), "acme", &admin).await;
     assert!(resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment;"));
@@ -787,6 +788,47 @@ async fn one_tenants_downloads_leave_slots_for_the_others(db: PgPool) {
             .await;
     assert!(waiting.is_err(), "a ninth acme download did not wait for acme's share");
     drop(stalled);
+}
+
+/// A file is read from the database a slice at a time while it is sent, not held whole in the
+/// server: when its document is deleted halfway through, the download ends short of its
+/// `Content-Length` (the connection is closed, so the client knows it is not the whole file),
+/// and its slot is given back. (A file read whole before sending would arrive whole.)
+#[sqlx::test]
+async fn a_file_deleted_while_it_is_sent_ends_its_download_short(db: PgPool) {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn(db).await;
+    let (admin, id, big) = acme_with_a_big_file(&app).await;
+    let mut tcp = ask_for_file(&app, &id, &admin).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200") && head.contains(&format!("content-length: {}", big.len())), "{head}");
+    // the kernel's buffers hold a few MB of the 24 MB file; the rest is read as they drain
+    let resp = app.delete_as(&format!("/v1/documents/{id}"), "acme", &admin).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let mut got = n;
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            got += n;
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the download of a deleted file stayed open ({got} bytes read)");
+    assert!(got < big.len(), "the whole file was sent after its document was deleted ({got} bytes)");
+    // the slot was given back: the tenant's share (4) of downloads of another file all arrive
+    let theirs = app.upload_ready("acme", &admin, "r-intro.pdf", "english-2page.pdf").await;
+    let path = format!("/v1/documents/{theirs}/file");
+    let sizes = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all((0..4).map(|_| async {
+            let resp = app.get_as(&path, "acme", &admin).await;
+            (resp.status(), resp.bytes().await.unwrap().len())
+        })),
+    )
+    .await
+    .expect("a download waited for a slot a deleted file's download kept");
+    assert!(sizes.iter().all(|s| *s == (StatusCode::OK, fixture("english-2page.pdf").len())), "{sizes:?}");
 }
 
 #[sqlx::test]

@@ -46,6 +46,37 @@ pub async fn upload(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<O
     Ok(row.map(|(data, user, api_key)| Upload { data, by: Uploader { user, api_key } }))
 }
 
+/// The length in bytes of a document's uploaded file, if it has one (read from the value's
+/// header: the bytes stay where they are).
+pub async fn file_size(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("select length(data)::int8 from document_files where tenant_id = $1 and document_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// `len` bytes of a document's uploaded file from `offset` (fewer at its end; `None` when the file
+/// is gone). The file is stored uncompressed out of line (migration 0002), so Postgres reads only
+/// the slice's part of it.
+pub async fn file_slice(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    offset: i64,
+    len: i64,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select substring(data from $3::int4 + 1 for $4::int4) from document_files where tenant_id = $1 and document_id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(offset)
+    .bind(len)
+    .fetch_optional(db)
+    .await
+}
+
 /// How far a `processing` document is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {

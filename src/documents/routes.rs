@@ -350,30 +350,76 @@ pub async fn file(
     user.require(Scope::DocumentsRead)?;
     let Query(query) = query.map_err(|_| ApiError::bad_request("invalid_query", "use ?inline=true or false"))?;
     let id = parse_id(&id)?;
-    // a file is read whole (up to `MAX_UPLOAD_BYTES`): a slot is taken first, and held until the
-    // last byte has been written, so that however many downloads are asked for at once the
-    // process holds at most `FILES_SENT_AT_ONCE` files; the others wait their turn — behind at
-    // most `FILES_PER_TENANT` of their own tenant's, so that one tenant's downloads (however slow
-    // their readers) never take every slot from the others
+    // a slot is taken first, and held until the last byte has been written, so that however many
+    // downloads are asked for at once the process sends at most `FILES_SENT_AT_ONCE` files; the
+    // others wait their turn — behind at most `FILES_PER_TENANT` of their own tenant's, so that one
+    // tenant's downloads (however slow their readers) never take every slot from the others
     let slot = FileSlot::take(user.tenant_id()).await;
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
     let doc = super::get(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
-    let data = super::lifecycle::upload(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?.data;
+    let size = super::lifecycle::file_size(&mut *tx, user.tenant_id(), id).await?.ok_or_else(not_found)?;
+    tx.commit().await?;
     let disposition = if query.inline.unwrap_or(false) { "inline" } else { "attachment" };
     Ok((
         [
             (header::CONTENT_TYPE, "application/pdf".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (header::CONTENT_DISPOSITION, format!("{disposition}; filename*=UTF-8''{}", percent_encode(&doc.filename))),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
             (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
             (header::CACHE_CONTROL, "private, max-age=300".to_owned()),
         ],
-        Bytes::from_owner(Held { data, _slot: slot }),
+        axum::body::Body::from_stream(file_slices(state.db.clone(), user.tenant_id(), id, size, slot)),
     )
         .into_response())
 }
 
-/// Files sent at once by one process (each up to `MAX_UPLOAD_BYTES`: 8 × 25 MB by default).
+/// Bytes of a file read from Postgres at a time while it is sent: a download holds one slice in
+/// memory, not the file (8 downloads at once: 4 MiB, where whole files were up to 8 ×
+/// `MAX_UPLOAD_BYTES`).
+const FILE_SLICE: i64 = 512 * 1024;
+
+/// A file's bytes, a slice at a time, each read in a short transaction of its own (a download
+/// holds a database connection only while a slice is read, never while its client reads), with
+/// the slot the download holds until its end. A file deleted while it is sent ends the body
+/// short of its `Content-Length` (the connection is closed), so a client never takes a part for
+/// the whole.
+fn file_slices(
+    db: sqlx::PgPool,
+    tenant: Uuid,
+    id: Uuid,
+    size: i64,
+    slot: FileSlot,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::try_unfold((0_i64, slot), move |(offset, slot)| {
+        let db = db.clone();
+        async move {
+            if offset >= size {
+                return Ok(None);
+            }
+            let len = FILE_SLICE.min(size - offset);
+            let read = async {
+                let mut tx = db::for_tenant(&db, tenant).await?;
+                let slice = super::lifecycle::file_slice(&mut *tx, tenant, id, offset, len).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(slice)
+            };
+            match read.await {
+                Ok(Some(bytes)) if bytes.len() as i64 == len => Ok(Some((Bytes::from(bytes), (offset + len, slot)))),
+                Ok(_) => {
+                    tracing::info!(document = %id, "a file went while it was being sent");
+                    Err(std::io::Error::other("the file is gone"))
+                }
+                Err(e) => {
+                    tracing::warn!(document = %id, error = %e, "reading a file to send failed");
+                    Err(std::io::Error::other("the file could not be read"))
+                }
+            }
+        }
+    })
+}
+
+/// Files sent at once by one process.
 const FILES_SENT_AT_ONCE: usize = 8;
 /// ... of which one tenant's, at most: the others always have the rest.
 const FILES_PER_TENANT: usize = FILES_SENT_AT_ONCE / 2;
@@ -431,18 +477,6 @@ impl Drop for Counted {
                 shares.remove(&self.0);
             }
         }
-    }
-}
-
-/// A file's bytes with the slot they hold: both go when the response has been written.
-struct Held {
-    data: Vec<u8>,
-    _slot: FileSlot,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
     }
 }
 
