@@ -672,7 +672,6 @@ async fn ask_for_file(app: &TestApp, id: &str, admin: &str) -> tokio::net::TcpSt
 /// for as long as those clients like, and this download waits for good.)
 #[sqlx::test]
 async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
-    use tokio::io::AsyncReadExt;
     let app = TestApp::builder().var("HTTP_WRITE_STALL_SECONDS", "1").spawn(db).await;
     let (admin, id, big) = acme_with_a_big_file(&app).await;
     // as many requests as there are slots, whose answers are never read
@@ -693,18 +692,26 @@ async fn downloads_that_stop_being_read_give_their_slots_back(db: PgPool) {
     // the server closed the stalled connections: what they can still read ends short of the file
     // (after a wait longer than the deadline, since a request may have had its slot only now)
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    for mut tcp in stalled {
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 1 << 16];
-        let read = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                got += n;
-            }
-        })
-        .await;
-        assert!(read.is_ok(), "a stalled connection stayed open ({got} bytes read)");
+    for tcp in stalled {
+        let (got, closed) = read_until_closed(tcp, Duration::from_secs(10)).await;
+        assert!(closed, "a stalled connection stayed open ({got} bytes read)");
         assert!(got < big.len(), "{got}");
     }
+}
+
+/// Reads a connection at full speed until the server closes it or `wait` runs out: the bytes read,
+/// and whether it was closed.
+async fn read_until_closed(mut tcp: tokio::net::TcpStream, wait: Duration) -> (usize, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let read = tokio::time::timeout(wait, async {
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            got += n;
+        }
+    })
+    .await;
+    (got, read.is_ok())
 }
 
 #[sqlx::test]
@@ -807,14 +814,9 @@ async fn a_file_deleted_while_it_is_sent_ends_its_download_short(db: PgPool) {
     // the kernel's buffers hold a few MB of the 24 MB file; the rest is read as they drain
     let resp = app.delete_as(&format!("/v1/documents/{id}"), "acme", &admin).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let mut got = n;
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-            got += n;
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the download of a deleted file stayed open ({got} bytes read)");
+    let (rest, closed) = read_until_closed(tcp, Duration::from_secs(20)).await;
+    let got = n + rest;
+    assert!(closed, "the download of a deleted file stayed open ({got} bytes read)");
     assert!(got < big.len(), "the whole file was sent after its document was deleted ({got} bytes)");
     // the slot was given back: the tenant's share (4) of downloads of another file all arrive
     let theirs = app.upload_ready("acme", &admin, "r-intro.pdf", "english-2page.pdf").await;

@@ -381,9 +381,9 @@ const FILE_SLICE: i64 = 512 * 1024;
 
 /// A file's bytes, a slice at a time, each read in a short transaction of its own (a download
 /// holds a database connection only while a slice is read, never while its client reads), with
-/// the slot the download holds until its end. A file deleted while it is sent ends the body
-/// short of its `Content-Length` (the connection is closed), so a client never takes a part for
-/// the whole.
+/// the slot the download holds until its end. A file deleted while it is sent, or a slice that
+/// cannot be read (no database connection within the pool's wait), ends the body short of its
+/// `Content-Length` (the connection is closed), so a client never takes a part for the whole.
 fn file_slices(
     db: sqlx::PgPool,
     tenant: Uuid,
