@@ -91,6 +91,8 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
     // fusions measured after the models alone
     let mut lists: HashMap<(usize, &str, usize, &str), Lists> = HashMap::new();
     let mut places: HashMap<i64, (String, i32, i32)> = HashMap::new();
+    // whether each chunk is in the script the first model reads (for the `by script` fusion)
+    let mut readable: HashMap<i64, bool> = HashMap::new();
     for &model in models {
         let embedder = LocalEmbedder::load_model(model, &model.dir_in(&root), docuchat::embed::bert::best_kernel(), 2)?;
         println!("{}:", model.name());
@@ -128,6 +130,20 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             .into_iter()
             .map(|(id, f, a, b)| (id, (f, a, b))),
         );
+        // a document is in the script of most of its chunks (a Russian manual's chunks of
+        // commands and code are still the Russian manual's)
+        let chunks: Vec<(i64, Uuid, String)> =
+            sqlx::query_as("select id, document_id, text from chunks").fetch_all(&owner).await?;
+        let mut by_document: HashMap<Uuid, (usize, usize)> = HashMap::new();
+        for (_, document, text) in &chunks {
+            let tally = by_document.entry(*document).or_default();
+            tally.0 += usize::from(docuchat::embed::reads(models[0].name(), text));
+            tally.1 += 1;
+        }
+        readable.extend(chunks.iter().map(|(id, document, _)| {
+            let (read, all) = by_document[document];
+            (*id, read * 2 > all)
+        }));
 
         for (set_index, set) in sets.iter().enumerate() {
             let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
@@ -210,7 +226,7 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         );
     }
     if models.len() == 2 {
-        two_models(sets, models, &lists, &places, &mut table);
+        two_models(sets, models, &lists, &places, &readable, &mut table);
     }
     println!(
         "\n{:<22} {:>4} {:<7} {:<22} {:<10} {:>8} {:>7} {:>11}",
@@ -287,12 +303,16 @@ fn fuse(parts: &[(&[i64], f64)]) -> Vec<i64> {
 /// chunk sets of one tenant would. `route`: a question the first model reads (English, Latin
 /// script) gets its hybrid, any other the second's. `3 lists`: the first model's dense list (when
 /// it reads the question), the second's, and the first's full-text list, weighed alike.
-/// `2 hybrids`: the two models' hybrid results fused.
+/// `2 hybrids`: the two models' hybrid results fused. `by script`: the first model's hybrid
+/// among the chunks of documents written in the question's script (the first model's script or
+/// not: for a question it cannot read, its words alone), the second's among the others, fused —
+/// each passage ranked by the model suited to the pair of languages.
 fn two_models(
     sets: &[Set],
     models: &[LocalModel],
     lists: &HashMap<(usize, &str, usize, &str), Lists>,
     places: &HashMap<i64, (String, i32, i32)>,
+    readable: &HashMap<i64, bool>,
     table: &mut Vec<String>,
 ) {
     let (a, b) = (models[0].name(), models[1].name());
@@ -310,11 +330,17 @@ fn two_models(
                 let route = if reads { la.hybrid.clone() } else { lb.hybrid.clone() };
                 let three = fuse(&[(&la.dense, first_weight), (&lb.dense, 1.0), (&la.text, 1.0)]);
                 let hybrids = fuse(&[(&la.hybrid, first_weight), (&lb.hybrid, 1.0)]);
-                for (name, ids) in [("route", route), ("3 lists", three), ("2 hybrids", hybrids)] {
+                let same_script = |id: &&i64| readable.get(*id).copied().unwrap_or(false) == reads;
+                let own: Vec<i64> = la.hybrid.iter().filter(same_script).copied().collect();
+                let other: Vec<i64> = lb.hybrid.iter().filter(|id| !same_script(id)).copied().collect();
+                let by_script = fuse(&[(&own, 1.0), (&other, 1.0)]);
+                for (name, ids) in
+                    [("route", route), ("3 lists", three), ("2 hybrids", hybrids), ("by script", by_script)]
+                {
                     scores.entry(name).or_default().add(&ids, |id| hit(places, q, id));
                 }
             }
-            for name in ["route", "3 lists", "2 hybrids"] {
+            for name in ["route", "3 lists", "2 hybrids", "by script"] {
                 table.push(scores.get(name).copied().unwrap_or_default().row(set, scope, "both", name, ""));
             }
         }
