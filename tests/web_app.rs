@@ -92,12 +92,7 @@ async fn a_document_is_shown_to_its_own_tenant_only(db: PgPool) {
     assert!(resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment;"));
     // many at once: a few files are held at a time, the others wait their turn, and every one
     // arrives whole (a slot that was not given back would leave the later ones waiting for good)
-    let path = format!("/v1/documents/{id}/file");
-    let sizes = futures_util::future::join_all((0..24).map(|_| async {
-        let resp = app.get_as(&path, "acme", &admin).await;
-        (resp.status(), resp.bytes().await.unwrap().len())
-    }))
-    .await;
+    let sizes = downloads_at_once(&app, &format!("/v1/documents/{id}/file"), &admin, 24).await;
     assert!(sizes.iter().all(|s| *s == (StatusCode::OK, fixture("english-2page.pdf").len())), "{sizes:?}");
 
     // a member reads it too; another tenant's admin does not learn it exists
@@ -120,6 +115,15 @@ async fn a_document_is_shown_to_its_own_tenant_only(db: PgPool) {
     let resp = app.get_as(&format!("/v1/documents/{}/file", up["document_id"].as_str().unwrap()), "acme", &admin).await;
     let disposition = resp.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().to_owned();
     assert_eq!(disposition, "attachment; filename*=UTF-8''%DA%AF%D8%B2%D8%A7%D8%B1%D8%B4%20%221%22%3B%20x%3Dy.pdf");
+}
+
+/// `n` downloads of acme's `path` asked at once: each one's status and the bytes it got.
+async fn downloads_at_once(app: &TestApp, path: &str, token: &str, n: usize) -> Vec<(StatusCode, usize)> {
+    futures_util::future::join_all((0..n).map(|_| async {
+        let resp = app.get_as(path, "acme", token).await;
+        (resp.status(), resp.bytes().await.unwrap().len())
+    }))
+    .await
 }
 
 /// The answers the model server streams, a token every `TOKEN_MS`.
@@ -820,13 +824,9 @@ async fn a_file_deleted_while_it_is_sent_ends_its_download_short(db: PgPool) {
     assert!(got < big.len(), "the whole file was sent after its document was deleted ({got} bytes)");
     // the slot was given back: the tenant's share (4) of downloads of another file all arrive
     let theirs = app.upload_ready("acme", &admin, "r-intro.pdf", "english-2page.pdf").await;
-    let path = format!("/v1/documents/{theirs}/file");
     let sizes = tokio::time::timeout(
         Duration::from_secs(10),
-        futures_util::future::join_all((0..4).map(|_| async {
-            let resp = app.get_as(&path, "acme", &admin).await;
-            (resp.status(), resp.bytes().await.unwrap().len())
-        })),
+        downloads_at_once(&app, &format!("/v1/documents/{theirs}/file"), &admin, 4),
     )
     .await
     .expect("a download waited for a slot a deleted file's download kept");
