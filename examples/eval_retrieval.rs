@@ -120,27 +120,24 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             }
         }
         sqlx::query("vacuum analyze").execute(&owner).await?;
-        // where each chunk is
-        places.extend(
-            sqlx::query_as::<_, (i64, String, i32, i32)>(
-                "select c.id, d.filename, c.page_from, c.page_to from chunks c join documents d on d.id = c.document_id",
-            )
-            .fetch_all(&owner)
-            .await?
-            .into_iter()
-            .map(|(id, f, a, b)| (id, (f, a, b))),
-        );
-        // a document is in the script of most of its chunks (a Russian manual's chunks of
-        // commands and code are still the Russian manual's)
-        let chunks: Vec<(i64, Uuid, String)> =
-            sqlx::query_as("select id, document_id, text from chunks").fetch_all(&owner).await?;
+        // where this model's chunks are, and in which script: a document is in the script of most
+        // of its chunks (a Russian manual's chunks of commands and code are still the Russian
+        // manual's)
+        let chunks: Vec<(i64, String, i32, i32, Uuid, String)> = sqlx::query_as(
+            "select c.id, d.filename, c.page_from, c.page_to, c.document_id, c.text
+               from chunks c join documents d on d.id = c.document_id where c.embedding_model = $1",
+        )
+        .bind(space.model)
+        .fetch_all(&owner)
+        .await?;
+        places.extend(chunks.iter().map(|(id, f, a, b, _, _)| (*id, (f.clone(), *a, *b))));
         let mut by_document: HashMap<Uuid, (usize, usize)> = HashMap::new();
-        for (_, document, text) in &chunks {
+        for (_, _, _, _, document, text) in &chunks {
             let tally = by_document.entry(*document).or_default();
             tally.0 += usize::from(docuchat::embed::reads(models[0].name(), text));
             tally.1 += 1;
         }
-        readable.extend(chunks.iter().map(|(id, document, _)| {
+        readable.extend(chunks.iter().map(|(id, _, _, _, document, _)| {
             let (read, all) = by_document[document];
             (*id, read * 2 > all)
         }));
