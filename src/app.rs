@@ -127,6 +127,12 @@ impl AppState {
             .map_err(anyhow::Error::msg)
     }
 
+    /// The cross-language model, if one is configured and its files load (otherwise documents are
+    /// embedded and searched by the configured model alone; the failure is logged).
+    pub fn cross_embedder(&self) -> Option<Arc<dyn embed::Embedder>> {
+        self.config.cross_language_model.as_deref().and_then(|m| self.previous_embedders.get(m))
+    }
+
     /// What a chat turn needs of the process.
     pub fn turn_services(&self) -> crate::chat::turn::Services {
         crate::chat::turn::Services {
@@ -136,6 +142,7 @@ impl AppState {
             recorder: self.recorder().clone(),
             embedder: self.embedder().map_err(|e| format!("{e:#}")),
             previous_embedders: self.previous_embedders.clone(),
+            cross_embedder: self.cross_embedder(),
             tenant_models: self.tenant_models.clone(),
         }
     }
@@ -145,6 +152,7 @@ impl AppState {
         let pipeline = Pipeline {
             db: self.db.clone(),
             embedder: self.embedder()?,
+            cross: self.cross_embedder(),
             sandbox: self.sandbox.clone(),
             config: self.config.ingestion.clone(),
         };

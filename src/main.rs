@@ -235,11 +235,17 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let n = docuchat::documents::requeue_for_model(
                 &pool,
                 &config.embedding_model,
+                config.cross_language_model.as_deref(),
                 tenant_id,
                 config.ingestion.max_attempts,
             )
             .await?;
-            eprintln!("{n} documents queued for re-embedding with {}", config.embedding_model);
+            match &config.cross_language_model {
+                Some(cross) => {
+                    eprintln!("{n} documents queued for re-embedding with {} and {cross}", config.embedding_model)
+                }
+                None => eprintln!("{n} documents queued for re-embedding with {}", config.embedding_model),
+            }
             Ok(())
         }
         Command::Migrate => {

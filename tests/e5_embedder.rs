@@ -187,7 +187,7 @@ async fn switching_the_model_re_embeds_in_the_background_without_a_window(db: Pg
     assert!(found.iter().all(|f| f == "r-intro.pdf"), "{found:?}");
 
     // queued for re-embedding: still found
-    let queued = docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, 5).await.unwrap();
+    let queued = docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, None, 5).await.unwrap();
     assert_eq!(queued, 1);
     let status: String = sqlx::query_scalar("select status from documents").fetch_one(&db).await.unwrap();
     assert_eq!(status, "queued");
@@ -210,5 +210,127 @@ async fn switching_the_model_re_embeds_in_the_background_without_a_window(db: Pg
     let found = sources_of(&after, &admin, "بسته‌های استاندارد و توصیه‌شدهٔ R کدام‌اند؟").await;
     assert!(found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
     // a reindex with nothing left to do queues nothing
-    assert_eq!(docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, 5).await.unwrap(), 0);
+    assert_eq!(docuchat::documents::requeue_for_model(&db, "multilingual-e5-small", None, None, 5).await.unwrap(), 0);
+}
+
+/// A page on brewing tea, in Russian with no word of Latin script.
+const TEA: &[&str] = &[
+    "Как правильно заваривать зелёный чай",
+    "Зелёный чай не любит кипятка. Вода для зелёного чая должна быть температуры",
+    "от семидесяти до восьмидесяти градусов: кипяток делает настой горьким.",
+    "Заваривают зелёный чай от двух до трёх минут, после чего настой сливают.",
+    "Одну и ту же заварку можно залить водой несколько раз.",
+    "Чайник перед заваркой прогревают, чтобы вода не остывала слишком быстро.",
+    "На чашку берут одну чайную ложку сухого листа.",
+];
+
+/// A question in another script than a document's: with `CROSS_LANGUAGE_MODEL`, every chunk also
+/// gets multilingual-e5-small's vector (charged to the uploader as its own ledger row), a
+/// document its script, and a question is searched by MiniLM among the documents of its side of
+/// the script line and by e5 among the others. Documents written before the model was configured
+/// get their second vectors through `docuchat reindex`, searched by MiniLM alone meanwhile.
+#[sqlx::test]
+async fn questions_find_documents_written_in_another_script(db: PgPool) {
+    const CROSS: &str = "multilingual-e5-small";
+    let before = TestApp::spawn(db.clone()).await;
+    let admin = before.tenant_with_admin("acme", common::ADMIN).await;
+    before.upload_ready("acme", &admin, "r-intro.pdf", "english-2page.pdf").await;
+    let resp = before.upload("acme", &admin, "chai.pdf", common::pdfgen::unicode_page(TEA)).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "{}", resp.text().await.unwrap());
+    before.drain().await;
+    let after = TestApp::builder().var("CROSS_LANGUAGE_MODEL", CROSS).spawn(db.clone()).await;
+    // the R manual's packages, asked in Persian with no word of Latin script
+    let persian_about_r = "بسته‌های استاندارد و پیشنهادی که همراه این زبان آماری عرضه می‌شوند کدام‌اند؟";
+    let english_about_tea = "At what water temperature should green tea be brewed, and for how long?";
+
+    // no second vectors yet: a Persian question is searched by its words, which the English
+    // manual does not have
+    let scripts = || async {
+        sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+            "select filename, script, cross_model from documents order by filename",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        scripts().await,
+        [("chai.pdf".into(), Some("cyrillic".into()), None), ("r-intro.pdf".into(), Some("latin".into()), None)]
+    );
+    let found = sources_of(&after, &admin, persian_about_r).await;
+    assert!(!found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
+
+    // the reindex gives both documents their second vectors; nothing is left to do after it
+    let queued = docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some(CROSS), None, 5).await.unwrap();
+    assert_eq!(queued, 2);
+    after.drain().await;
+    assert_eq!(docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some(CROSS), None, 5).await.unwrap(), 0);
+    assert_eq!(
+        scripts().await,
+        [
+            ("chai.pdf".into(), Some("cyrillic".into()), Some(CROSS.into())),
+            ("r-intro.pdf".into(), Some("latin".into()), Some(CROSS.into()))
+        ]
+    );
+    // one second vector of 384 dimensions per chunk, of the chunk's tenant and document
+    let (chunks, vectors, matching): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from chunks), (select count(*) from chunk_vectors),
+                (select count(*) from chunk_vectors v join chunks c using (id)
+                  where v.tenant_id = c.tenant_id and v.document_id = c.document_id
+                    and v.embedding_model = $1 and vector_dims(v.embedding) = 384)",
+    )
+    .bind(CROSS)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(chunks > 0);
+    assert_eq!((vectors, matching), (chunks, chunks));
+    // each model's tokens charged to the uploader, each its own row, for each document (twice:
+    // the first ingestion's MiniLM row and the reindex's two)
+    let charged: Vec<(String, String, i64)> = sqlx::query_as(
+        "select d.filename, e.model, count(*) from usage_events e join documents d on d.id = e.document_id
+          where e.kind = 'embedding' and e.tokens > 0 group by 1, 2 order by 1, 2",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        charged,
+        [
+            ("chai.pdf".into(), "all-MiniLM-L6-v2".into(), 2),
+            ("chai.pdf".into(), CROSS.into(), 1),
+            ("r-intro.pdf".into(), "all-MiniLM-L6-v2".into(), 2),
+            ("r-intro.pdf".into(), CROSS.into(), 1)
+        ]
+    );
+
+    // across the script line, both ways (asked of a service that has not seen the tenant yet: a
+    // process reads which vectors a tenant's documents have every few seconds)
+    let after = TestApp::builder().var("CROSS_LANGUAGE_MODEL", CROSS).spawn(db.clone()).await;
+    let found = sources_of(&after, &admin, persian_about_r).await;
+    assert!(found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
+    let found = sources_of(&after, &admin, english_about_tea).await;
+    assert!(found.iter().any(|f| f == "chai.pdf"), "{found:?}");
+    // on each side, the document of the question's own script still comes first
+    let found = sources_of(&after, &admin, "What are the standard and recommended packages supplied with R?").await;
+    assert_eq!(found.first().map(String::as_str), Some("r-intro.pdf"), "{found:?}");
+    let found = sources_of(&after, &admin, "Какой температуры должна быть вода для зелёного чая?").await;
+    assert_eq!(found.first().map(String::as_str), Some("chai.pdf"), "{found:?}");
+
+    // the Persian question's embedding by both models is charged with its answer
+    let minilm = after.state.embedder().unwrap().embed_query(persian_about_r).await.unwrap().tokens;
+    let e5 = after.state.cross_embedder().unwrap().embed_query(persian_about_r).await.unwrap().tokens;
+    let charged: i64 = sqlx::query_scalar(
+        "select e.tokens from usage_events e join messages m on m.id = e.message_id
+          where e.kind = 'embedding' and m.question = $1 order by e.id desc limit 1",
+    )
+    .bind(persian_about_r)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(charged, (minilm + e5) as i64);
+
+    // a service without the second model searches every document by MiniLM alone again
+    let found = sources_of(&before, &admin, persian_about_r).await;
+    assert!(!found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
 }

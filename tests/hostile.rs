@@ -335,7 +335,7 @@ async fn a_file_that_broke_a_limit_stays_failed(db: PgPool) {
     let jobs: i64 = sqlx::query_scalar("select count(*) from ingestion_jobs").fetch_one(&db).await.unwrap();
     assert_eq!(jobs, 0);
     // and a reindex leaves it alone
-    let n = docuchat::documents::requeue_for_model(&db, "another-model", None, 5).await.unwrap();
+    let n = docuchat::documents::requeue_for_model(&db, "another-model", None, None, 5).await.unwrap();
     assert_eq!(n, 0);
 }
 

@@ -496,7 +496,7 @@ async fn reindex_re_embeds_documents_of_another_model(db: PgPool) {
     let before: i64 = chunk_rows(&s, id).await;
 
     // nothing to do while the model is the configured one
-    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, 5).await.unwrap();
+    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, None, 5).await.unwrap();
     assert_eq!(n, 0);
 
     // pretend the chunks came from an older model
@@ -510,7 +510,7 @@ async fn reindex_re_embeds_documents_of_another_model(db: PgPool) {
         .execute(&s.app.db)
         .await
         .unwrap();
-    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, 5).await.unwrap();
+    let n = docuchat::documents::requeue_for_model(&s.app.db, common::openai::MODEL, None, None, 5).await.unwrap();
     assert_eq!(n, 1);
     assert_eq!(document(&s, id).await["status"], "queued");
     s.app.drain().await;

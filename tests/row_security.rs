@@ -149,9 +149,14 @@ async fn every_table_of_tenant_rows_is_walled_and_the_service_bypasses_nothing(d
     assert_eq!(keys, ["tenants"]);
 }
 
+/// A service whose documents get second vectors too (`chunk_vectors` has rows of both tenants).
+async fn cross_language_app(db: PgPool) -> TestApp {
+    TestApp::builder().var("CROSS_LANGUAGE_MODEL", "multilingual-e5-small").spawn(db).await
+}
+
 #[sqlx::test]
 async fn statements_without_a_tenant_condition_see_only_their_tenant(db: PgPool) {
-    let app = TestApp::spawn(db).await;
+    let app = cross_language_app(db).await;
     let (acme, globex) = two_busy_tenants(&app).await;
     let (acme_rows, globex_rows) = (rows_of(&app.db, acme).await, rows_of(&app.db, globex).await);
     let service = &app.state.db;
@@ -198,7 +203,7 @@ async fn statements_without_a_tenant_condition_see_only_their_tenant(db: PgPool)
 
 #[sqlx::test]
 async fn a_transaction_with_no_tenant_sees_and_writes_nothing(db: PgPool) {
-    let app = TestApp::spawn(db).await;
+    let app = cross_language_app(db).await;
     let (acme, _) = two_busy_tenants(&app).await;
     let service = &app.state.db;
     for (table, column) in tenant_tables(&app.db).await {

@@ -118,7 +118,43 @@ pub struct Services {
     pub embedder: Result<Arc<dyn Embedder>, String>,
     /// the models of chunks not yet re-embedded with the configured one
     pub previous_embedders: Arc<crate::embed::Previous>,
+    /// the cross-language model (`CROSS_LANGUAGE_MODEL`), when configured and loaded
+    pub cross_embedder: Option<Arc<dyn Embedder>>,
     pub tenant_models: Arc<crate::retrieval::TenantModels>,
+}
+
+/// A question embedded by one model, and what that model searches.
+struct Asked {
+    embedder: Arc<dyn Embedder>,
+    embeddings: Embeddings,
+    /// the tenant has chunks of this model: they are searched by it
+    own: bool,
+    /// it is the cross-language model, and documents on the other side of the script line have
+    /// its vectors: those are searched by it
+    cross: bool,
+}
+
+/// A question's vectors, and its side of the script line.
+struct Embedded {
+    asked: Vec<Asked>,
+    latin: bool,
+}
+
+/// Two ranked lists of disjoint documents fused by reciprocal rank fusion with equal weights (so
+/// taken in turns, the first list's first at equal rank), the first `k`: the passages of the
+/// question's side and those of the other side, each ranked by the model suited to the pair of
+/// languages. Each keeps the score of its own search.
+fn interleave(own: Vec<Source>, other: Vec<Source>, k: usize) -> Vec<Source> {
+    let mut out = Vec::with_capacity(k.min(own.len() + other.len()));
+    let (mut own, mut other) = (own.into_iter(), other.into_iter());
+    while out.len() < k {
+        match (own.next(), other.next()) {
+            (None, None) => break,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+    out.truncate(k);
+    out
 }
 
 /// Gives back a hold in a transaction of its own.
@@ -223,8 +259,8 @@ impl<S: FrameSink> Turn<S> {
                 completion_tokens: generated.usage.completion_tokens as i32,
                 status: generated.status,
                 error_code: generated.failure.as_ref().map(|f| f.0),
-                embedding_model: embedded[0].0.model().to_owned(),
-                embedding_tokens: embedded.iter().map(|(_, e)| e.tokens as i64).sum(),
+                embedding_model: embedded.asked[0].embedder.model().to_owned(),
+                embedding_tokens: embedded.asked.iter().map(|a| a.embeddings.tokens as i64).sum(),
                 hold: *hold,
             })
             .await?;
@@ -318,9 +354,10 @@ impl<S: FrameSink> Turn<S> {
 
     /// The question's vector by the configured model — and, while a model switch re-embeds the
     /// tenant's documents, by each model their chunks still hold (those documents stay
-    /// searchable meanwhile) — or `None` when questions cannot be embedded now (logged). The
-    /// configured model's comes first; its tokens and the others' are all charged.
-    async fn embed(&self, question: &str) -> Option<Vec<(Arc<dyn Embedder>, Embeddings)>> {
+    /// searchable meanwhile), and by the cross-language model when documents on the other side of
+    /// the script line have its vectors — or `None` when questions cannot be embedded now
+    /// (logged). The configured model's comes first; every model's tokens are charged.
+    async fn embed(&self, question: &str) -> Option<Embedded> {
         let embedder = match &self.services.embedder {
             Ok(e) => e.clone(),
             Err(e) => {
@@ -328,37 +365,46 @@ impl<S: FrameSink> Turn<S> {
                 return None;
             }
         };
+        let latin = crate::embed::script(question) == "latin";
         let configured = embedder.model().to_owned();
-        let mut embedders = vec![embedder];
+        let mut wanted = vec![(embedder, true, false)];
         match self.services.tenant_models.get(&self.services.db, self.tenant).await {
-            Ok(models) => {
-                for model in models.iter().filter(|m| **m != configured) {
+            Ok(searchable) => {
+                for model in searchable.models.iter().filter(|m| **m != configured) {
                     // a model this process cannot run: those chunks wait for their re-embedding
-                    embedders.extend(self.services.previous_embedders.get(model));
+                    wanted.extend(self.services.previous_embedders.get(model).map(|e| (e, true, false)));
+                }
+                if let Some(cross) = &self.services.cross_embedder
+                    && searchable.crosses(cross.model(), latin)
+                {
+                    match wanted.iter_mut().find(|(e, ..)| e.model() == cross.model()) {
+                        Some(found) => found.2 = true,
+                        None => wanted.push((cross.clone(), false, true)),
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the tenant's embedding models"),
         }
-        let asked = futures_util::future::join_all(embedders.iter().map(|e| e.embed_query(question))).await;
-        let mut embedded = Vec::with_capacity(embedders.len());
-        for (embedder, result) in embedders.into_iter().zip(asked) {
+        let results = futures_util::future::join_all(wanted.iter().map(|(e, ..)| e.embed_query(question))).await;
+        let mut asked = Vec::with_capacity(wanted.len());
+        for ((embedder, own, cross), result) in wanted.into_iter().zip(results) {
             match result {
-                Ok(e) => embedded.push((embedder, e)),
+                Ok(embeddings) => asked.push(Asked { embedder, embeddings, own, cross }),
                 Err(e) => {
                     tracing::warn!(model = embedder.model(), error = %e, "question embedding failed");
-                    if embedded.is_empty() {
+                    if asked.is_empty() {
                         return None;
                     }
                 }
             }
         }
-        Some(embedded)
+        Some(Embedded { asked, latin })
     }
 
     /// Retrieves the passages and builds the prompt, with the session's earlier turns.
     async fn prompt(
         &self,
-        embedded: &[(Arc<dyn Embedder>, Embeddings)],
+        embedded: &Embedded,
         question: &str,
         session: Uuid,
         continued: bool,
@@ -366,17 +412,35 @@ impl<S: FrameSink> Turn<S> {
         let chat = &self.services.config.chat;
         let mut params = Params { k: chat.k, ..Params::default() };
         let mut tx = crate::db::for_retrieval(&self.services.db, self.tenant).await?;
+        let cross = embedded.asked.iter().find(|a| a.cross);
+        let own_arm = match cross {
+            Some(c) => retrieval::Arm::Own { cross: c.embedder.model(), latin: embedded.latin },
+            None => retrieval::Arm::All,
+        };
         let mut sources = Vec::new();
-        for (embedder, e) in embedded {
+        let mut searched = 0;
+        for a in embedded.asked.iter().filter(|a| a.own) {
             params.min_similarity =
-                chat.min_similarity.unwrap_or_else(|| crate::embed::similarity_floor(embedder.model()));
-            let space = retrieval::Space { model: embedder.model(), dims: embedder.dimensions() };
-            sources.extend(retrieval::search(&mut *tx, self.tenant, space, &e.vectors[0], question, &params).await?);
+                chat.min_similarity.unwrap_or_else(|| crate::embed::similarity_floor(a.embedder.model()));
+            let space = retrieval::Space { model: a.embedder.model(), dims: a.embedder.dimensions() };
+            let vector = &a.embeddings.vectors[0];
+            sources
+                .extend(retrieval::search_in(&mut *tx, self.tenant, space, own_arm, vector, question, &params).await?);
+            searched += 1;
         }
-        if embedded.len() > 1 {
+        if searched > 1 {
             // each model's documents are disjoint; their fused lists merge by score
             sources.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.similarity.total_cmp(&a.similarity)));
             sources.truncate(params.k);
+        }
+        if let Some(c) = cross {
+            let model = c.embedder.model();
+            params.min_similarity = chat.min_similarity.unwrap_or(crate::embed::CROSS_LANGUAGE_FLOOR);
+            let space = retrieval::Space { model, dims: c.embedder.dimensions() };
+            let arm = retrieval::Arm::Cross { cross: model, latin: embedded.latin };
+            let vector = &c.embeddings.vectors[0];
+            let other = retrieval::search_in(&mut *tx, self.tenant, space, arm, vector, question, &params).await?;
+            sources = interleave(sources, other, params.k);
         }
         // a session started by this question has no earlier turns
         let history =

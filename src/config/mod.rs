@@ -64,6 +64,10 @@ pub struct Config {
     pub embedding_model: String,
     /// Vector size of `embedding_model` when it is not one the service knows.
     pub embedding_dimensions: Option<usize>,
+    /// The local multilingual model that also embeds every chunk, for questions in another script
+    /// than the document's (`CROSS_LANGUAGE_MODEL`; only with all-MiniLM-L6-v2, which reads Latin
+    /// script alone): `multilingual-e5-small` by default there, `None` otherwise or with `none`.
+    pub cross_language_model: Option<String>,
     /// The local model's files (`model.safetensors`, `tokenizer.json`, `config.json`).
     pub local_model_dir: Option<String>,
     /// CPU threads of the local embedder.
@@ -279,6 +283,22 @@ impl Config {
             EmbeddingProvider::OpenAi => "text-embedding-3-small".into(),
         });
 
+        // the second model answers for what the first cannot read: only all-MiniLM-L6-v2 reads a
+        // single script, and only the local multilingual model is a second one
+        let reads_one_script =
+            embedding_provider == EmbeddingProvider::Local && embedding_model == crate::embed::local::MODEL_NAME;
+        let cross_language_model = match var("CROSS_LANGUAGE_MODEL").as_deref() {
+            Some("none") => None,
+            None if reads_one_script => Some(crate::embed::local::E5_MODEL_NAME.to_owned()),
+            None => None,
+            Some(m) if m == crate::embed::local::E5_MODEL_NAME && reads_one_script => Some(m.to_owned()),
+            Some(m) if m == crate::embed::local::E5_MODEL_NAME => bail!(
+                "CROSS_LANGUAGE_MODEL is for the local all-MiniLM-L6-v2, which reads Latin script only; \
+                 `{embedding_model}` needs none (set `none`)"
+            ),
+            Some(other) => bail!("CROSS_LANGUAGE_MODEL must be `multilingual-e5-small` or `none`, not `{other}`"),
+        };
+
         let log_format = match var("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -367,6 +387,7 @@ impl Config {
             embedding_provider,
             embedding_model,
             embedding_dimensions,
+            cross_language_model,
             local_model_dir: var("LOCAL_MODEL_DIR"),
             embed_threads: parse_u64(
                 "EMBED_THREADS",

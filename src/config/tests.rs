@@ -156,3 +156,17 @@ fn the_similarity_floor_is_the_models_unless_set() {
     assert_eq!(c.chat.min_similarity, Some(0.5));
     assert!(config(&[("RETRIEVAL_MIN_SIMILARITY", "2")]).is_err());
 }
+
+#[test]
+fn the_cross_language_model_goes_with_the_local_minilm_only() {
+    let e5 = Some("multilingual-e5-small".to_owned());
+    assert_eq!(config(&[]).unwrap().cross_language_model, e5);
+    assert_eq!(config(&[("CROSS_LANGUAGE_MODEL", "none")]).unwrap().cross_language_model, None);
+    assert_eq!(config(&[("EMBEDDING_MODEL", "multilingual-e5-small")]).unwrap().cross_language_model, None);
+    assert_eq!(config(&[("EMBEDDING_PROVIDER", "openai")]).unwrap().cross_language_model, None);
+    let err =
+        config(&[("EMBEDDING_PROVIDER", "openai"), ("CROSS_LANGUAGE_MODEL", "multilingual-e5-small")]).unwrap_err();
+    assert!(err.to_string().contains("needs none"), "{err}");
+    let err = config(&[("CROSS_LANGUAGE_MODEL", "labse")]).unwrap_err();
+    assert!(err.to_string().contains("must be `multilingual-e5-small` or `none`"), "{err}");
+}

@@ -126,6 +126,25 @@ pub async fn mark_ready(
     Ok(())
 }
 
+/// The script of a ready document's text and the model of its chunks' second vectors, if any
+/// (migration 0019).
+pub async fn set_scripts(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    id: Uuid,
+    script: &str,
+    cross_model: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update documents set script = $3, cross_model = $4 where tenant_id = $1 and id = $2")
+        .bind(tenant)
+        .bind(id)
+        .bind(script)
+        .bind(cross_model)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// `failed`, with the error a client is shown.
 pub async fn mark_failed(
     db: impl PgExecutor<'_>,

@@ -263,11 +263,13 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
 }
 
 /// Queues every document (of one tenant, or all) whose chunks were not embedded with `model`, or
-/// that failed but not for good ([`is_poisoned`]), for ingestion again; the worker replaces their
-/// chunks. Returns how many were queued.
+/// whose second vectors are not those of `cross` (the cross-language model, migration 0019: none
+/// or another), or that failed but not for good ([`is_poisoned`]), for ingestion again; the
+/// worker replaces their chunks. Returns how many were queued.
 pub async fn requeue_for_model(
     db: &sqlx::PgPool,
     model: &str,
+    cross: Option<&str>,
     tenant: Option<Uuid>,
     max_attempts: i32,
 ) -> Result<u64, sqlx::Error> {
@@ -277,13 +279,14 @@ pub async fn requeue_for_model(
         "update documents set status = 'queued', updated_at = now()
           where ($2::uuid is null or tenant_id = $2)
             and status in ('ready', 'failed')
-            and (embedding_model is distinct from $1 or status = 'failed')
+            and (embedding_model is distinct from $1 or cross_model is distinct from $4 or status = 'failed')
             and not (status = 'failed' and error_code = any($3))
           returning tenant_id, id",
     )
     .bind(model)
     .bind(tenant)
     .bind(&POISONED[..])
+    .bind(cross)
     .fetch_all(&mut *tx)
     .await?;
     for (tenant_id, id) in &ids {

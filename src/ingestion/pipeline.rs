@@ -36,6 +36,9 @@ use crate::{
 pub struct Pipeline {
     pub db: PgPool,
     pub embedder: Arc<dyn Embedder>,
+    /// the multilingual model that also embeds every chunk, for questions in another script
+    /// (`CROSS_LANGUAGE_MODEL`; see migration 0019)
+    pub cross: Option<Arc<dyn Embedder>>,
     /// where PDF bytes are read: a child process with hard limits
     pub sandbox: Arc<Sandbox>,
     pub config: IngestionConfig,
@@ -146,6 +149,8 @@ pub struct Embedded {
     pub chunks: Vec<Chunk>,
     pub vectors: Vec<Vec<f32>>,
     pub tokens: u64,
+    /// the cross-language model's vectors and tokens, when one is configured
+    pub cross: Option<(Vec<Vec<f32>>, u64)>,
     pub hold: Option<Uuid>,
 }
 
@@ -170,22 +175,35 @@ impl Pipeline {
         let hold_for = self.config.lease * 4 + Duration::from_secs(600);
         let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
 
-        let (vectors, tokens, failure) = self.embed(&chunks, &progress.chunks_embedded).await;
-        match failure {
-            None => Ok(Embedded { chunks, vectors, tokens, hold }),
-            Some(e) => {
-                // the batches embedded before the failure were spent: charged, the rest released
-                let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
-                if tokens > 0 {
-                    self.charge(&mut tx, job, by, tokens, hold).await?;
-                } else if let Some(hold) = hold {
-                    quota::release(&mut *tx, job.tenant_id, hold).await?;
-                }
-                tx.commit().await?;
-                crate::metrics::metered("embedding", tokens as i64);
-                Err(e.into())
-            }
+        let (vectors, tokens, mut failure) = embed(&*self.embedder, &chunks, &progress.chunks_embedded).await;
+        let mut cross = None;
+        if failure.is_none()
+            && let Some(embedder) = &self.cross
+        {
+            // counted again from zero: the progress shows the second pass
+            progress.chunks_embedded.store(0, Ordering::Relaxed);
+            let (v, t, f) = embed(&**embedder, &chunks, &progress.chunks_embedded).await;
+            cross = Some((v, t));
+            failure = f;
         }
+        let Some(e) = failure else {
+            return Ok(Embedded { chunks, vectors, tokens, cross, hold });
+        };
+        // the batches embedded before the failure were spent: charged, the rest released
+        let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
+        if tokens > 0 {
+            self.charge(&mut tx, job, by, self.embedder.model(), tokens, hold).await?;
+        } else if let Some(hold) = hold {
+            quota::release(&mut *tx, job.tenant_id, hold).await?;
+        }
+        if let (Some(embedder), Some((_, t))) = (&self.cross, &cross)
+            && *t > 0
+        {
+            self.charge(&mut tx, job, by, embedder.model(), *t, None).await?;
+        }
+        tx.commit().await?;
+        crate::metrics::metered("embedding", (tokens + cross.map_or(0, |c| c.1)) as i64);
+        Err(e.into())
     }
 
     async fn extract(
@@ -200,17 +218,21 @@ impl Pipeline {
         Ok(pages)
     }
 
-    /// The chunks, and what embedding them may cost by either tokenizer (the quota's hold).
+    /// The chunks, and what embedding them may cost by either tokenizer (the quota's hold), with
+    /// the cross-language model too when there is one.
     async fn chunk(&self, pages: Vec<pdf::PageText>) -> Result<(Vec<Chunk>, usize), JobError> {
         let embedder = self.embedder.clone();
+        let cross = self.cross.clone();
         let (max_tokens, overlap) = (self.config.chunk_tokens, self.config.chunk_overlap);
         let (chunks, most) = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::new(max_tokens, overlap);
             let limit = embedder.input_limit();
             chunker.secondary = limit.map(|(count, max)| SecondaryLimit { count, max });
             let chunks = chunker.chunk(&pages);
-            let most: usize =
-                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum();
+            let most_by = |limit: Option<(&crate::embed::TokenCounter, usize)>| -> usize {
+                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum()
+            };
+            let most = most_by(limit) + cross.as_ref().map_or(0, |c| most_by(c.input_limit()));
             (chunks, most)
         })
         .await
@@ -219,25 +241,6 @@ impl Pipeline {
             return Err(ExtractError::NoText.into());
         }
         Ok((chunks, most))
-    }
-
-    /// The chunks' vectors and the tokens spent, batch by batch; on a failure, what was spent
-    /// until then and the error.
-    async fn embed(&self, chunks: &[Chunk], embedded: &AtomicUsize) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
-        let mut vectors = Vec::with_capacity(chunks.len());
-        let mut tokens = 0;
-        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
-        for batch in texts.chunks(self.embedder.batch_size().max(1)) {
-            match self.embedder.embed(batch).await {
-                Ok(out) => {
-                    tokens += out.tokens;
-                    vectors.extend(out.vectors);
-                    embedded.fetch_add(batch.len(), Ordering::Relaxed);
-                }
-                Err(e) => return (vectors, tokens, Some(e)),
-            }
-        }
-        (vectors, tokens, None)
     }
 
     /// Replaces the document's chunks, charges the embedding to its uploader (settling the hold)
@@ -251,11 +254,53 @@ impl Pipeline {
     ) -> Result<usize, sqlx::Error> {
         let model = self.embedder.model();
         super::store::delete_chunks(&mut *conn, job.tenant_id, job.document_id).await?;
-        super::store::insert_chunks(conn, job.tenant_id, job.document_id, model, &embedded.chunks, &embedded.vectors)
+        super::store::insert_chunks(
+            &mut *conn,
+            job.tenant_id,
+            job.document_id,
+            model,
+            &embedded.chunks,
+            &embedded.vectors,
+        )
+        .await?;
+        self.charge(&mut *conn, job, by, model, embedded.tokens, embedded.hold).await?;
+        let mut cross_model = None;
+        if let (Some(embedder), Some((vectors, tokens))) = (&self.cross, &embedded.cross) {
+            let cross = embedder.model();
+            super::store::insert_cross_vectors(
+                &mut *conn,
+                job.tenant_id,
+                job.document_id,
+                cross,
+                &embedded.chunks,
+                vectors,
+            )
             .await?;
-        self.charge(conn, job, by, embedded.tokens, embedded.hold).await?;
-        lifecycle::mark_ready(conn, job.tenant_id, job.document_id, embedded.chunks.len() as i32, model).await?;
+            self.charge(&mut *conn, job, by, cross, *tokens, None).await?;
+            cross_model = Some(cross);
+        }
+        let script = crate::embed::document_script(embedded.chunks.iter().map(|c| c.text.as_str()));
+        lifecycle::mark_ready(&mut *conn, job.tenant_id, job.document_id, embedded.chunks.len() as i32, model).await?;
+        lifecycle::set_scripts(conn, job.tenant_id, job.document_id, script, cross_model).await?;
         Ok(embedded.chunks.len())
+    }
+
+    /// Charges everything `embedded` spent (each model's tokens its own row) when its chunks are
+    /// not kept; returns the tokens.
+    pub async fn charge_unkept(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        by: Uploader,
+        embedded: &Embedded,
+    ) -> Result<u64, sqlx::Error> {
+        self.charge(conn, job, by, self.embedder.model(), embedded.tokens, embedded.hold).await?;
+        let mut tokens = embedded.tokens;
+        if let (Some(embedder), Some((_, t))) = (&self.cross, &embedded.cross) {
+            self.charge(conn, job, by, embedder.model(), *t, None).await?;
+            tokens += t;
+        }
+        Ok(tokens)
     }
 
     /// Charges embedding tokens spent on the job's document to its uploader, settling the hold:
@@ -267,6 +312,7 @@ impl Pipeline {
         conn: &mut PgConnection,
         job: &Job,
         by: Uploader,
+        model: &str,
         tokens: u64,
         hold: Option<Uuid>,
     ) -> Result<(), sqlx::Error> {
@@ -275,10 +321,33 @@ impl Pipeline {
             user: by.user,
             api_key: by.api_key,
             document: job.document_id,
-            model: self.embedder.model(),
+            model,
             tokens: tokens as i64,
             hold,
         };
         ledger::charge_document(conn, &charge).await
     }
+}
+
+/// The chunks' vectors by `embedder` and the tokens spent, batch by batch; on a failure, what was
+/// spent until then and the error.
+async fn embed(
+    embedder: &dyn Embedder,
+    chunks: &[Chunk],
+    embedded: &AtomicUsize,
+) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
+    let mut vectors = Vec::with_capacity(chunks.len());
+    let mut tokens = 0;
+    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
+    for batch in texts.chunks(embedder.batch_size().max(1)) {
+        match embedder.embed(batch).await {
+            Ok(out) => {
+                tokens += out.tokens;
+                vectors.extend(out.vectors);
+                embedded.fetch_add(batch.len(), Ordering::Relaxed);
+            }
+            Err(e) => return (vectors, tokens, Some(e)),
+        }
+    }
+    (vectors, tokens, None)
 }

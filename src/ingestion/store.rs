@@ -43,31 +43,14 @@ pub async fn insert_chunks(
     )
     .execute(&mut *conn)
     .await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "copy chunk_copy (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
-             from stdin (format binary)",
-        )
-        .await?;
-    let mut buf = Vec::with_capacity(1 << 20);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
-    for (chunk, vector) in chunks.iter().zip(vectors) {
-        encode_row(&mut buf, tenant_id, document_id, model, chunk, vector);
-        if buf.len() >= 1 << 20
-            && let Err(e) = copy.send(std::mem::take(&mut buf)).await
-        {
-            let _ = copy.abort("a write failed").await;
-            return Err(e);
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
-    if let Err(e) = copy.send(buf).await {
-        let _ = copy.abort("a write failed").await;
-        return Err(e);
-    }
-    copy.finish().await?;
+    copy_binary(
+        &mut *conn,
+        "copy chunk_copy (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
+         from stdin (format binary)",
+        chunks.iter().zip(vectors),
+        |buf, (chunk, vector)| encode_row(buf, tenant_id, document_id, model, chunk, vector),
+    )
+    .await?;
     sqlx::query(
         "insert into chunks (tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model)
          select tenant_id, document_id, ordinal, page_from, page_to, text, token_count, embedding, embedding_model
@@ -92,14 +75,93 @@ fn encode_row(buf: &mut Vec<u8>, tenant_id: Uuid, document_id: Uuid, model: &str
     field(buf, &chunk.page_to.to_be_bytes());
     field(buf, chunk.text.as_bytes());
     field(buf, &chunk.token_count.to_be_bytes());
-    // pgvector's binary form: dimensions (int16), unused (int16), then float4s
+    encode_vector(buf, vector);
+    field(buf, model.as_bytes());
+}
+
+/// Writes a second model's vectors of a document's chunks, just written by [`insert_chunks`] in
+/// this transaction (matched by ordinal), into `chunk_vectors` (binary `COPY`, as the chunks).
+pub async fn insert_cross_vectors(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    document_id: Uuid,
+    model: &str,
+    chunks: &[Chunk],
+    vectors: &[Vec<f32>],
+) -> Result<(), sqlx::Error> {
+    assert_eq!(chunks.len(), vectors.len(), "one vector per chunk");
+    sqlx::raw_sql(
+        "create temp table if not exists vector_copy (ordinal int, embedding vector) on commit drop;
+         truncate vector_copy",
+    )
+    .execute(&mut *conn)
+    .await?;
+    copy_binary(
+        &mut *conn,
+        "copy vector_copy (ordinal, embedding) from stdin (format binary)",
+        chunks.iter().zip(vectors),
+        |buf, (chunk, vector)| {
+            buf.extend_from_slice(&2i16.to_be_bytes());
+            buf.extend_from_slice(&4i32.to_be_bytes());
+            buf.extend_from_slice(&chunk.ordinal.to_be_bytes());
+            encode_vector(buf, vector);
+        },
+    )
+    .await?;
+    sqlx::query(
+        "insert into chunk_vectors (id, tenant_id, document_id, embedding_model, embedding)
+         select c.id, c.tenant_id, c.document_id, $3, v.embedding
+           from vector_copy v join chunks c on c.document_id = $2 and c.ordinal = v.ordinal
+          where c.tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(document_id)
+    .bind(model)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sends `rows` through `COPY … (format binary)` (`statement`), each encoded by `encode`, in
+/// writes of about 1 MiB: the header, the rows, the trailer; aborted on a failed write.
+async fn copy_binary<T>(
+    conn: &mut PgConnection,
+    statement: &str,
+    rows: impl Iterator<Item = T>,
+    mut encode: impl FnMut(&mut Vec<u8>, T),
+) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    for row in rows {
+        encode(&mut buf, row);
+        if buf.len() >= 1 << 20
+            && let Err(e) = copy.send(std::mem::take(&mut buf)).await
+        {
+            let _ = copy.abort("a write failed").await;
+            return Err(e);
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
+    if let Err(e) = copy.send(buf).await {
+        let _ = copy.abort("a write failed").await;
+        return Err(e);
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// pgvector's binary form as one `COPY` field: its length, the dimensions (int16), an unused
+/// int16, then the float4s.
+fn encode_vector(buf: &mut Vec<u8>, vector: &[f32]) {
     buf.extend_from_slice(&((4 + 4 * vector.len()) as i32).to_be_bytes());
     buf.extend_from_slice(&(vector.len() as i16).to_be_bytes());
     buf.extend_from_slice(&0i16.to_be_bytes());
     for x in vector {
         buf.extend_from_slice(&x.to_be_bytes());
     }
-    field(buf, model.as_bytes());
 }
 
 /// The same rows through `UNNEST` batches (kept to compare with in `bench_ingest`).

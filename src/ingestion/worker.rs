@@ -207,9 +207,9 @@ impl Workers {
             // taken over or deleted meanwhile: what was embedded is charged, nothing is stored
             if let Ok(embedded) = &result {
                 let mut tx = tenant().await?;
-                self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
+                let tokens = self.pipeline.charge_unkept(&mut tx, job, by, embedded).await?;
                 tx.commit().await?;
-                crate::metrics::metered("embedding", embedded.tokens as i64);
+                crate::metrics::metered("embedding", tokens as i64);
             }
             return Ok(Outcome::Lost);
         }
@@ -275,13 +275,12 @@ impl Workers {
         if !queue::finish(&mut *tx, job.id, worker).await? {
             // deleted (or taken over) while it was embedded: the chunks are not kept, the tokens
             // spent on them are charged all the same
-            let tokens = embedded.tokens as i64;
-            self.pipeline.charge(&mut tx, job, by, embedded.tokens, embedded.hold).await?;
+            let tokens = self.pipeline.charge_unkept(&mut tx, job, by, &embedded).await?;
             tx.commit().await?;
-            crate::metrics::metered("embedding", tokens);
+            crate::metrics::metered("embedding", tokens as i64);
             return Ok(Outcome::Lost);
         }
-        let tokens = embedded.tokens as i64;
+        let tokens = (embedded.tokens + embedded.cross.as_ref().map_or(0, |c| c.1)) as i64;
         let chunks = self.pipeline.store(&mut tx, job, by, embedded).await?;
         tx.commit().await?;
         crate::metrics::metered("embedding", tokens);

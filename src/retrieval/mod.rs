@@ -323,7 +323,43 @@ pub fn exact_scan_max_chunks(dims: usize) -> usize {
 /// opened by [`crate::db::for_retrieval`], whose planner settings make that one plan use the index
 /// wherever an index can serve.
 pub fn hybrid_sql(model: &str, dims: usize) -> String {
+    hybrid_sql_in(model, dims, Arm::All)
+}
+
+/// Which of a tenant's documents one search covers. With a cross-language model (migration 0019,
+/// `CROSS_LANGUAGE_MODEL`), a question is searched twice: by the configured model among the
+/// documents on its side of the script line (Latin or not, what all-MiniLM-L6-v2 reads or not) and
+/// among those that have no vectors of the cross-language model, and by the cross-language model
+/// among the others — every document in exactly one of the two. Measured on the shared corpus
+/// (docs/BENCHMARKS.md, "Each passage by the model suited to its language pair").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arm<'a> {
+    /// every document, by its chunks' own model
+    All,
+    /// by the chunks' own model: every document but those of the other side with `cross` vectors
+    Own { cross: &'a str, latin: bool },
+    /// by the `cross` vectors in `chunk_vectors`: the documents of the other side that have them
+    Cross { cross: &'a str, latin: bool },
+}
+
+impl Arm<'_> {
+    /// The condition on the documents (`d`), and the table of the vectors.
+    fn sql(self) -> (String, &'static str) {
+        let other_side = |cross: &str, latin: bool| {
+            format!("(d.cross_model = {} and (d.script = 'latin') <> {latin})", literal(cross))
+        };
+        match self {
+            Arm::All => (String::new(), "chunks"),
+            Arm::Own { cross, latin } => (format!("and not coalesce({}, false)", other_side(cross, latin)), "chunks"),
+            Arm::Cross { cross, latin } => (format!("and {}", other_side(cross, latin)), "chunk_vectors"),
+        }
+    }
+}
+
+/// [`hybrid_sql`] over one [`Arm`]'s documents.
+pub fn hybrid_sql_in(model: &str, dims: usize, arm: Arm<'_>) -> String {
     let distance = format!("c.embedding::vector({dims}) <=> $1::vector({dims})");
+    let (documents, vectors) = arm.sql();
     format!(
         "{ctes},
          size as (
@@ -332,14 +368,14 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
          by_vector as (
              select id, (1 - distance)::real as similarity from (
                  (select c.id, c.embedding <=> $1::vector as distance
-                    from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
+                    from {vectors} c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed' {documents}
                      and (select chunks from size) <= {exact_max}
                    order by distance limit $3)
                  union all
                  (select c.id, {distance} as distance
-                    from chunks c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
+                    from {vectors} c join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+                   where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed' {documents}
                      and (select chunks from size) > {exact_max}
                    order by {distance} limit $3)
              ) v
@@ -350,9 +386,9 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
              select t.id, t.rank, (1 - (t.embedding <=> $1::vector))::real as similarity from (
                  select r.id, r.rank, c.embedding
                    from (select id, rank from ranked order by rank desc, id) r
-                   join chunks c on c.id = r.id
+                   join {vectors} c on c.id = r.id
                    join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-                  where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed'
+                  where c.tenant_id = $2 and c.embedding_model = {model} and d.status <> 'failed' {documents}
                   order by r.rank desc, r.id limit $3
              ) t
          ),
@@ -388,36 +424,69 @@ pub fn hybrid_sql(model: &str, dims: usize) -> String {
 /// embedded with the configured model always, and with these others while a model switch
 /// re-embeds the tenant's documents. A stale entry can only name a model no document holds any
 /// more (one search for nothing) — documents move to the configured model, which is always
-/// searched.
+/// searched. With them, the cross-language vectors the tenant's documents have, by side of the
+/// script line: a question is embedded by the cross-language model only when documents of the
+/// other side have its vectors (a tenant of one script pays nothing for it). A stale entry there
+/// costs at most one search for nothing, or leaves a document just made ready to its own model's
+/// search for a few seconds.
 #[derive(Default)]
 pub struct TenantModels {
     cache: std::sync::Mutex<std::collections::HashMap<Uuid, Models>>,
 }
 
 /// When a tenant's models were read, and which they were.
-type Models = (std::time::Instant, std::sync::Arc<[String]>);
+type Models = (std::time::Instant, std::sync::Arc<Searchable>);
+
+/// What a tenant's searchable documents are embedded with.
+#[derive(Debug, Default)]
+pub struct Searchable {
+    /// the models of their chunks
+    pub models: Vec<String>,
+    /// the cross-language models of their second vectors, with the side of the script line of
+    /// their documents (`true`: Latin)
+    pub cross: Vec<(String, bool)>,
+}
+
+impl Searchable {
+    /// Whether documents on the other side of the script line than `latin` have `cross` vectors.
+    pub fn crosses(&self, cross: &str, latin: bool) -> bool {
+        self.cross.iter().any(|(m, side)| m == cross && *side != latin)
+    }
+}
 
 impl TenantModels {
     const FRESH: std::time::Duration = std::time::Duration::from_secs(5);
     /// Tenants kept, at most (the map is emptied beyond: one read each refills it).
     const MAX_TENANTS: usize = 100_000;
 
-    pub async fn get(&self, db: &PgPool, tenant: Uuid) -> Result<std::sync::Arc<[String]>, sqlx::Error> {
+    pub async fn get(&self, db: &PgPool, tenant: Uuid) -> Result<std::sync::Arc<Searchable>, sqlx::Error> {
         if let Some((at, models)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant)
             && at.elapsed() < Self::FRESH
         {
             return Ok(models.clone());
         }
         let mut tx = crate::db::for_tenant(db, tenant).await?;
-        let models: Vec<String> = sqlx::query_scalar(
-            "select distinct embedding_model from documents
+        let rows: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
+            "select distinct embedding_model, cross_model, script = 'latin' from documents
               where tenant_id = $1 and embedding_model is not null and status <> 'failed'",
         )
         .bind(tenant)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let models: std::sync::Arc<[String]> = models.into();
+        let mut found = Searchable::default();
+        for (model, cross, latin) in rows {
+            if !found.models.contains(&model) {
+                found.models.push(model);
+            }
+            if let Some(cross) = cross {
+                let pair = (cross, latin.unwrap_or(true));
+                if !found.cross.contains(&pair) {
+                    found.cross.push(pair);
+                }
+            }
+        }
+        let models = std::sync::Arc::new(found);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= Self::MAX_TENANTS {
             cache.clear();
@@ -511,6 +580,20 @@ pub async fn search(
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
+    search_in(db, tenant_id, space, Arm::All, query_vector, query_text, params).await
+}
+
+/// [`search`] over one [`Arm`]'s documents (`space` is the arm's model: the cross-language one
+/// for [`Arm::Cross`]).
+pub async fn search_in(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant_id: Uuid,
+    space: Space<'_>,
+    arm: Arm<'_>,
+    query_vector: &[f32],
+    query_text: &str,
+    params: &Params,
+) -> Result<Vec<Source>, sqlx::Error> {
     // a question the model cannot read (all-MiniLM-L6-v2 and a Persian question) is searched by
     // its words alone: its vector would only push noise into the fusion, and its similarity says
     // nothing, so no floor either (the full-text list holds only chunks that share its words)
@@ -519,7 +602,7 @@ pub async fn search(
     } else {
         (0.0, -1.0)
     };
-    let sql = hybrid_sql(space.model, space.dims);
+    let sql = hybrid_sql_in(space.model, space.dims, arm);
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(pgvector::Vector::from(query_vector.to_vec()))
         .bind(tenant_id)

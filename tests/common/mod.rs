@@ -58,6 +58,9 @@ pub fn test_vars() -> HashMap<String, String> {
         // the server runs inside the test binary: its PDF-reading children are the real binary
         ("EXTRACT_PROGRAM".to_owned(), env!("CARGO_BIN_EXE_docuchat").to_owned()),
         ("LOCAL_MODEL_DIR".to_owned(), std::env::var("LOCAL_MODEL_DIR").unwrap_or_default()),
+        // one model per test unless the test is about the second one (the cross-language tests and
+        // the row-security tests turn it on): the ledger figures the tests check are one model's
+        ("CROSS_LANGUAGE_MODEL".to_owned(), "none".to_owned()),
     ])
 }
 

@@ -278,3 +278,45 @@ pub fn repeated_width_ranges() -> Vec<u8> {
     widths.extend_from_slice(b"]");
     cid_font_page(widths)
 }
+
+/// A page of `lines` in any script, left to right: a Type 0 font with two-byte codes, one per
+/// distinct character, and a ToUnicode map from each code to its character (no font program: a
+/// reader needs only the map for the text).
+pub fn unicode_page(lines: &[&str]) -> Vec<u8> {
+    let mut chars: Vec<char> = lines.iter().flat_map(|l| l.chars()).collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let code = |c: char| chars.binary_search(&c).unwrap() + 1;
+    let mut content = String::from("BT /F1 11 Tf 14 TL 72 740 Td\n");
+    for line in lines {
+        let hex: String = line.chars().map(|c| format!("{:04X}", code(c))).collect();
+        content.push_str(&format!("<{hex}> Tj T*\n"));
+    }
+    content.push_str("ET");
+    let mut cmap = String::from(
+        "/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n\
+         /CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n\
+         /CMapName /Test-UCS def /CMapType 2 def\n\
+         1 begincodespacerange <0000> <FFFF> endcodespacerange\n",
+    );
+    for block in chars.chunks(100) {
+        cmap.push_str(&format!("{} beginbfchar\n", block.len()));
+        for c in block {
+            let mut units = [0u16; 2];
+            let utf16: String = c.encode_utf16(&mut units).iter().map(|u| format!("{u:04X}")).collect();
+            cmap.push_str(&format!("<{:04X}> <{utf16}>\n", code(*c)));
+        }
+        cmap.push_str("endbfchar\n");
+    }
+    cmap.push_str("endcmap CMapName currentdict /CMap defineresource pop end end");
+    let font = "<< /Type /Font /Subtype /Type0 /BaseFont /TestSans /Encoding /Identity-H \
+                /DescendantFonts [7 0 R] /ToUnicode 6 0 R >>";
+    let descendant = "<< /Type /Font /Subtype /CIDFontType2 /BaseFont /TestSans \
+                      /CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /DW 500 >>";
+    one_page(
+        stream("", content.as_bytes()),
+        WITH_FONT,
+        font,
+        vec![stream("", cmap.as_bytes()), descendant.as_bytes().to_vec()],
+    )
+}
