@@ -142,6 +142,9 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             (*id, read * 2 > all)
         }));
 
+        // the best dense hit's similarity of each question asked across the script line (not in
+        // Latin script, its answer in a Latin-script document), asked of its document alone
+        let mut across_hits = Vec::new();
         for (set_index, set) in sets.iter().enumerate() {
             let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
             let vectors = support::embed_questions(&embedder, &texts).await?;
@@ -165,8 +168,14 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
                         .map(|s| s.chunk_id)
                         .collect();
                     tx.commit().await?;
-                    if let Some((_, similarity)) = dense.iter().take(10).find(|(id, _)| hit(&places, q, *id)) {
+                    if let Some((id, similarity)) = dense.iter().take(10).find(|(id, _)| hit(&places, q, *id)) {
                         best_hit.push(f64::from(*similarity));
+                        if scope == "alone"
+                            && readable[id]
+                            && !docuchat::embed::reads(LocalModel::MiniLm.name(), &q.text)
+                        {
+                            across_hits.push(f64::from(*similarity));
+                        }
                     }
                     let found = Lists {
                         dense: dense.iter().map(|d| d.0).collect(),
@@ -207,20 +216,54 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             .collect();
         support::store_documents(&owner, &service, empty, &unrelated, space.model).await?;
         let texts: Vec<String> = others.iter().map(|q| q.text.clone()).collect();
-        for v in support::embed_questions(&embedder, &texts).await? {
+        // the three documents are in Latin script: a question in another script is unanswerable
+        // across the script line (what the cross-language search's floor must turn away)
+        let mut across = Vec::new();
+        for (v, text) in support::embed_questions(&embedder, &texts).await?.iter().zip(&texts) {
             if let Some((_, s)) =
-                retrieval::nearest(&service, empty, space, &v, 1, config.chat.ef_search, false).await?.first()
+                retrieval::nearest(&service, empty, space, v, 1, config.chat.ef_search, false).await?.first()
             {
                 unanswered.push(f64::from(*s));
+                if !docuchat::embed::reads(LocalModel::MiniLm.name(), text) {
+                    across.push(f64::from(*s));
+                }
             }
         }
-        unanswered.sort_by(f64::total_cmp);
+        for list in [&mut unanswered, &mut across] {
+            list.sort_by(f64::total_cmp);
+        }
         println!(
             "  best similarity of unanswerable questions (sf424 form, bdb paper, crazyones): p50 {:.2}, p90 {:.2}, p99 {:.2}",
             percentile(&unanswered, 0.5),
             percentile(&unanswered, 0.9),
             percentile(&unanswered, 0.99)
         );
+        println!(
+            "  of those, the {} not in Latin script (across the script line): p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+            across.len(),
+            percentile(&across, 0.5),
+            percentile(&across, 0.9),
+            percentile(&across, 0.99),
+            across.last().copied().unwrap_or(f64::NAN)
+        );
+        // what a floor on this model's similarity does across the script line: the share of
+        // answered questions whose answering passage it keeps, and of unanswerable ones it lets by
+        if !across_hits.is_empty() && !across.is_empty() {
+            let share =
+                |list: &[f64], floor: f64| list.iter().filter(|s| **s >= floor).count() as f64 / list.len() as f64;
+            let floors: Vec<String> = (0..=20)
+                .map(|i| 0.70 + 0.01 * f64::from(i))
+                .map(|f| format!("{f:.2}: {:.2}/{:.2}", share(&across_hits, f), share(&across, f)))
+                .collect();
+            println!(
+                "  floors across the script line ({} answered, {} unanswerable), answering passage kept / unanswerable passed:",
+                across_hits.len(),
+                across.len()
+            );
+            for row in floors.chunks(7) {
+                println!("    {}", row.join("  "));
+            }
+        }
     }
     if models.len() == 2 {
         two_models(sets, models, &lists, &places, &readable, &mut table);

@@ -241,9 +241,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             )
             .await?;
             match &config.cross_language_model {
-                Some(cross) => {
-                    eprintln!("{n} documents queued for re-embedding with {} and {cross}", config.embedding_model)
-                }
+                Some(cross) => eprintln!(
+                    "{n} documents queued for re-embedding with {} (their chunks) or {cross} (their second vectors)",
+                    config.embedding_model
+                ),
                 None => eprintln!("{n} documents queued for re-embedding with {}", config.embedding_model),
             }
             Ok(())

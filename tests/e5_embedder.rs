@@ -17,6 +17,7 @@ use docuchat::embed::{
     local::{DIMENSIONS, LocalEmbedder, LocalModel},
     unigram::Unigram,
 };
+use docuchat::ingestion::{queue::JobKind, worker::Outcome};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -260,10 +261,23 @@ async fn questions_find_documents_written_in_another_script(db: PgPool) {
     let found = sources_of(&after, &admin, persian_about_r).await;
     assert!(!found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
 
-    // the reindex gives both documents their second vectors; nothing is left to do after it
+    // the reindex gives both documents their second vectors from their stored chunks, by a job of
+    // its own: they stay ready (and searched) meanwhile, nothing is extracted or embedded by
+    // MiniLM again, their chunks stay the same rows; nothing is left to do after it
+    let chunk_ids =
+        || async { sqlx::query_scalar::<_, i64>("select id from chunks order by id").fetch_all(&db).await.unwrap() };
+    let chunks_before = chunk_ids().await;
     let queued = docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some(CROSS), None, 5).await.unwrap();
     assert_eq!(queued, 2);
-    after.drain().await;
+    let (ready, jobs): (i64, Vec<String>) = (
+        sqlx::query_scalar("select count(*) from documents where status = 'ready'").fetch_one(&db).await.unwrap(),
+        sqlx::query_scalar("select kind from ingestion_jobs").fetch_all(&db).await.unwrap(),
+    );
+    assert_eq!((ready, jobs), (2, vec!["cross_vectors".to_owned(); 2]));
+    let outcomes = after.drain().await;
+    assert!(outcomes.iter().all(|(_, o)| matches!(o, Outcome::Vectors { chunks } if *chunks > 0)), "{outcomes:?}");
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(chunk_ids().await, chunks_before);
     assert_eq!(docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some(CROSS), None, 5).await.unwrap(), 0);
     assert_eq!(
         scripts().await,
@@ -285,8 +299,9 @@ async fn questions_find_documents_written_in_another_script(db: PgPool) {
     .unwrap();
     assert!(chunks > 0);
     assert_eq!((vectors, matching), (chunks, chunks));
-    // each model's tokens charged to the uploader, each its own row, for each document (twice:
-    // the first ingestion's MiniLM row and the reindex's two)
+    // each model's tokens charged to the uploader, each its own row, for each document: the first
+    // ingestion's MiniLM row and the reindex's e5 row (the reindex no longer embeds the chunks by
+    // MiniLM again: it fills the second vectors alone)
     let charged: Vec<(String, String, i64)> = sqlx::query_as(
         "select d.filename, e.model, count(*) from usage_events e join documents d on d.id = e.document_id
           where e.kind = 'embedding' and e.tokens > 0 group by 1, 2 order by 1, 2",
@@ -297,9 +312,9 @@ async fn questions_find_documents_written_in_another_script(db: PgPool) {
     assert_eq!(
         charged,
         [
-            ("chai.pdf".into(), "all-MiniLM-L6-v2".into(), 2),
+            ("chai.pdf".into(), "all-MiniLM-L6-v2".into(), 1),
             ("chai.pdf".into(), CROSS.into(), 1),
-            ("r-intro.pdf".into(), "all-MiniLM-L6-v2".into(), 2),
+            ("r-intro.pdf".into(), "all-MiniLM-L6-v2".into(), 1),
             ("r-intro.pdf".into(), CROSS.into(), 1)
         ]
     );
@@ -333,4 +348,108 @@ async fn questions_find_documents_written_in_another_script(db: PgPool) {
     // a service without the second model searches every document by MiniLM alone again
     let found = sources_of(&before, &admin, persian_about_r).await;
     assert!(!found.iter().any(|f| f == "r-intro.pdf"), "{found:?}");
+}
+
+/// Claims the next due job and runs it in this task.
+async fn run_next(app: &TestApp) -> (JobKind, Outcome) {
+    let workers = app.state.workers().unwrap();
+    let job = docuchat::ingestion::queue::claim(&app.db, "test-one", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a due job");
+    let outcome = workers.run_job(&job, "test-one", &tokio_util::sync::CancellationToken::new()).await;
+    (job.kind, outcome)
+}
+
+/// With a cross-language model, an upload is made ready by its own model first, and its second
+/// vectors come after by a job of their own: the document is answered from meanwhile, and the
+/// second pass reads the stored chunks. A document deleted before that job runs, or a process
+/// without the model, ends the job and changes nothing else.
+#[sqlx::test]
+async fn an_upload_is_ready_before_its_second_vectors(db: PgPool) {
+    const CROSS: &str = "multilingual-e5-small";
+    let app = TestApp::builder().var("CROSS_LANGUAGE_MODEL", CROSS).spawn(db.clone()).await;
+    let admin = app.tenant_with_admin("acme", common::ADMIN).await;
+    let resp = app.upload("acme", &admin, "chai.pdf", common::pdfgen::unicode_page(TEA)).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "{}", resp.text().await.unwrap());
+    let id: uuid::Uuid = resp.json::<Value>().await.unwrap()["document_id"].as_str().unwrap().parse().unwrap();
+
+    let (kind, outcome) = run_next(&app).await;
+    assert_eq!(kind, JobKind::Ingest);
+    let Outcome::Ready { chunks } = outcome else { panic!("{outcome:?}") };
+    let state = || async {
+        sqlx::query_as::<_, (String, Option<String>, Option<String>, i64, Vec<String>)>(
+            "select d.status::text, d.script, d.cross_model, (select count(*) from chunk_vectors),
+                    array(select kind from ingestion_jobs)
+               from documents d",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    // ready, searched by MiniLM, its second vectors queued
+    assert_eq!(state().await, ("ready".into(), Some("cyrillic".into()), None, 0, vec!["cross_vectors".into()]));
+    let doc: Value = app.get_as(&format!("/v1/documents/{id}"), "acme", &admin).await.json().await.unwrap();
+    assert_eq!(doc["status"], "ready", "{doc}");
+    let found = sources_of(&app, &admin, "Какой температуры должна быть вода для зелёного чая?").await;
+    assert!(!found.is_empty() && found.iter().all(|f| f == "chai.pdf"), "{found:?}");
+
+    let (kind, outcome) = run_next(&app).await;
+    assert_eq!((kind, outcome), (JobKind::CrossVectors, Outcome::Vectors { chunks }));
+    assert_eq!(state().await, ("ready".into(), Some("cyrillic".into()), Some(CROSS.into()), chunks as i64, vec![]));
+    let charged: Vec<(String, i64)> = sqlx::query_as(
+        "select model, count(*) from usage_events where kind = 'embedding' and document_id is not null
+              group by 1 order by 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(charged, [("all-MiniLM-L6-v2".into(), 1), (CROSS.into(), 1)]);
+    // (asked of a process that has not seen the tenant: each reads a tenant's vectors every few
+    // seconds)
+    let fresh = TestApp::builder().var("CROSS_LANGUAGE_MODEL", CROSS).spawn(db.clone()).await;
+    let found = sources_of(&fresh, &admin, "At what water temperature should green tea be brewed?").await;
+    assert!(!found.is_empty() && found.iter().all(|f| f == "chai.pdf"), "{found:?}");
+
+    // a process without the model drops a second-vector job it claims; the document is untouched
+    let without = TestApp::spawn(db.clone()).await;
+    assert_eq!(
+        docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some("another-e5"), None, 5).await.unwrap(),
+        1
+    );
+    assert_eq!(run_next(&without).await, (JobKind::CrossVectors, Outcome::Failed { code: "cross_language_model_off" }));
+    assert_eq!(state().await, ("ready".into(), Some("cyrillic".into()), Some(CROSS.into()), chunks as i64, vec![]));
+
+    // a document deleted while its job waits: the job ends with it, nothing is charged
+    assert_eq!(
+        docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", Some("another-e5"), None, 5).await.unwrap(),
+        1
+    );
+    let job = docuchat::ingestion::queue::claim(&app.db, "test-one", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = app.delete_as(&format!("/v1/documents/{id}"), "acme", &admin).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let outcome =
+        app.state.workers().unwrap().run_job(&job, "test-one", &tokio_util::sync::CancellationToken::new()).await;
+    assert_eq!(outcome, Outcome::Lost);
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from usage_events where kind = 'embedding' and document_id is not null")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(rows, 2);
+
+    // with no cross-language model, a reindex removes second vectors at once
+    let resp = app.upload("acme", &admin, "chai.pdf", common::pdfgen::unicode_page(TEA)).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    app.drain().await;
+    let vectors =
+        || async { sqlx::query_scalar::<_, i64>("select count(*) from chunk_vectors").fetch_one(&db).await.unwrap() };
+    assert!(vectors().await > 0);
+    assert_eq!(docuchat::documents::requeue_for_model(&db, "all-MiniLM-L6-v2", None, None, 5).await.unwrap(), 0);
+    assert_eq!(vectors().await, 0);
+    let cross: Option<String> = sqlx::query_scalar("select cross_model from documents").fetch_one(&db).await.unwrap();
+    assert_eq!(cross, None);
 }

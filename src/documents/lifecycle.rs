@@ -46,6 +46,17 @@ pub async fn upload(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<O
     Ok(row.map(|(data, user, api_key)| Upload { data, by: Uploader { user, api_key } }))
 }
 
+/// Who uploaded a document (`None`: the document is gone).
+pub async fn uploader(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<Option<Uploader>, sqlx::Error> {
+    let row: Option<(Option<Uuid>, Option<Uuid>)> =
+        sqlx::query_as("select uploaded_by, uploaded_by_key from documents where tenant_id = $1 and id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(user, api_key)| Uploader { user, api_key }))
+}
+
 /// The length in bytes of a document's uploaded file, if it has one (read from the value's
 /// header: the bytes stay where they are).
 pub async fn file_size(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<Option<i64>, sqlx::Error> {

@@ -171,7 +171,7 @@ pub async fn create_with_job(conn: &mut PgConnection, new: NewDocument<'_>) -> R
             .bind(new.data)
             .execute(&mut *conn)
             .await?;
-        queue::enqueue(conn, doc.tenant_id, doc.id, new.max_attempts).await?;
+        queue::enqueue(conn, doc.tenant_id, doc.id, queue::JobKind::Ingest, new.max_attempts).await?;
         return Ok((doc, true));
     }
 
@@ -197,7 +197,7 @@ pub async fn create_with_job(conn: &mut PgConnection, new: NewDocument<'_>) -> R
         .bind(existing.id)
         .fetch_one(&mut *conn)
         .await?;
-        queue::enqueue(conn, requeued.tenant_id, requeued.id, new.max_attempts).await?;
+        queue::enqueue(conn, requeued.tenant_id, requeued.id, queue::JobKind::Ingest, new.max_attempts).await?;
         return Ok((requeued, false));
     }
     Ok((existing, false))
@@ -262,10 +262,14 @@ pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Resul
     Ok(done.rows_affected() == 1)
 }
 
-/// Queues every document (of one tenant, or all) whose chunks were not embedded with `model`, or
-/// whose second vectors are not those of `cross` (the cross-language model, migration 0019: none
-/// or another), or that failed but not for good ([`is_poisoned`]), for ingestion again; the
-/// worker replaces their chunks. Returns how many were queued.
+/// Brings every document (of one tenant, or all) in line with the configured models, in the
+/// background; returns how many documents were queued.
+/// - Chunks not embedded with `model`, or a failure not for good ([`is_poisoned`]): the document
+///   is queued for ingestion again (the worker replaces its chunks, then fills its second vectors).
+/// - Chunks of `model` whose second vectors (migration 0019) are not of `cross`: a
+///   `cross_vectors` job embeds the stored chunks again with `cross` (no extraction), the document
+///   staying `ready`.
+/// - With no cross-language model, second vectors left from one are removed at once.
 pub async fn requeue_for_model(
     db: &sqlx::PgPool,
     model: &str,
@@ -275,23 +279,51 @@ pub async fn requeue_for_model(
 ) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
     // every tenant's documents when no tenant is named: an operator's command, not a request
-    let ids: Vec<(Uuid, Uuid)> = sqlx::query_as(
+    let ingest: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "update documents set status = 'queued', updated_at = now()
           where ($2::uuid is null or tenant_id = $2)
             and status in ('ready', 'failed')
-            and (embedding_model is distinct from $1 or cross_model is distinct from $4 or status = 'failed')
+            and (embedding_model is distinct from $1 or status = 'failed')
             and not (status = 'failed' and error_code = any($3))
           returning tenant_id, id",
     )
     .bind(model)
     .bind(tenant)
     .bind(&POISONED[..])
+    .fetch_all(&mut *tx)
+    .await?;
+    for (tenant_id, id) in &ingest {
+        queue::enqueue(&mut tx, *tenant_id, *id, queue::JobKind::Ingest, max_attempts).await?;
+    }
+    let Some(cross) = cross else {
+        sqlx::query(
+            "with dropped as (
+                 update documents set cross_model = null
+                  where ($1::uuid is null or tenant_id = $1) and cross_model is not null
+                  returning tenant_id, id
+             )
+             delete from chunk_vectors v using dropped d where v.tenant_id = d.tenant_id and v.document_id = d.id",
+        )
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(ingest.len() as u64);
+    };
+    let fill: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "select tenant_id, id from documents
+          where ($2::uuid is null or tenant_id = $2)
+            and status = 'ready' and embedding_model = $1 and cross_model is distinct from $3
+          for update",
+    )
+    .bind(model)
+    .bind(tenant)
     .bind(cross)
     .fetch_all(&mut *tx)
     .await?;
-    for (tenant_id, id) in &ids {
-        queue::enqueue(&mut tx, *tenant_id, *id, max_attempts).await?;
+    for (tenant_id, id) in &fill {
+        queue::enqueue(&mut tx, *tenant_id, *id, queue::JobKind::CrossVectors, max_attempts).await?;
     }
     tx.commit().await?;
-    Ok(ids.len() as u64)
+    Ok((ingest.len() + fill.len()) as u64)
 }

@@ -37,7 +37,8 @@ pub struct Pipeline {
     pub db: PgPool,
     pub embedder: Arc<dyn Embedder>,
     /// the multilingual model that also embeds every chunk, for questions in another script
-    /// (`CROSS_LANGUAGE_MODEL`; see migration 0019)
+    /// (`CROSS_LANGUAGE_MODEL`; see migrations 0019 and 0020): by a job of its own once the
+    /// document is ready ([`Pipeline::prepare_cross`])
     pub cross: Option<Arc<dyn Embedder>>,
     /// where PDF bytes are read: a child process with hard limits
     pub sandbox: Arc<Sandbox>,
@@ -149,9 +150,17 @@ pub struct Embedded {
     pub chunks: Vec<Chunk>,
     pub vectors: Vec<Vec<f32>>,
     pub tokens: u64,
-    /// the cross-language model's vectors and tokens, when one is configured
-    pub cross: Option<(Vec<Vec<f32>>, u64)>,
     pub hold: Option<Uuid>,
+}
+
+/// A ready document's chunks (by ordinal) with their vectors by the cross-language model, the
+/// tokens spent, the quota hold and the script of their text.
+pub struct CrossVectors {
+    pub ordinals: Vec<i32>,
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: u64,
+    pub hold: Option<Uuid>,
+    pub script: &'static str,
 }
 
 impl Pipeline {
@@ -175,19 +184,11 @@ impl Pipeline {
         let hold_for = self.config.lease * 4 + Duration::from_secs(600);
         let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
 
-        let (vectors, tokens, mut failure) = embed(&*self.embedder, &chunks, &progress.chunks_embedded).await;
-        let mut cross = None;
-        if failure.is_none()
-            && let Some(embedder) = &self.cross
-        {
-            // counted again from zero: the progress shows the second pass
-            progress.chunks_embedded.store(0, Ordering::Relaxed);
-            let (v, t, f) = embed(&**embedder, &chunks, &progress.chunks_embedded).await;
-            cross = Some((v, t));
-            failure = f;
-        }
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        let (vectors, tokens, failure) = embed(&*self.embedder, &texts, &progress.chunks_embedded).await;
+        drop(texts);
         let Some(e) = failure else {
-            return Ok(Embedded { chunks, vectors, tokens, cross, hold });
+            return Ok(Embedded { chunks, vectors, tokens, hold });
         };
         // the batches embedded before the failure were spent: charged, the rest released
         let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
@@ -196,14 +197,82 @@ impl Pipeline {
         } else if let Some(hold) = hold {
             quota::release(&mut *tx, job.tenant_id, hold).await?;
         }
-        if let (Some(embedder), Some((_, t))) = (&self.cross, &cross)
-            && *t > 0
-        {
-            self.charge(&mut tx, job, by, embedder.model(), *t, None).await?;
+        tx.commit().await?;
+        crate::metrics::metered("embedding", tokens as i64);
+        Err(e.into())
+    }
+
+    /// A ready document's stored chunks embedded by the cross-language model: read (no
+    /// extraction), admitted against the quota, embedded; writes nothing but the quota hold.
+    /// `None` when the document has no chunks (deleted, or its ingestion queued again).
+    pub async fn prepare_cross(&self, job: &Job, by: Uploader) -> Result<Option<CrossVectors>, JobError> {
+        let Some(embedder) = &self.cross else { return Ok(None) };
+        let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
+        let chunks: Vec<(i32, String)> = sqlx::query_as(
+            "select ordinal, text from chunks where tenant_id = $1 and document_id = $2 order by ordinal",
+        )
+        .bind(job.tenant_id)
+        .bind(job.document_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let (ordinals, texts): (Vec<i32>, Vec<String>) = chunks.into_iter().unzip();
+        let script = crate::embed::document_script(texts.iter().map(String::as_str));
+        // the most its tokenizer can make of the chunks (the quota's hold)
+        let most: usize = match embedder.input_limit() {
+            Some((count, _)) => texts.iter().map(|t| count(t)).sum(),
+            None => texts.iter().map(|t| t.len()).sum(),
+        };
+        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
+        let hold = quota::admit(&self.db, job.tenant_id, by.user, most as i64, hold_for).await?;
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (vectors, tokens, failure) = embed(&**embedder, &texts, &AtomicUsize::new(0)).await;
+        let Some(e) = failure else {
+            return Ok(Some(CrossVectors { ordinals, vectors, tokens, hold, script }));
+        };
+        let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
+        if tokens > 0 {
+            self.charge(&mut tx, job, by, embedder.model(), tokens, hold).await?;
+        } else if let Some(hold) = hold {
+            quota::release(&mut *tx, job.tenant_id, hold).await?;
         }
         tx.commit().await?;
-        crate::metrics::metered("embedding", (tokens + cross.map_or(0, |c| c.1)) as i64);
+        crate::metrics::metered("embedding", tokens as i64);
         Err(e.into())
+    }
+
+    /// Replaces the document's second vectors with `cross`'s, charges them to its uploader
+    /// (settling the hold) and records the model and the script, in the caller's transaction.
+    /// Returns the number of vectors.
+    pub async fn store_cross(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        by: Uploader,
+        cross: CrossVectors,
+    ) -> Result<usize, sqlx::Error> {
+        let Some(embedder) = &self.cross else { return Ok(0) };
+        let model = embedder.model();
+        sqlx::query("delete from chunk_vectors where tenant_id = $1 and document_id = $2")
+            .bind(job.tenant_id)
+            .bind(job.document_id)
+            .execute(&mut *conn)
+            .await?;
+        super::store::insert_cross_vectors(
+            &mut *conn,
+            job.tenant_id,
+            job.document_id,
+            model,
+            &cross.ordinals,
+            &cross.vectors,
+        )
+        .await?;
+        self.charge(&mut *conn, job, by, model, cross.tokens, cross.hold).await?;
+        lifecycle::set_scripts(conn, job.tenant_id, job.document_id, cross.script, Some(model)).await?;
+        Ok(cross.vectors.len())
     }
 
     async fn extract(
@@ -218,21 +287,17 @@ impl Pipeline {
         Ok(pages)
     }
 
-    /// The chunks, and what embedding them may cost by either tokenizer (the quota's hold), with
-    /// the cross-language model too when there is one.
+    /// The chunks, and what embedding them may cost by either tokenizer (the quota's hold).
     async fn chunk(&self, pages: Vec<pdf::PageText>) -> Result<(Vec<Chunk>, usize), JobError> {
         let embedder = self.embedder.clone();
-        let cross = self.cross.clone();
         let (max_tokens, overlap) = (self.config.chunk_tokens, self.config.chunk_overlap);
         let (chunks, most) = tokio::task::spawn_blocking(move || {
             let mut chunker = Chunker::new(max_tokens, overlap);
             let limit = embedder.input_limit();
             chunker.secondary = limit.map(|(count, max)| SecondaryLimit { count, max });
             let chunks = chunker.chunk(&pages);
-            let most_by = |limit: Option<(&crate::embed::TokenCounter, usize)>| -> usize {
-                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum()
-            };
-            let most = most_by(limit) + cross.as_ref().map_or(0, |c| most_by(c.input_limit()));
+            let most =
+                chunks.iter().map(|c| (c.token_count as usize).max(limit.map_or(0, |(count, _)| count(&c.text)))).sum();
             (chunks, most)
         })
         .await
@@ -244,7 +309,8 @@ impl Pipeline {
     }
 
     /// Replaces the document's chunks, charges the embedding to its uploader (settling the hold)
-    /// and marks it `ready`, in the caller's transaction. Returns the number of chunks.
+    /// and marks it `ready`, in the caller's transaction; its second vectors went with its former
+    /// chunks (a `cross_vectors` job writes the new ones). Returns the number of chunks.
     pub async fn store(
         &self,
         conn: &mut PgConnection,
@@ -264,29 +330,13 @@ impl Pipeline {
         )
         .await?;
         self.charge(&mut *conn, job, by, model, embedded.tokens, embedded.hold).await?;
-        let mut cross_model = None;
-        if let (Some(embedder), Some((vectors, tokens))) = (&self.cross, &embedded.cross) {
-            let cross = embedder.model();
-            super::store::insert_cross_vectors(
-                &mut *conn,
-                job.tenant_id,
-                job.document_id,
-                cross,
-                &embedded.chunks,
-                vectors,
-            )
-            .await?;
-            self.charge(&mut *conn, job, by, cross, *tokens, None).await?;
-            cross_model = Some(cross);
-        }
         let script = crate::embed::document_script(embedded.chunks.iter().map(|c| c.text.as_str()));
         lifecycle::mark_ready(&mut *conn, job.tenant_id, job.document_id, embedded.chunks.len() as i32, model).await?;
-        lifecycle::set_scripts(conn, job.tenant_id, job.document_id, script, cross_model).await?;
+        lifecycle::set_scripts(conn, job.tenant_id, job.document_id, script, None).await?;
         Ok(embedded.chunks.len())
     }
 
-    /// Charges everything `embedded` spent (each model's tokens its own row) when its chunks are
-    /// not kept; returns the tokens.
+    /// Charges what `embedded` spent when its chunks are not kept; returns the tokens.
     pub async fn charge_unkept(
         &self,
         conn: &mut PgConnection,
@@ -295,12 +345,20 @@ impl Pipeline {
         embedded: &Embedded,
     ) -> Result<u64, sqlx::Error> {
         self.charge(conn, job, by, self.embedder.model(), embedded.tokens, embedded.hold).await?;
-        let mut tokens = embedded.tokens;
-        if let (Some(embedder), Some((_, t))) = (&self.cross, &embedded.cross) {
-            self.charge(conn, job, by, embedder.model(), *t, None).await?;
-            tokens += t;
-        }
-        Ok(tokens)
+        Ok(embedded.tokens)
+    }
+
+    /// Charges what `cross` spent when its vectors are not kept; returns the tokens.
+    pub async fn charge_unkept_cross(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        by: Uploader,
+        cross: &CrossVectors,
+    ) -> Result<u64, sqlx::Error> {
+        let Some(embedder) = &self.cross else { return Ok(0) };
+        self.charge(conn, job, by, embedder.model(), cross.tokens, cross.hold).await?;
+        Ok(cross.tokens)
     }
 
     /// Charges embedding tokens spent on the job's document to its uploader, settling the hold:
@@ -333,14 +391,14 @@ impl Pipeline {
 /// spent until then and the error.
 async fn embed(
     embedder: &dyn Embedder,
-    chunks: &[Chunk],
+    texts: &[&str],
     embedded: &AtomicUsize,
 ) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
-    let mut vectors = Vec::with_capacity(chunks.len());
+    let mut vectors = Vec::with_capacity(texts.len());
     let mut tokens = 0;
-    let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
     for batch in texts.chunks(embedder.batch_size().max(1)) {
-        match embedder.embed(batch).await {
+        let batch: Vec<String> = batch.iter().map(|t| (*t).to_owned()).collect();
+        match embedder.embed(&batch).await {
             Ok(out) => {
                 tokens += out.tokens;
                 vectors.extend(out.vectors);

@@ -15,31 +15,92 @@ pub struct Job {
     pub tenant_id: Uuid,
     pub attempts: i32,
     pub max_attempts: i32,
+    #[sqlx(try_from = "String")]
+    pub kind: JobKind,
+}
+
+/// What a job does to its document (migration 0020).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// extract, chunk, embed with the configured model, store: the document becomes `ready`
+    Ingest,
+    /// embed a `ready` document's stored chunks with the cross-language model (`chunk_vectors`);
+    /// the document stays `ready` throughout
+    CrossVectors,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Ingest => "ingest",
+            JobKind::CrossVectors => "cross_vectors",
+        }
+    }
+}
+
+impl TryFrom<String> for JobKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "ingest" => Ok(JobKind::Ingest),
+            "cross_vectors" => Ok(JobKind::CrossVectors),
+            _ => Err(format!("unknown job kind `{s}`")),
+        }
+    }
 }
 
 fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
 
-/// Queues a document's job (again: a job that exists starts over with no attempts used) and
+/// Queues a document's job of `kind` (again: a job that exists starts over with no attempts used;
+/// an ingestion already queued stays one, since it is followed by the second vectors anyway) and
 /// wakes idle workers of every process at once (they poll anyway).
 pub async fn enqueue(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     document_id: Uuid,
+    kind: JobKind,
     max_attempts: i32,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into ingestion_jobs (document_id, tenant_id, max_attempts) values ($1, $2, $3)
+        "insert into ingestion_jobs (document_id, tenant_id, max_attempts, kind) values ($1, $2, $3, $4)
          on conflict (document_id) do update
-             set attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null",
+             set attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null,
+                 kind = case when ingestion_jobs.kind = 'ingest' then 'ingest' else excluded.kind end",
     )
     .bind(document_id)
     .bind(tenant_id)
     .bind(max_attempts)
+    .bind(kind.as_str())
     .execute(&mut *conn)
     .await?;
+    notify(conn).await
+}
+
+async fn notify(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("select pg_notify('docuchat_ingest', '')").execute(conn).await.map(|_| ())
+}
+
+/// Ends `worker`'s job by turning it into a job of `next` for the same document, due now with no
+/// attempts used; false when the job was no longer this worker's.
+pub async fn follow_with(conn: &mut PgConnection, job: i64, worker: &str, next: JobKind) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "update ingestion_jobs
+            set kind = $3, attempts = 0, run_at = now(), locked_by = null, locked_until = null, last_error = null
+          where id = $1 and locked_by = $2",
+    )
+    .bind(job)
+    .bind(worker)
+    .bind(next.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    notify(conn).await?;
+    Ok(true)
 }
 
 /// Claims the next due job (or one whose lease expired) for `worker`, of any tenant: through the
@@ -48,7 +109,7 @@ pub async fn enqueue(
 pub async fn claim(db: &PgPool, worker: &str, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as(
         "select job_id as id, job_document as document_id, job_tenant as tenant_id, job_attempts as attempts,
-                job_max_attempts as max_attempts
+                job_max_attempts as max_attempts, job_kind as kind
            from docuchat_claim_job($1, $2::interval)",
     )
     .bind(worker)

@@ -79,17 +79,17 @@ fn encode_row(buf: &mut Vec<u8>, tenant_id: Uuid, document_id: Uuid, model: &str
     field(buf, model.as_bytes());
 }
 
-/// Writes a second model's vectors of a document's chunks, just written by [`insert_chunks`] in
-/// this transaction (matched by ordinal), into `chunk_vectors` (binary `COPY`, as the chunks).
+/// Writes a second model's vectors of a document's chunks (matched by their ordinals) into
+/// `chunk_vectors` (binary `COPY`, as the chunks).
 pub async fn insert_cross_vectors(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     document_id: Uuid,
     model: &str,
-    chunks: &[Chunk],
+    ordinals: &[i32],
     vectors: &[Vec<f32>],
 ) -> Result<(), sqlx::Error> {
-    assert_eq!(chunks.len(), vectors.len(), "one vector per chunk");
+    assert_eq!(ordinals.len(), vectors.len(), "one vector per chunk");
     sqlx::raw_sql(
         "create temp table if not exists vector_copy (ordinal int, embedding vector) on commit drop;
          truncate vector_copy",
@@ -99,11 +99,11 @@ pub async fn insert_cross_vectors(
     copy_binary(
         &mut *conn,
         "copy vector_copy (ordinal, embedding) from stdin (format binary)",
-        chunks.iter().zip(vectors),
-        |buf, (chunk, vector)| {
+        ordinals.iter().zip(vectors),
+        |buf, (ordinal, vector)| {
             buf.extend_from_slice(&2i16.to_be_bytes());
             buf.extend_from_slice(&4i32.to_be_bytes());
-            buf.extend_from_slice(&chunk.ordinal.to_be_bytes());
+            buf.extend_from_slice(&ordinal.to_be_bytes());
             encode_vector(buf, vector);
         },
     )

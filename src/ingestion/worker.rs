@@ -4,8 +4,9 @@
 //! retried later, or waiting for a quota).
 //!
 //! Running a job twice never duplicates chunks: the chunks, the ledger row and the `ready` status
-//! are written in one transaction that also removes the job, and only if the job is still this
-//! worker's.
+//! are written in one transaction that also removes the job (or, with a cross-language model,
+//! turns it into the document's `cross_vectors` job), and only if the job is still this worker's.
+//! A `cross_vectors` job's vectors, ledger row and model are written the same way.
 
 use std::{
     sync::{
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::{
     pipeline::{JobError, Pipeline, Tracker},
-    queue::{self, Job},
+    queue::{self, Job, JobKind},
 };
 use crate::{
     db,
@@ -36,6 +37,12 @@ pub enum Outcome {
     Ready {
         chunks: usize,
     },
+    /// a ready document's chunks got their cross-language vectors
+    Vectors {
+        chunks: usize,
+    },
+    /// the document failed; a `cross_vectors` job that gives up leaves its document `ready`,
+    /// searched by its own model (a later `docuchat reindex` queues it again)
     Failed {
         code: &'static str,
     },
@@ -138,6 +145,7 @@ impl Workers {
                 crate::metrics::get().chunks.inc_by(*chunks as u64);
                 "ready"
             }
+            Outcome::Vectors { .. } => "vectors",
             Outcome::Failed { .. } => "failed",
             Outcome::Retry => "retry",
             Outcome::Lost => "lost",
@@ -165,6 +173,9 @@ impl Workers {
     }
 
     async fn try_run(&self, job: &Job, worker: &str, stop: &CancellationToken) -> Result<Outcome, sqlx::Error> {
+        if job.kind == JobKind::CrossVectors {
+            return self.try_cross(job, worker).await;
+        }
         let db = self.db();
         // every step works in the job's tenant (row-level security), each in a transaction
         let tenant = || db::for_tenant(db, job.tenant_id);
@@ -197,7 +208,7 @@ impl Workers {
             job.clone(),
             worker.to_owned(),
             self.pipeline.config.lease,
-            progress.clone(),
+            Some(progress.clone()),
             lost.clone(),
         ));
         let by = upload.by;
@@ -272,7 +283,13 @@ impl Workers {
         embedded: super::pipeline::Embedded,
     ) -> Result<Outcome, sqlx::Error> {
         let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
-        if !queue::finish(&mut *tx, job.id, worker).await? {
+        // with a cross-language model the job goes on as the document's `cross_vectors` job: the
+        // document is ready, and searched by its own model, before the second pass
+        let ended = match self.pipeline.cross {
+            Some(_) => queue::follow_with(&mut tx, job.id, worker, JobKind::CrossVectors).await?,
+            None => queue::finish(&mut *tx, job.id, worker).await?,
+        };
+        if !ended {
             // deleted (or taken over) while it was embedded: the chunks are not kept, the tokens
             // spent on them are charged all the same
             let tokens = self.pipeline.charge_unkept(&mut tx, job, by, &embedded).await?;
@@ -280,11 +297,98 @@ impl Workers {
             crate::metrics::metered("embedding", tokens as i64);
             return Ok(Outcome::Lost);
         }
-        let tokens = (embedded.tokens + embedded.cross.as_ref().map_or(0, |c| c.1)) as i64;
+        let tokens = embedded.tokens as i64;
         let chunks = self.pipeline.store(&mut tx, job, by, embedded).await?;
         tx.commit().await?;
         crate::metrics::metered("embedding", tokens);
         Ok(Outcome::Ready { chunks })
+    }
+
+    /// Runs a `cross_vectors` job: the ready document's stored chunks embedded by the
+    /// cross-language model, stored in the transaction that ends the job. The document stays
+    /// `ready` whatever happens.
+    async fn try_cross(&self, job: &Job, worker: &str) -> Result<Outcome, sqlx::Error> {
+        let db = self.db();
+        let tenant = || db::for_tenant(db, job.tenant_id);
+        let give_up = |code: &'static str| async move {
+            let mut tx = tenant().await?;
+            let ended = queue::finish(&mut *tx, job.id, worker).await?;
+            tx.commit().await?;
+            Ok(if ended { Outcome::Failed { code } } else { Outcome::Lost })
+        };
+        if self.pipeline.cross.is_none() {
+            // queued by a process with a cross-language model, claimed by one without (turned
+            // off since): nothing to do here; a reindex with the model on queues it again
+            tracing::info!(document_id = %job.document_id, "no cross-language model here: second vectors skipped");
+            return give_up("cross_language_model_off").await;
+        }
+        if job.attempts > job.max_attempts {
+            let last = queue::last_error(&mut *tenant().await?, job.id).await?;
+            tracing::warn!(document_id = %job.document_id, last_error = ?last, "second vectors gave up");
+            return give_up("embedding_failed").await;
+        }
+        let Some(by) = lifecycle::uploader(&mut *tenant().await?, job.tenant_id, job.document_id).await? else {
+            return give_up("not_found").await.map(|_| Outcome::Lost);
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            db.clone(),
+            job.clone(),
+            worker.to_owned(),
+            self.pipeline.config.lease,
+            None,
+            lost.clone(),
+        ));
+        let result = self.pipeline.prepare_cross(job, by).await;
+        heartbeat.abort();
+        if lost.load(Ordering::SeqCst) {
+            if let Ok(Some(cross)) = &result {
+                let mut tx = tenant().await?;
+                let tokens = self.pipeline.charge_unkept_cross(&mut tx, job, by, cross).await?;
+                tx.commit().await?;
+                crate::metrics::metered("embedding", tokens as i64);
+            }
+            return Ok(Outcome::Lost);
+        }
+        match result {
+            // no chunks: the document was deleted, or its ingestion queued again
+            Ok(None) => give_up("not_found").await.map(|_| Outcome::Lost),
+            Ok(Some(cross)) => {
+                let mut tx = tenant().await?;
+                if !queue::finish(&mut *tx, job.id, worker).await? {
+                    let tokens = self.pipeline.charge_unkept_cross(&mut tx, job, by, &cross).await?;
+                    tx.commit().await?;
+                    crate::metrics::metered("embedding", tokens as i64);
+                    return Ok(Outcome::Lost);
+                }
+                let tokens = cross.tokens as i64;
+                let chunks = self.pipeline.store_cross(&mut tx, job, by, cross).await?;
+                tx.commit().await?;
+                crate::metrics::metered("embedding", tokens);
+                Ok(Outcome::Vectors { chunks })
+            }
+            Err(JobError::Database(e)) => Err(e),
+            Err(JobError::Quota(exceeded)) => {
+                let message = format!("waiting for the token quota: {}", exceeded.message());
+                tracing::info!(document_id = %job.document_id, "second vectors {message}");
+                let mut tx = tenant().await?;
+                queue::postpone(&mut *tx, job.id, worker, exceeded.retry_after(), &message).await?;
+                tx.commit().await?;
+                Ok(Outcome::Retry)
+            }
+            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {
+                let delay = queue::backoff(job.attempts);
+                tracing::warn!(document_id = %job.document_id, error = %e, "second vectors failed, retrying in {delay:?}");
+                let mut tx = tenant().await?;
+                queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
+                tx.commit().await?;
+                Ok(Outcome::Retry)
+            }
+            Err(e) => {
+                tracing::warn!(document_id = %job.document_id, error = %e, "second vectors failed");
+                give_up(e.code()).await
+            }
+        }
     }
 
     async fn fail(&self, job: &Job, worker: &str, code: &'static str, message: &str) -> Result<Outcome, sqlx::Error> {
@@ -303,10 +407,10 @@ async fn heartbeat(
     job: Job,
     worker: String,
     lease: Duration,
-    progress: Arc<Tracker>,
+    progress: Option<Arc<Tracker>>,
     lost: Arc<AtomicBool>,
 ) {
-    let mut last = progress.step();
+    let mut last = progress.as_ref().map(|p| p.step());
     loop {
         tokio::time::sleep((lease / 3).min(Duration::from_secs(1))).await;
         let beat = async {
@@ -314,10 +418,12 @@ async fn heartbeat(
             if !queue::renew(&mut *tx, job.id, &worker, lease).await? {
                 return Ok(false);
             }
-            let step = progress.step();
-            if step != last {
-                last = step;
-                lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, step).await?;
+            if let Some(progress) = &progress {
+                let step = progress.step();
+                if Some(step) != last {
+                    last = Some(step);
+                    lifecycle::set_progress(&mut *tx, job.tenant_id, job.document_id, step).await?;
+                }
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(true)
