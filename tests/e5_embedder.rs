@@ -394,6 +394,24 @@ async fn an_upload_is_ready_before_its_second_vectors(db: PgPool) {
     let found = sources_of(&app, &admin, "Какой температуры должна быть вода для зелёного чая?").await;
     assert!(!found.is_empty() && found.iter().all(|f| f == "chai.pdf"), "{found:?}");
 
+    // a used-up quota holds the second pass back until it resets, without touching the document
+    let spent: i64 =
+        sqlx::query_scalar("select coalesce(sum(tokens), 0)::bigint from usage_events").fetch_one(&db).await.unwrap();
+    let limit = serde_json::json!({"scope": "tenant", "period": "day", "token_limit": spent});
+    assert_eq!(common::metering::put_quota(&app, &admin, limit).await.status(), reqwest::StatusCode::OK);
+    assert_eq!(run_next(&app).await, (JobKind::CrossVectors, Outcome::Retry));
+    let waits: (i32, bool) =
+        sqlx::query_as("select attempts, run_at > now() + interval '1 minute' from ingestion_jobs")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(waits, (0, true));
+    let doc: Value = app.get_as(&format!("/v1/documents/{id}"), "acme", &admin).await.json().await.unwrap();
+    assert_eq!((&doc["status"], &doc["error"]), (&Value::from("ready"), &Value::Null), "{doc}");
+    let limit = serde_json::json!({"scope": "tenant", "period": "day", "token_limit": null});
+    assert_eq!(common::metering::put_quota(&app, &admin, limit).await.status(), reqwest::StatusCode::OK);
+    sqlx::query("update ingestion_jobs set run_at = now()").execute(&db).await.unwrap();
+
     let (kind, outcome) = run_next(&app).await;
     assert_eq!((kind, outcome), (JobKind::CrossVectors, Outcome::Vectors { chunks }));
     assert_eq!(state().await, ("ready".into(), Some("cyrillic".into()), Some(CROSS.into()), chunks as i64, vec![]));

@@ -239,17 +239,8 @@ impl Workers {
                 Ok(outcome)
             }
             Err(JobError::Database(e)) => Err(e),
-            Err(JobError::Quota(exceeded)) => {
-                // not the document's fault: it waits, queued, until the quota resets
-                let message = format!("waiting for the token quota: {}", exceeded.message());
-                tracing::info!(document_id = %job.document_id, "{message}");
-                let mut tx = tenant().await?;
-                queue::postpone(&mut *tx, job.id, worker, exceeded.retry_after(), &message).await?;
-                lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, Some(("quota_exceeded", &message)))
-                    .await?;
-                tx.commit().await?;
-                Ok(Outcome::Retry)
-            }
+            // not the document's fault: it waits, queued, until the quota resets
+            Err(JobError::Quota(exceeded)) => self.wait_for_quota(job, worker, &exceeded).await,
             Err(JobError::NotNow(reason)) if stop.is_cancelled() => {
                 // the service is stopping: the job runs again at once elsewhere, or after restart
                 let mut tx = tenant().await?;
@@ -258,15 +249,7 @@ impl Workers {
                 tx.commit().await?;
                 Ok(Outcome::Retry)
             }
-            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {
-                let delay = queue::backoff(job.attempts);
-                tracing::warn!(document_id = %job.document_id, error = %e, "ingestion attempt failed, retrying in {delay:?}");
-                let mut tx = tenant().await?;
-                queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
-                lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, None).await?;
-                tx.commit().await?;
-                Ok(Outcome::Retry)
-            }
+            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => self.retry(job, worker, &e).await,
             Err(e) => {
                 tracing::warn!(document_id = %job.document_id, error = %e, "ingestion failed");
                 self.fail(job, worker, e.code(), &e.public_message()).await
@@ -368,27 +351,45 @@ impl Workers {
                 Ok(Outcome::Vectors { chunks })
             }
             Err(JobError::Database(e)) => Err(e),
-            Err(JobError::Quota(exceeded)) => {
-                let message = format!("waiting for the token quota: {}", exceeded.message());
-                tracing::info!(document_id = %job.document_id, "second vectors {message}");
-                let mut tx = tenant().await?;
-                queue::postpone(&mut *tx, job.id, worker, exceeded.retry_after(), &message).await?;
-                tx.commit().await?;
-                Ok(Outcome::Retry)
-            }
-            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => {
-                let delay = queue::backoff(job.attempts);
-                tracing::warn!(document_id = %job.document_id, error = %e, "second vectors failed, retrying in {delay:?}");
-                let mut tx = tenant().await?;
-                queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
-                tx.commit().await?;
-                Ok(Outcome::Retry)
-            }
+            Err(JobError::Quota(exceeded)) => self.wait_for_quota(job, worker, &exceeded).await,
+            Err(e) if e.is_retryable() && job.attempts < job.max_attempts => self.retry(job, worker, &e).await,
             Err(e) => {
                 tracing::warn!(document_id = %job.document_id, error = %e, "second vectors failed");
                 give_up(e.code()).await
             }
         }
+    }
+
+    /// Gives the job back until the tenant's quota resets, without using up an attempt; an
+    /// ingestion's document shows that it waits (queued, `quota_exceeded`).
+    async fn wait_for_quota(
+        &self,
+        job: &Job,
+        worker: &str,
+        exceeded: &crate::usage::quota::Exceeded,
+    ) -> Result<Outcome, sqlx::Error> {
+        let message = format!("waiting for the token quota: {}", exceeded.message());
+        tracing::info!(document_id = %job.document_id, kind = job.kind.as_str(), "{message}");
+        let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
+        queue::postpone(&mut *tx, job.id, worker, exceeded.retry_after(), &message).await?;
+        if job.kind == JobKind::Ingest {
+            lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, Some(("quota_exceeded", &message))).await?;
+        }
+        tx.commit().await?;
+        Ok(Outcome::Retry)
+    }
+
+    /// Gives the job back to run again after its backoff; an ingestion's document shows `queued`.
+    async fn retry(&self, job: &Job, worker: &str, e: &JobError) -> Result<Outcome, sqlx::Error> {
+        let delay = queue::backoff(job.attempts);
+        tracing::warn!(document_id = %job.document_id, kind = job.kind.as_str(), error = %e, "job attempt failed, retrying in {delay:?}");
+        let mut tx = db::for_tenant(self.db(), job.tenant_id).await?;
+        queue::retry_later(&mut *tx, job.id, worker, delay, &e.to_string()).await?;
+        if job.kind == JobKind::Ingest {
+            lifecycle::requeue(&mut *tx, job.tenant_id, job.document_id, None).await?;
+        }
+        tx.commit().await?;
+        Ok(Outcome::Retry)
     }
 
     async fn fail(&self, job: &Job, worker: &str, code: &'static str, message: &str) -> Result<Outcome, sqlx::Error> {
