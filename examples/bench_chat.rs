@@ -22,7 +22,11 @@
 //! questions embedded in-process by the local embedder (`LOCAL_MODEL_DIR`); the questions are the
 //! QA file's, in turn. Answers still come from the zero-latency server; with `BENCH_EMBED=remote`
 //! the questions' vectors do too (computed here beforehand by the same local model), so that the
-//! figures are the rest of the service's.
+//! figures are the rest of the service's. With `BENCH_CROSS=1` (real text, questions embedded
+//! in-process) the tenant's documents also get their second vectors by the cross-language model
+//! (`CROSS_LANGUAGE_MODEL`, multilingual-e5-small by default) and their scripts, as the
+//! `cross_vectors` job writes them: a question is then searched by each model on its side of the
+//! script line, when the tenant has documents on both.
 //!
 //! Works in a database of its own, created and dropped here.
 
@@ -199,6 +203,20 @@ async fn run(url: &str, idle: usize, phases: &[(usize, usize, Pace)]) -> anyhow:
         let chunks: usize = picked.iter().map(|d| d.chunks.len()).sum();
         println!("tenant: {} documents, {chunks} chunks of real text; {} questions", picked.len(), questions.len());
         support::store_documents(&pool, &pool, tenant.id, &picked, embedder.model()).await?;
+        if std::env::var("BENCH_CROSS").is_ok_and(|v| v == "1") {
+            let previous = docuchat::embed::Previous::from_config(&config);
+            let cross =
+                config.cross_language_model.as_deref().and_then(|m| previous.get(m)).ok_or_else(|| {
+                    anyhow::anyhow!("BENCH_CROSS=1 needs CROSS_LANGUAGE_MODEL and the local embedder")
+                })?;
+            let n = support::add_cross_vectors(&pool, &pool, tenant.id, cross.as_ref()).await?;
+            let scripts: Vec<(String, i64)> =
+                sqlx::query_as("select script, count(*) from documents where tenant_id = $1 group by 1 order by 1")
+                    .bind(tenant.id)
+                    .fetch_all(&pool)
+                    .await?;
+            println!("second vectors by {}: {n} chunks; documents by script: {scripts:?}", cross.model());
+        }
         let texts: Vec<String> = questions.into_iter().map(|q| q.text).collect();
         if remote_embeddings {
             let vectors = embedder.embed(&texts).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors;

@@ -93,6 +93,8 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
     let mut places: HashMap<i64, (String, i32, i32)> = HashMap::new();
     // whether each chunk is in the script the first model reads (for the `by script` fusion)
     let mut readable: HashMap<i64, bool> = HashMap::new();
+    // MiniLM's tenants and question vectors, for the service's search by script once e5 is loaded
+    let mut minilm: Option<MiniLmTenants> = None;
     for &model in models {
         let embedder = LocalEmbedder::load_model(model, &model.dir_in(&root), docuchat::embed::bert::best_kernel(), 2)?;
         println!("{}:", model.name());
@@ -145,9 +147,11 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
         // the best dense hit's similarity of each question asked across the script line (not in
         // Latin script, its answer in a Latin-script document), asked of its document alone
         let mut across_hits = Vec::new();
+        let mut set_vectors = Vec::new();
         for (set_index, set) in sets.iter().enumerate() {
             let texts: Vec<String> = set.questions.iter().map(|q| q.text.clone()).collect();
             let vectors = support::embed_questions(&embedder, &texts).await?;
+            set_vectors.push(vectors.clone());
             for (scope, tenant) in [("corpus", corpus), ("alone", alone[&set.questions[0].doc])] {
                 let mut scores: HashMap<&str, Score> = HashMap::new();
                 let mut best_hit = Vec::new();
@@ -246,23 +250,26 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
             percentile(&across, 0.99),
             across.last().copied().unwrap_or(f64::NAN)
         );
-        // what a floor on this model's similarity does across the script line: the share of
-        // answered questions whose answering passage it keeps, and of unanswerable ones it lets by
-        if !across_hits.is_empty() && !across.is_empty() {
-            let share =
-                |list: &[f64], floor: f64| list.iter().filter(|s| **s >= floor).count() as f64 / list.len() as f64;
-            let floors: Vec<String> = (0..=20)
-                .map(|i| 0.70 + 0.01 * f64::from(i))
-                .map(|f| format!("{f:.2}: {:.2}/{:.2}", share(&across_hits, f), share(&across, f)))
-                .collect();
-            println!(
-                "  floors across the script line ({} answered, {} unanswerable), answering passage kept / unanswerable passed:",
-                across_hits.len(),
-                across.len()
-            );
-            for row in floors.chunks(7) {
-                println!("    {}", row.join("  "));
-            }
+        // what a floor on this model's similarity does across the script line (for a model that
+        // reads other scripts: MiniLM's similarities there say nothing)
+        if model != LocalModel::MiniLm {
+            floor_sweep("this model's own chunks", &across_hits, &across);
+        }
+        if model == LocalModel::MiniLm {
+            minilm = Some(MiniLmTenants { corpus, alone: alone.clone(), unrelated: empty, vectors: set_vectors });
+        } else if let Some(minilm) = &minilm {
+            let e5 = (embedder.model(), set_vectors);
+            service_by_script(
+                &owner,
+                &service,
+                sets,
+                minilm,
+                &embedder,
+                e5,
+                &places_of_minilm(&owner).await?,
+                &mut table,
+            )
+            .await?;
         }
     }
     if models.len() == 2 {
@@ -275,6 +282,139 @@ async fn run(url: &str, pdfs: &str, sets: &[Set], models: &[LocalModel]) -> anyh
     for line in table {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// What a floor on a similarity does across the script line: the share of answered questions whose
+/// answering passage it keeps, and of unanswerable ones whose best passage it lets by.
+fn floor_sweep(what: &str, answered: &[f64], unanswerable: &[f64]) {
+    if answered.is_empty() || unanswerable.is_empty() {
+        return;
+    }
+    let share = |list: &[f64], floor: f64| list.iter().filter(|s| **s >= floor).count() as f64 / list.len() as f64;
+    let floors: Vec<String> = (0..=20)
+        .map(|i| 0.70 + 0.01 * f64::from(i))
+        .map(|f| format!("{f:.2}: {:.2}/{:.2}", share(answered, f), share(unanswerable, f)))
+        .collect();
+    println!(
+        "  floors across the script line, {what} ({} answered, {} unanswerable), answering passage kept / unanswerable passed:",
+        answered.len(),
+        unanswerable.len()
+    );
+    for row in floors.chunks(7) {
+        println!("    {}", row.join("  "));
+    }
+}
+
+/// MiniLM's tenants (the corpus, each evaluated document alone, the unrelated documents) and its
+/// vectors of each set's questions.
+struct MiniLmTenants {
+    corpus: Uuid,
+    alone: HashMap<String, Uuid>,
+    unrelated: Uuid,
+    vectors: Vec<Vec<Vec<f32>>>,
+}
+
+/// Where MiniLM's chunks are (file, pages), by id.
+async fn places_of_minilm(owner: &sqlx::PgPool) -> anyhow::Result<HashMap<i64, (String, i32, i32)>> {
+    let rows: Vec<(i64, String, i32, i32)> = sqlx::query_as(
+        "select c.id, d.filename, c.page_from, c.page_to from chunks c join documents d on d.id = c.document_id
+          where c.embedding_model = $1",
+    )
+    .bind(LocalModel::MiniLm.name())
+    .fetch_all(owner)
+    .await?;
+    Ok(rows.into_iter().map(|(id, f, a, b)| (id, (f, a, b))).collect())
+}
+
+/// The service as built (`CROSS_LANGUAGE_MODEL`): MiniLM's tenants given e5 vectors of their own
+/// chunks, as the `cross_vectors` job writes them, and each question searched by
+/// `retrieval::search_question` — MiniLM over its side of the script line, e5 over the other,
+/// the lists taken in turns — with no similarity floor; then what a floor on the e5 side does.
+#[allow(clippy::too_many_arguments)]
+async fn service_by_script(
+    owner: &sqlx::PgPool,
+    service: &sqlx::PgPool,
+    sets: &[Set],
+    minilm: &MiniLmTenants,
+    e5: &LocalEmbedder,
+    (e5_model, e5_vectors): (&str, Vec<Vec<Vec<f32>>>),
+    places: &HashMap<i64, (String, i32, i32)>,
+    table: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut tenants: Vec<Uuid> = vec![minilm.corpus, minilm.unrelated];
+    tenants.extend(minilm.alone.values().copied());
+    let mut n = 0;
+    for tenant in &tenants {
+        n += support::add_cross_vectors(owner, service, *tenant, e5).await?;
+    }
+    sqlx::query("vacuum analyze").execute(owner).await?;
+    println!(
+        "MiniLM's chunks given e5 vectors, as the service does: {n} chunks in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let models = retrieval::TenantModels::default();
+    let minilm_space = Space { model: LocalModel::MiniLm.name(), dims: 384 };
+    let e5_space = Space { model: e5_model, dims: 384 };
+    let params = &Params { k: 10, ..Params::default() };
+    let search = |tenant: Uuid, question: &str, own: Vec<f32>, cross: Vec<f32>| {
+        let models = &models;
+        let question = question.to_owned();
+        async move {
+            let latin = docuchat::embed::script(&question) == "latin";
+            let crosses = models.get(service, tenant).await?.crosses(e5_model, latin);
+            let own = [retrieval::Query { space: minilm_space, vector: &own, min_similarity: -1.0 }];
+            let cross = crosses.then_some(retrieval::Query { space: e5_space, vector: &cross, min_similarity: -1.0 });
+            let mut tx = db::for_retrieval(service, tenant).await?;
+            let found = retrieval::search_question(&mut tx, tenant, &own, cross, latin, &question, params).await?;
+            tx.commit().await?;
+            Ok::<_, anyhow::Error>((found, crosses))
+        }
+    };
+    let mut across_hits = Vec::new();
+    for (set_index, set) in sets.iter().enumerate() {
+        for (scope, tenant) in [("corpus", minilm.corpus), ("alone", minilm.alone[&set.questions[0].doc])] {
+            let mut score = Score::default();
+            for (qi, q) in set.questions.iter().enumerate() {
+                let (found, crossed) =
+                    search(tenant, &q.text, minilm.vectors[set_index][qi].clone(), e5_vectors[set_index][qi].clone())
+                        .await?;
+                let ids: Vec<i64> = found.iter().map(|s| s.chunk_id).collect();
+                score.add(&ids, |id| hit(places, q, id));
+                // across the line: a question not in Latin script, its document searched by e5
+                if scope == "alone"
+                    && crossed
+                    && docuchat::embed::script(&q.text) != "latin"
+                    && let Some(s) = found.iter().find(|s| hit(places, q, s.chunk_id))
+                {
+                    across_hits.push(f64::from(s.similarity));
+                }
+            }
+            table.push(score.row(set, scope, "MiniLM+e5 (service)", "by script", ""));
+        }
+    }
+    // unanswerable across the line: every question not in Latin script, asked of the unrelated
+    // (Latin-script) documents; its best passage
+    let mut unanswerable = Vec::new();
+    for (set_index, set) in sets.iter().enumerate() {
+        for (qi, q) in set.questions.iter().enumerate() {
+            if docuchat::embed::script(&q.text) == "latin" {
+                continue;
+            }
+            let (found, _) = search(
+                minilm.unrelated,
+                &q.text,
+                minilm.vectors[set_index][qi].clone(),
+                e5_vectors[set_index][qi].clone(),
+            )
+            .await?;
+            if let Some(best) = found.iter().map(|s| s.similarity).max_by(f32::total_cmp) {
+                unanswerable.push(f64::from(best));
+            }
+        }
+    }
+    floor_sweep("the service's chunks (MiniLM's cut) by e5", &across_hits, &unanswerable);
     Ok(())
 }
 

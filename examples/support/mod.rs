@@ -270,3 +270,39 @@ pub async fn tenant_with_documents(
     store_documents(owner, service, tenant, docs, model).await?;
     Ok(tenant)
 }
+
+/// Gives every ready document of `tenant` its second vectors by `cross` and its script, as the
+/// `cross_vectors` job does (the stored chunks read back, embedded, written to `chunk_vectors`).
+/// Returns the chunks embedded.
+pub async fn add_cross_vectors(
+    owner: &sqlx::PgPool,
+    service: &sqlx::PgPool,
+    tenant: Uuid,
+    cross: &dyn docuchat::embed::Embedder,
+) -> anyhow::Result<usize> {
+    let documents: Vec<Uuid> = sqlx::query_scalar("select id from documents where tenant_id = $1 and status = 'ready'")
+        .bind(tenant)
+        .fetch_all(owner)
+        .await?;
+    let mut total = 0;
+    for id in documents {
+        let chunks: Vec<(i32, String)> =
+            sqlx::query_as("select ordinal, text from chunks where document_id = $1 order by ordinal")
+                .bind(id)
+                .fetch_all(owner)
+                .await?;
+        let (ordinals, texts): (Vec<i32>, Vec<String>) = chunks.into_iter().unzip();
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(256) {
+            vectors.extend(cross.embed(batch).await.map_err(|e| anyhow::anyhow!("{e}"))?.vectors);
+        }
+        let script = docuchat::embed::document_script(texts.iter().map(String::as_str));
+        let mut tx = docuchat::db::for_tenant(service, tenant).await?;
+        docuchat::ingestion::store::insert_cross_vectors(&mut tx, tenant, id, cross.model(), &ordinals, &vectors)
+            .await?;
+        docuchat::documents::lifecycle::set_scripts(&mut *tx, tenant, id, script, Some(cross.model())).await?;
+        tx.commit().await?;
+        total += texts.len();
+    }
+    Ok(total)
+}

@@ -140,23 +140,6 @@ struct Embedded {
     latin: bool,
 }
 
-/// Two ranked lists of disjoint documents fused by reciprocal rank fusion with equal weights (so
-/// taken in turns, the first list's first at equal rank), the first `k`: the passages of the
-/// question's side and those of the other side, each ranked by the model suited to the pair of
-/// languages. Each keeps the score of its own search.
-fn interleave(own: Vec<Source>, other: Vec<Source>, k: usize) -> Vec<Source> {
-    let mut out = Vec::with_capacity(k.min(own.len() + other.len()));
-    let (mut own, mut other) = (own.into_iter(), other.into_iter());
-    while out.len() < k {
-        match (own.next(), other.next()) {
-            (None, None) => break,
-            (a, b) => out.extend(a.into_iter().chain(b)),
-        }
-    }
-    out.truncate(k);
-    out
-}
-
 /// Gives back a hold in a transaction of its own.
 async fn release(db: &PgPool, tenant: Uuid, hold: Uuid) -> Result<(), sqlx::Error> {
     let mut tx = crate::db::for_tenant(db, tenant).await?;
@@ -410,38 +393,26 @@ impl<S: FrameSink> Turn<S> {
         continued: bool,
     ) -> anyhow::Result<ChatRequest> {
         let chat = &self.services.config.chat;
-        let mut params = Params { k: chat.k, ..Params::default() };
+        let params = Params { k: chat.k, ..Params::default() };
         let mut tx = crate::db::for_retrieval(&self.services.db, self.tenant).await?;
-        let cross = embedded.asked.iter().find(|a| a.cross);
-        let own_arm = match cross {
-            Some(c) => retrieval::Arm::Own { cross: c.embedder.model(), latin: embedded.latin },
-            None => retrieval::Arm::All,
-        };
-        let mut sources = Vec::new();
-        let mut searched = 0;
-        for a in embedded.asked.iter().filter(|a| a.own) {
-            params.min_similarity =
-                chat.min_similarity.unwrap_or_else(|| crate::embed::similarity_floor(a.embedder.model()));
-            let space = retrieval::Space { model: a.embedder.model(), dims: a.embedder.dimensions() };
-            let vector = &a.embeddings.vectors[0];
-            sources
-                .extend(retrieval::search_in(&mut *tx, self.tenant, space, own_arm, vector, question, &params).await?);
-            searched += 1;
-        }
-        if searched > 1 {
-            // each model's documents are disjoint; their fused lists merge by score
-            sources.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.similarity.total_cmp(&a.similarity)));
-            sources.truncate(params.k);
-        }
-        if let Some(c) = cross {
-            let model = c.embedder.model();
-            params.min_similarity = chat.min_similarity.unwrap_or(crate::embed::CROSS_LANGUAGE_FLOOR);
-            let space = retrieval::Space { model, dims: c.embedder.dimensions() };
-            let arm = retrieval::Arm::Cross { cross: model, latin: embedded.latin };
-            let vector = &c.embeddings.vectors[0];
-            let other = retrieval::search_in(&mut *tx, self.tenant, space, arm, vector, question, &params).await?;
-            sources = interleave(sources, other, params.k);
-        }
+        let floor = |model: &str| chat.min_similarity.unwrap_or_else(|| crate::embed::similarity_floor(model));
+        let own: Vec<retrieval::Query<'_>> = embedded
+            .asked
+            .iter()
+            .filter(|a| a.own)
+            .map(|a| retrieval::Query {
+                space: retrieval::Space { model: a.embedder.model(), dims: a.embedder.dimensions() },
+                vector: &a.embeddings.vectors[0],
+                min_similarity: floor(a.embedder.model()),
+            })
+            .collect();
+        let cross = embedded.asked.iter().find(|a| a.cross).map(|c| retrieval::Query {
+            space: retrieval::Space { model: c.embedder.model(), dims: c.embedder.dimensions() },
+            vector: &c.embeddings.vectors[0],
+            min_similarity: chat.min_similarity.unwrap_or(crate::embed::CROSS_LANGUAGE_FLOOR),
+        });
+        let sources =
+            retrieval::search_question(&mut tx, self.tenant, &own, cross, embedded.latin, question, &params).await?;
         // a session started by this question has no earlier turns
         let history =
             if continued { store::history(&mut *tx, self.tenant, session, HISTORY_TURNS).await? } else { Vec::new() };

@@ -583,6 +583,70 @@ pub async fn search(
     search_in(db, tenant_id, space, Arm::All, query_vector, query_text, params).await
 }
 
+/// One model's part of a question's search: the vectors searched, the question's vector by that
+/// model, and the similarity floor.
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'a> {
+    pub space: Space<'a>,
+    pub vector: &'a [f32],
+    pub min_similarity: f32,
+}
+
+/// A question's search as the chat runs it, in a transaction of [`crate::db::for_retrieval`]:
+/// by each `own` model over the documents its chunks hold (more than one while a model switch
+/// re-embeds the tenant; their lists merged by score), and, with `cross` (the cross-language model,
+/// when documents on the other side of the script line from the question, `latin` or not, have
+/// its vectors), by that model over those documents, the two sides' lists taken in turns
+/// ([`interleave`]). `params.min_similarity` is each query's own.
+pub async fn search_question(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    own: &[Query<'_>],
+    cross: Option<Query<'_>>,
+    latin: bool,
+    question: &str,
+    params: &Params,
+) -> Result<Vec<Source>, sqlx::Error> {
+    let own_arm = match &cross {
+        Some(c) => Arm::Own { cross: c.space.model, latin },
+        None => Arm::All,
+    };
+    let mut sources = Vec::new();
+    for q in own {
+        let params = Params { min_similarity: q.min_similarity, ..*params };
+        sources.extend(search_in(&mut *conn, tenant_id, q.space, own_arm, q.vector, question, &params).await?);
+    }
+    if own.len() > 1 {
+        // each model's documents are disjoint; their fused lists merge by score
+        sources.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.similarity.total_cmp(&a.similarity)));
+        sources.truncate(params.k);
+    }
+    if let Some(c) = cross {
+        let arm = Arm::Cross { cross: c.space.model, latin };
+        let params = Params { min_similarity: c.min_similarity, ..*params };
+        let other = search_in(&mut *conn, tenant_id, c.space, arm, c.vector, question, &params).await?;
+        sources = interleave(sources, other, params.k);
+    }
+    Ok(sources)
+}
+
+/// Two ranked lists of disjoint documents fused by reciprocal rank fusion with equal weights (so
+/// taken in turns, the first list's first at equal rank), the first `k`: the passages of the
+/// question's side and those of the other side, each ranked by the model suited to the pair of
+/// languages. Each keeps the score of its own search.
+pub fn interleave(own: Vec<Source>, other: Vec<Source>, k: usize) -> Vec<Source> {
+    let mut out = Vec::with_capacity(k.min(own.len() + other.len()));
+    let (mut own, mut other) = (own.into_iter(), other.into_iter());
+    while out.len() < k {
+        match (own.next(), other.next()) {
+            (None, None) => break,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+    out.truncate(k);
+    out
+}
+
 /// [`search`] over one [`Arm`]'s documents (`space` is the arm's model: the cross-language one
 /// for [`Arm::Cross`]).
 pub async fn search_in(
