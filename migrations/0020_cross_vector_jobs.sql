@@ -9,7 +9,11 @@
 alter table ingestion_jobs add column kind text not null default 'ingest'
     check (kind in ('ingest', 'cross_vectors'));
 
--- the claim returns the kind too (a new result type: the function is made again)
+-- The claim returns the kind too (a new result type: the function is made again), and takes
+-- ingestions first: a document someone waits for is not queued behind the second vectors of a
+-- reindex's backlog (those wait while uploads keep coming; they make no document searchable, only
+-- better found across scripts). The due jobs are sorted per claim, as before: a claim's cost grows
+-- with the backlog (a sort of the due rows), small beside a job's.
 drop function docuchat_claim_job(text, interval);
 create function docuchat_claim_job(p_worker text, p_lease interval)
 returns table (job_id bigint, job_document uuid, job_tenant uuid, job_attempts int, job_max_attempts int,
@@ -18,7 +22,7 @@ language sql volatile security definer set search_path = pg_catalog, public as $
     with next as (
         select q.id from ingestion_jobs q
          where (q.locked_until is null and q.run_at <= now()) or q.locked_until < now()
-         order by q.run_at, q.id
+         order by q.kind <> 'ingest', q.run_at, q.id
          limit 1
          for update skip locked
     )

@@ -471,3 +471,26 @@ async fn an_upload_is_ready_before_its_second_vectors(db: PgPool) {
     let cross: Option<String> = sqlx::query_scalar("select cross_model from documents").fetch_one(&db).await.unwrap();
     assert_eq!(cross, None);
 }
+
+/// Uploads are made ready before the second vectors of documents already ready: a reindex's
+/// backlog of `cross_vectors` jobs does not hold up a document someone waits for.
+#[sqlx::test]
+async fn uploads_go_before_second_vectors(db: PgPool) {
+    let app = TestApp::builder().var("CROSS_LANGUAGE_MODEL", "multilingual-e5-small").spawn(db.clone()).await;
+    let admin = app.tenant_with_admin("acme", common::ADMIN).await;
+    let resp = app.upload("acme", &admin, "chai.pdf", common::pdfgen::unicode_page(TEA)).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    assert!(matches!(run_next(&app).await, (JobKind::Ingest, Outcome::Ready { .. })));
+    // queued after the tea page's second vectors, run before them
+    let resp = app.upload("acme", &admin, "r-intro.pdf", common::fixture("english-2page.pdf")).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let order: Vec<(JobKind, bool)> = {
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let (kind, outcome) = run_next(&app).await;
+            order.push((kind, matches!(outcome, Outcome::Ready { .. } | Outcome::Vectors { .. })));
+        }
+        order
+    };
+    assert_eq!(order, [(JobKind::Ingest, true), (JobKind::CrossVectors, true), (JobKind::CrossVectors, true)]);
+}
