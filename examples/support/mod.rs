@@ -165,14 +165,19 @@ pub async fn store_documents(
         } else {
             doc.filename.clone()
         };
+        // `embedding_model` as `lifecycle::mark_ready` writes it: the service reads a tenant's
+        // models from it (`retrieval::TenantModels`)
         sqlx::query(
-            "insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status)
-             values ($1, $2, $3, $4, 1, 1, 'ready')",
+            "insert into documents (id, tenant_id, filename, sha256, bytes, pages_total, status, embedding_model,
+                                    chunk_count)
+             values ($1, $2, $3, $4, 1, 1, 'ready', $5, $6)",
         )
         .bind(id)
         .bind(tenant)
         .bind(&filename)
         .bind(id.as_bytes().repeat(2))
+        .bind(model)
+        .bind(doc.chunks.len() as i32)
         .execute(owner)
         .await?;
         let mut tx = docuchat::db::for_tenant(service, tenant).await?;
