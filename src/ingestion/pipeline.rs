@@ -181,25 +181,44 @@ impl Pipeline {
         progress.stage.store(1, Ordering::Relaxed);
 
         // the tenant's (and the uploader's) quota, checked now that the cost is known
-        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
-        let hold = quota::admit(&self.db, job.tenant_id, by.user, most_tokens as i64, hold_for).await?;
+        let hold = self.admit(job, by, most_tokens).await?;
 
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
         let (vectors, tokens, failure) = embed(&*self.embedder, &texts, &progress.chunks_embedded).await;
         drop(texts);
         let Some(e) = failure else {
             return Ok(Embedded { chunks, vectors, tokens, hold });
         };
-        // the batches embedded before the failure were spent: charged, the rest released
+        self.settle_failure(job, by, self.embedder.model(), tokens, hold).await?;
+        Err(e.into())
+    }
+
+    /// Admits the job's embedding of at most `tokens` against the quotas, holding them for a
+    /// few leases.
+    async fn admit(&self, job: &Job, by: Uploader, tokens: usize) -> Result<Option<Uuid>, JobError> {
+        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
+        Ok(quota::admit(&self.db, job.tenant_id, by.user, tokens as i64, hold_for).await?)
+    }
+
+    /// After an embedder failed part-way: the batches embedded before the failure were spent, so
+    /// they are charged (settling the hold); with nothing spent the hold is released.
+    async fn settle_failure(
+        &self,
+        job: &Job,
+        by: Uploader,
+        model: &str,
+        tokens: u64,
+        hold: Option<Uuid>,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
         if tokens > 0 {
-            self.charge(&mut tx, job, by, self.embedder.model(), tokens, hold).await?;
+            self.charge(&mut tx, job, by, model, tokens, hold).await?;
         } else if let Some(hold) = hold {
             quota::release(&mut *tx, job.tenant_id, hold).await?;
         }
         tx.commit().await?;
         crate::metrics::metered("embedding", tokens as i64);
-        Err(e.into())
+        Ok(())
     }
 
     /// A ready document's stored chunks embedded by the cross-language model: read (no
@@ -226,21 +245,12 @@ impl Pipeline {
             Some((count, _)) => texts.iter().map(|t| count(t)).sum(),
             None => texts.iter().map(|t| t.len()).sum(),
         };
-        let hold_for = self.config.lease * 4 + Duration::from_secs(600);
-        let hold = quota::admit(&self.db, job.tenant_id, by.user, most as i64, hold_for).await?;
-        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let hold = self.admit(job, by, most).await?;
         let (vectors, tokens, failure) = embed(&**embedder, &texts, &AtomicUsize::new(0)).await;
         let Some(e) = failure else {
             return Ok(Some(CrossVectors { ordinals, vectors, tokens, hold, script }));
         };
-        let mut tx = crate::db::for_tenant(&self.db, job.tenant_id).await?;
-        if tokens > 0 {
-            self.charge(&mut tx, job, by, embedder.model(), tokens, hold).await?;
-        } else if let Some(hold) = hold {
-            quota::release(&mut *tx, job.tenant_id, hold).await?;
-        }
-        tx.commit().await?;
-        crate::metrics::metered("embedding", tokens as i64);
+        self.settle_failure(job, by, embedder.model(), tokens, hold).await?;
         Err(e.into())
     }
 
@@ -391,14 +401,13 @@ impl Pipeline {
 /// spent until then and the error.
 async fn embed(
     embedder: &dyn Embedder,
-    texts: &[&str],
+    texts: &[String],
     embedded: &AtomicUsize,
 ) -> (Vec<Vec<f32>>, u64, Option<EmbedError>) {
     let mut vectors = Vec::with_capacity(texts.len());
     let mut tokens = 0;
     for batch in texts.chunks(embedder.batch_size().max(1)) {
-        let batch: Vec<String> = batch.iter().map(|t| (*t).to_owned()).collect();
-        match embedder.embed(&batch).await {
+        match embedder.embed(batch).await {
             Ok(out) => {
                 tokens += out.tokens;
                 vectors.extend(out.vectors);
