@@ -345,6 +345,49 @@ async fn a_document_deleted_while_it_is_embedded_is_still_charged(db: PgPool) {
     assert_eq!(held, 0);
 }
 
+/// A worker ends a job by locking the job's row and then the document's; a delete arriving in
+/// between waits for it and then removes the document (it used to lock the document first and
+/// deadlock with the worker, which Postgres ended by failing one of them: a 500 for the client).
+#[sqlx::test]
+async fn a_document_deleted_while_its_job_ends_waits_and_is_deleted(db: PgPool) {
+    use docuchat::{documents::lifecycle, ingestion::queue};
+    let s = setup(db).await;
+    let id = upload_ok(&s, "english-2page.pdf").await;
+    let job = queue::claim(&s.app.db, "w1", Duration::from_secs(60)).await.unwrap().expect("the upload's job");
+    assert_eq!(job.document_id, id);
+    // the worker's transaction, in the worker's order: the job, then the document
+    let mut worker = s.app.db.begin().await.unwrap();
+    assert!(queue::finish(&mut *worker, job.id, "w1").await.unwrap());
+    let path = format!("/v1/documents/{id}");
+    let delete = tokio::spawn({
+        let (client, url, token) = (s.app.client.clone(), s.app.url(&path), s.admin.clone());
+        async move { client.delete(url).header("X-Tenant-ID", "acme").bearer_auth(token).send().await.unwrap().status() }
+    });
+    // until the delete waits on a lock the worker holds
+    let waiting = async {
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock' and query ilike 'delete from%'",
+            )
+            .fetch_one(&s.app.db)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the delete waits for the worker");
+    lifecycle::set_scripts(&mut *worker, job.tenant_id, id, "latin", None).await.unwrap();
+    worker.commit().await.unwrap();
+    assert_eq!(delete.await.unwrap(), StatusCode::NO_CONTENT);
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from documents where id = $1").bind(id).fetch_one(&s.app.db).await.unwrap();
+    assert_eq!(left, 0);
+}
+
 #[sqlx::test]
 async fn documents_are_listed_newest_first_and_paginated(db: PgPool) {
     let s = setup(db).await;

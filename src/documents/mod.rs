@@ -252,12 +252,23 @@ pub async fn list(
     .await
 }
 
-/// Deletes a document; its bytes, job and chunks go with it (same statement, by cascade).
-pub async fn delete(db: impl PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+/// Deletes a document; its bytes, chunks and second vectors go with it (by cascade).
+///
+/// Its job goes first, in a statement of its own: a worker ending a job locks the job's row, then
+/// the document's (the chunks it inserts, the status it sets), and a delete locking the document
+/// before the cascade reaches the job would wait on the worker while the worker waits on it — a
+/// deadlock, which Postgres ends by failing one of the two. Taking the job first, the delete waits
+/// for the worker's transaction to end and then removes whatever it stored.
+pub async fn delete(conn: &mut PgConnection, tenant_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query("delete from ingestion_jobs where tenant_id = $1 and document_id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     let done = sqlx::query("delete from documents where tenant_id = $1 and id = $2")
         .bind(tenant_id)
         .bind(id)
-        .execute(db)
+        .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
 }
