@@ -364,8 +364,9 @@ async fn service_by_script(
         async move {
             let latin = docuchat::embed::script(&question) == "latin";
             let crosses = models.get(service, tenant).await?.crosses(e5_model, latin);
-            let own = [retrieval::Query { space: minilm_space, vector: &own, min_similarity: -1.0 }];
-            let cross = crosses.then_some(retrieval::Query { space: e5_space, vector: &cross, min_similarity: -1.0 });
+            let own = [retrieval::Query { space: minilm_space, vector: Some(&own), min_similarity: -1.0 }];
+            let cross =
+                crosses.then_some(retrieval::Query { space: e5_space, vector: Some(&cross), min_similarity: -1.0 });
             let mut tx = db::for_retrieval(service, tenant).await?;
             let found = retrieval::search_question(&mut tx, tenant, &own, cross, latin, &question, params).await?;
             tx.commit().await?;

@@ -250,6 +250,24 @@ async fn persian_questions_get_the_persian_prompt(db: PgPool) {
         frames.iter().filter(|f| f["type"] == "token").map(|f| f["content"].as_str().unwrap()).collect();
     assert!(!frames[1]["sources"].as_array().unwrap().is_empty(), "{frames:?}");
     assert!(answer.starts_with("بر اساس اسناد شما"), "{answer}");
+    // all-MiniLM-L6-v2 cannot read Persian: the question is searched by its words alone, so it is
+    // not embedded, and no embedding is charged for it (the answer's own tokens are)
+    let sources = frames[1]["sources"].as_array().unwrap();
+    assert!(sources.iter().all(|s| s["similarity"] == 0.0), "{sources:?}");
+    let charged: Vec<String> =
+        sqlx::query_scalar("select e.kind from usage_events e where e.message_id is not null order by e.kind")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(charged, ["completion", "prompt"]);
+    // an English question is embedded and charged, as always
+    ask(&mut ws, None, "How is a LaTeX input file structured?").await;
+    let embedded: i64 =
+        sqlx::query_scalar("select count(*) from usage_events where kind = 'embedding' and message_id is not null")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(embedded, 1);
 }
 
 #[sqlx::test]

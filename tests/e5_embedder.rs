@@ -332,14 +332,28 @@ async fn questions_find_documents_written_in_another_script(db: PgPool) {
     let found = sources_of(&after, &admin, "Какой температуры должна быть вода для зелёного чая?").await;
     assert_eq!(found.first().map(String::as_str), Some("chai.pdf"), "{found:?}");
 
-    // the Persian question's embedding by both models is charged with its answer
-    let minilm = after.state.embedder().unwrap().embed_query(persian_about_r).await.unwrap().tokens;
+    // the Persian question's embedding by e5 is charged with its answer, under e5's name; MiniLM,
+    // which cannot read it and searches its side by the question's words alone, does not embed it
+    // (it did, and was charged, until its unused vector was left out)
     let e5 = after.state.cross_embedder().unwrap().embed_query(persian_about_r).await.unwrap().tokens;
+    let charged: (String, i64) = sqlx::query_as(
+        "select e.model, e.tokens from usage_events e join messages m on m.id = e.message_id
+          where e.kind = 'embedding' and m.question = $1 order by e.id desc limit 1",
+    )
+    .bind(persian_about_r)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(charged, (CROSS.to_owned(), e5 as i64));
+    // an English question in this tenant is embedded by both models, both charged
+    let english = "What are the standard and recommended packages supplied with R?";
+    let minilm = after.state.embedder().unwrap().embed_query(english).await.unwrap().tokens;
+    let e5 = after.state.cross_embedder().unwrap().embed_query(english).await.unwrap().tokens;
     let charged: i64 = sqlx::query_scalar(
         "select e.tokens from usage_events e join messages m on m.id = e.message_id
           where e.kind = 'embedding' and m.question = $1 order by e.id desc limit 1",
     )
-    .bind(persian_about_r)
+    .bind(english)
     .fetch_one(&db)
     .await
     .unwrap();

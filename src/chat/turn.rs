@@ -126,7 +126,9 @@ pub struct Services {
 /// A question embedded by one model, and what that model searches.
 struct Asked {
     embedder: Arc<dyn Embedder>,
-    embeddings: Embeddings,
+    /// `None` when the model cannot read the question ([`crate::embed::reads`]): it searches its
+    /// chunks by the question's words alone, so the question is not embedded (nor charged) by it
+    embeddings: Option<Embeddings>,
     /// the tenant has chunks of this model: they are searched by it
     own: bool,
     /// it is the cross-language model, and documents on the other side of the script line have
@@ -138,6 +140,16 @@ struct Asked {
 struct Embedded {
     asked: Vec<Asked>,
     latin: bool,
+}
+
+impl Embedded {
+    /// The model the question's embedding is charged under: the first that embedded it (the
+    /// configured one, unless it could not read the question), else the configured one (nothing
+    /// to charge then).
+    fn charged_model(&self) -> &str {
+        let embedded = self.asked.iter().find(|a| a.embeddings.is_some());
+        embedded.or(self.asked.first()).map_or("", |a| a.embedder.model())
+    }
 }
 
 /// Gives back a hold in a transaction of its own.
@@ -242,8 +254,8 @@ impl<S: FrameSink> Turn<S> {
                 completion_tokens: generated.usage.completion_tokens as i32,
                 status: generated.status,
                 error_code: generated.failure.as_ref().map(|f| f.0),
-                embedding_model: embedded.asked[0].embedder.model().to_owned(),
-                embedding_tokens: embedded.asked.iter().map(|a| a.embeddings.tokens as i64).sum(),
+                embedding_model: embedded.charged_model().to_owned(),
+                embedding_tokens: embedded.asked.iter().flat_map(|a| &a.embeddings).map(|e| e.tokens as i64).sum(),
                 hold: *hold,
             })
             .await?;
@@ -339,7 +351,9 @@ impl<S: FrameSink> Turn<S> {
     /// tenant's documents, by each model their chunks still hold (those documents stay
     /// searchable meanwhile), and by the cross-language model when documents on the other side of
     /// the script line have its vectors — or `None` when questions cannot be embedded now
-    /// (logged). The configured model's comes first; every model's tokens are charged.
+    /// (logged). The configured model's comes first; every model's tokens are charged. A model
+    /// that cannot read the question (all-MiniLM-L6-v2 and a Persian one) does not embed it: its
+    /// chunks are searched by the question's words alone, whatever its vector.
     async fn embed(&self, question: &str) -> Option<Embedded> {
         let embedder = match &self.services.embedder {
             Ok(e) => e.clone(),
@@ -368,7 +382,10 @@ impl<S: FrameSink> Turn<S> {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the tenant's embedding models"),
         }
-        let results = futures_util::future::join_all(wanted.iter().map(|(e, ..)| e.embed_query(question))).await;
+        let results = futures_util::future::join_all(wanted.iter().map(|(e, ..)| async {
+            if crate::embed::reads(e.model(), question) { e.embed_query(question).await.map(Some) } else { Ok(None) }
+        }))
+        .await;
         let mut asked = Vec::with_capacity(wanted.len());
         for ((embedder, own, cross), result) in wanted.into_iter().zip(results) {
             match result {
@@ -402,13 +419,13 @@ impl<S: FrameSink> Turn<S> {
             .filter(|a| a.own)
             .map(|a| retrieval::Query {
                 space: retrieval::Space { model: a.embedder.model(), dims: a.embedder.dimensions() },
-                vector: &a.embeddings.vectors[0],
+                vector: a.embeddings.as_ref().map(|e| e.vectors[0].as_slice()),
                 min_similarity: floor(a.embedder.model()),
             })
             .collect();
         let cross = embedded.asked.iter().find(|a| a.cross).map(|c| retrieval::Query {
             space: retrieval::Space { model: c.embedder.model(), dims: c.embedder.dimensions() },
-            vector: &c.embeddings.vectors[0],
+            vector: c.embeddings.as_ref().map(|e| e.vectors[0].as_slice()),
             min_similarity: chat.min_similarity.unwrap_or(crate::embed::CROSS_LANGUAGE_FLOOR),
         });
         let sources =

@@ -433,6 +433,40 @@ pub fn hybrid_sql_in(model: &str, dims: usize, arm: Arm<'_>) -> String {
     )
 }
 
+/// [`hybrid_sql_in`] for a question the model cannot read ([`crate::embed::reads`]): the full-text
+/// list alone, scored as the hybrid statement scores it with the vector list weighing 0 — but no
+/// vector is read or compared, so the question needs none (the chat does not embed it by that
+/// model). Its passages' similarity is 0: none was measured. $1 the tenant, $2 candidates, $3 the
+/// question's text, $4 the full-text list's weight, $5 how many to return.
+pub fn text_sql_in(model: &str, arm: Arm<'_>) -> String {
+    let (documents, vectors, kept) = arm.sql();
+    format!(
+        "{ctes},
+         by_text as (
+             select r.id, r.rank
+               from (select id, rank from ranked order by rank desc, id) r
+               join {vectors} c on c.id = r.id
+               join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+              where c.tenant_id = $1 and c.embedding_model = {model} and d.status <> 'failed' {documents}
+              order by r.rank desc, r.id limit $2
+         ),
+         fused as (
+             select id, 0::real as similarity, ($4::real / ({RRF_K} + row_number() over (order by rank desc, id)))::real as score
+               from by_text
+              where $4::real > 0
+              order by score desc limit $5
+         )
+         select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
+           from fused f
+           join chunks c on c.id = f.id
+           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
+          {kept}
+          order by f.score desc",
+        ctes = text_ctes("$1", "$2", "$3"),
+        model = literal(model),
+    )
+}
+
 /// The embedding models of each tenant's searchable chunks (`documents.embedding_model`, which
 /// changes with a document's chunks in one transaction), kept a few seconds: a question is
 /// embedded with the configured model always, and with these others while a model switch
@@ -594,7 +628,7 @@ pub async fn search(
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
-    search_in(db, tenant_id, space, Arm::All, query_vector, query_text, params).await
+    search_in(db, tenant_id, space, Arm::All, Some(query_vector), query_text, params).await
 }
 
 /// One model's part of a question's search: the vectors searched, the question's vector by that
@@ -602,7 +636,8 @@ pub async fn search(
 #[derive(Clone, Copy, Debug)]
 pub struct Query<'a> {
     pub space: Space<'a>,
-    pub vector: &'a [f32],
+    /// `None` for a question the model cannot read (see [`search_in`]): it is not embedded by it
+    pub vector: Option<&'a [f32]>,
     pub min_similarity: f32,
 }
 
@@ -662,36 +697,45 @@ pub fn interleave(own: Vec<Source>, other: Vec<Source>, k: usize) -> Vec<Source>
 }
 
 /// [`search`] over one [`Arm`]'s documents (`space` is the arm's model: the cross-language one
-/// for [`Arm::Cross`]).
+/// for [`Arm::Cross`]). Without a vector, or with one of a question the model cannot read, the
+/// question is searched by its words alone ([`text_sql_in`]).
 pub async fn search_in(
     db: impl sqlx::PgExecutor<'_>,
     tenant_id: Uuid,
     space: Space<'_>,
     arm: Arm<'_>,
-    query_vector: &[f32],
+    query_vector: Option<&[f32]>,
     query_text: &str,
     params: &Params,
 ) -> Result<Vec<Source>, sqlx::Error> {
     // a question the model cannot read (all-MiniLM-L6-v2 and a Persian question) is searched by
     // its words alone: its vector would only push noise into the fusion, and its similarity says
     // nothing, so no floor either (the full-text list holds only chunks that share its words)
-    let (vector_weight, min_similarity) = if crate::embed::reads(space.model, query_text) {
-        (params.vector_weight, params.min_similarity)
-    } else {
-        (0.0, -1.0)
+    let rows: Vec<Row> = match query_vector.filter(|_| crate::embed::reads(space.model, query_text)) {
+        Some(vector) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(hybrid_sql_in(space.model, space.dims, arm)))
+                .bind(pgvector::Vector::from(vector.to_vec()))
+                .bind(tenant_id)
+                .bind(params.candidates as i64)
+                .bind(text_query(query_text))
+                .bind(params.vector_weight)
+                .bind(params.text_weight)
+                .bind(params.min_similarity)
+                .bind(params.k as i64)
+                .fetch_all(db)
+                .await?
+        }
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(text_sql_in(space.model, arm)))
+                .bind(tenant_id)
+                .bind(params.candidates as i64)
+                .bind(text_query(query_text))
+                .bind(params.text_weight)
+                .bind(params.k as i64)
+                .fetch_all(db)
+                .await?
+        }
     };
-    let sql = hybrid_sql_in(space.model, space.dims, arm);
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(pgvector::Vector::from(query_vector.to_vec()))
-        .bind(tenant_id)
-        .bind(params.candidates as i64)
-        .bind(text_query(query_text))
-        .bind(vector_weight)
-        .bind(params.text_weight)
-        .bind(min_similarity)
-        .bind(params.k as i64)
-        .fetch_all(db)
-        .await?;
     Ok(rows
         .into_iter()
         .map(|r| Source {

@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Params, STOP_WORDS, Space, literal, search, snippet, text_candidates, text_query};
+use super::{Arm, Params, STOP_WORDS, Space, literal, search, search_in, snippet, text_candidates, text_query};
 use crate::{
     auth::email::Email,
     ingestion::{chunk::Chunk, store::insert_chunks},
@@ -388,6 +388,17 @@ async fn a_question_the_model_cannot_read_is_searched_by_its_words(db: PgPool) {
     };
     let persian = "مدل زبانی چیست؟";
     assert_eq!(found(crate::embed::local::MODEL_NAME, persian).await, [chunks[0].text.clone()]);
+    // the same without a vector (the chat does not embed a question its model cannot read):
+    // nothing is compared, so no similarity either
+    let mut tx = crate::db::for_retrieval(&db, tenant).await.unwrap();
+    let space = Space { model: crate::embed::local::MODEL_NAME, dims: 384 };
+    let by_words = search_in(&mut *tx, tenant, space, Arm::All, None, persian, &params).await.unwrap();
+    drop(tx);
+    assert_eq!(
+        by_words.iter().map(|s| (s.text.as_str(), s.similarity)).collect::<Vec<_>>(),
+        [(chunks[0].text.as_str(), 0.0)]
+    );
+    assert!(by_words[0].score > 0.0);
     // a model that reads it: both lists, and the floor
     assert_eq!(found("t", persian).await, [chunks[1].text.clone()]);
     // an English question with MiniLM: both lists, and the floor, as always
