@@ -515,7 +515,7 @@ pub async fn remove(State(state): State<AppState>, user: Principal, Path(id): Pa
     user.require(Scope::DocumentsWrite)?;
     let id = parse_id(&id)?;
     let mut tx = db::for_tenant(&state.db, user.tenant_id()).await?;
-    if super::delete(&mut *tx, user.tenant_id(), id).await? {
+    if super::delete(&mut tx, user.tenant_id(), id).await? {
         tx.commit().await?;
         tracing::info!(document_id = %id, "document deleted");
         Ok(StatusCode::NO_CONTENT)
