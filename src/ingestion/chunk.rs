@@ -150,6 +150,10 @@ impl Chunker<'_> {
         // a single piece may take at most a quarter of a chunk
         let piece_max = (self.max_tokens / 4).max(1);
         let secondary_piece_max = self.secondary.as_ref().map(|s| (s.max / 4).max(1));
+        // what the second tokenizer counts for nothing (special tokens, a prefix): an ASCII word
+        // is at most one piece per byte more (ASCII is neither expanded by normalisation nor cut
+        // finer than its bytes), so only one that could be too long is counted
+        let secondary_base = self.secondary.as_ref().map_or(0, |s| (s.count)(""));
         for page in pages {
             let mut pending = Break::Paragraph;
             let text = page.text.as_str();
@@ -196,7 +200,10 @@ impl Chunker<'_> {
                     if ws_break >= Break::Space && ends_sentence { ws_break.max(Break::Sentence) } else { ws_break };
                 let tokens = bpe.encode_ordinary(word).len();
                 let too_long = tokens > piece_max
-                    || secondary_piece_max.zip(self.secondary.as_ref()).is_some_and(|(m, s)| (s.count)(word) > m);
+                    || secondary_piece_max.zip(self.secondary.as_ref()).is_some_and(|(m, s)| {
+                        let surely_fits = word.is_ascii() && secondary_base + word.len() + 1 <= m;
+                        !surely_fits && (s.count)(word) > m
+                    });
                 if too_long {
                     // cut between characters, a few at a time
                     let mut first = true;
@@ -342,6 +349,23 @@ mod tests {
         let calls = calls.into_inner();
         // one count per word (pieces too long for a chunk are cut), then a few per chunk
         assert!(calls <= words + chunks.len() * 12, "{calls} counts for {} chunks", chunks.len());
+    }
+
+    #[test]
+    fn words_too_long_for_the_second_tokenizer_are_cut() {
+        // a tokenizer at its worst: a piece per byte, and two special tokens
+        let count_bytes = |s: &str| s.len() + 2;
+        let chunker =
+            Chunker { secondary: Some(SecondaryLimit { count: &count_bytes, max: 40 }), ..Chunker::new(400, 0) };
+        // short words (never counted alone: an ASCII word fits whatever the tokenizer), and words
+        // of 60 ASCII letters and of 30 Persian letters, each more than a chunk's worth of bytes
+        let long = "abcdefghijklmnopqrstuvwxyz".repeat(3)[..60].to_owned();
+        let persian = "ب".repeat(30);
+        let text = format!("a few short words {long} then more {persian} and the end");
+        let chunks = chunker.chunk(&[page(1, &text)]);
+        assert!(chunks.iter().all(|c| count_bytes(&c.text) <= 40), "{chunks:?}");
+        let joined: String = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert!(joined.contains(&long[..20]) && joined.contains("end"), "{chunks:?}");
     }
 
     #[test]
