@@ -201,7 +201,8 @@ impl Chunker<'_> {
                 let tokens = bpe.encode_ordinary(word).len();
                 let too_long = tokens > piece_max
                     || secondary_piece_max.zip(self.secondary.as_ref()).is_some_and(|(m, s)| {
-                        let surely_fits = word.is_ascii() && secondary_base + word.len() + 1 <= m;
+                        // at most `secondary_base + word.len() + 1`, so at most `m`
+                        let surely_fits = word.is_ascii() && secondary_base + word.len() < m;
                         !surely_fits && (s.count)(word) > m
                     });
                 if too_long {
