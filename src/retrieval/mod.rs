@@ -421,15 +421,24 @@ pub fn hybrid_sql_in(model: &str, dims: usize, arm: Arm<'_>) -> String {
              having sum(part) > 0
               order by score desc, similarity desc limit $8
          )
-         select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
+         {passages}",
+        ctes = text_ctes("$2", "$3", "$4"),
+        passages = passages(&kept),
+        model = literal(model),
+        exact_max = exact_scan_max_chunks(dims)
+    )
+}
+
+/// The end of both search statements: the fused winners (`fused`: id, similarity, score) as the
+/// rows of [`Row`], those of the documents `kept` selects, best first.
+fn passages(kept: &str) -> String {
+    format!(
+        "select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
            from fused f
            join chunks c on c.id = f.id
            join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
           {kept}
-          order by f.score desc, f.similarity desc",
-        ctes = text_ctes("$2", "$3", "$4"),
-        model = literal(model),
-        exact_max = exact_scan_max_chunks(dims)
+          order by f.score desc, f.similarity desc"
     )
 }
 
@@ -456,13 +465,9 @@ pub fn text_sql_in(model: &str, arm: Arm<'_>) -> String {
               where $4::real > 0
               order by score desc limit $5
          )
-         select f.id, c.document_id, d.filename, c.page_from, c.page_to, c.text, c.token_count, f.similarity, f.score
-           from fused f
-           join chunks c on c.id = f.id
-           join documents d on d.tenant_id = c.tenant_id and d.id = c.document_id
-          {kept}
-          order by f.score desc",
+         {passages}",
         ctes = text_ctes("$1", "$2", "$3"),
+        passages = passages(&kept),
         model = literal(model),
     )
 }
