@@ -13,6 +13,8 @@
 //! asking at the same instant, the next burst when all are answered); all but the bursts by
 //! default. Each
 //! run prints questions per second and the CPU time per question of the server and of Postgres.
+//! A run asks about 1,000 questions (at least three a session); `BENCH_QUESTIONS=<n>` asks about
+//! `n`, for runs long enough to profile.
 //!
 //! The tenant holds 200 short synthetic passages under a constant embedding, unless
 //! `BENCH_PDFS=<directory of PDFs>` and `BENCH_QA=<QA file>` are set: then it holds real text — the
@@ -145,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
     docuchat::install_crypto_provider();
     let idle: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let phases = std::env::args().nth(2).unwrap_or_else(|| "1,100,1000,100p,1000p".to_owned());
+    let questions: usize = std::env::var("BENCH_QUESTIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(1000);
     let phases: Vec<(usize, usize, Pace)> = phases
         .split(',')
         .filter_map(|p| {
@@ -157,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let sessions: usize = n.parse().ok()?;
             // about a thousand questions at small concurrency, three a session at large
-            Some((sessions, (1000 / sessions).clamp(3, 200), pace))
+            Some((sessions, (questions / sessions.max(1)).clamp(3, (questions / 5).max(200)), pace))
         })
         .collect();
     support::with_scratch_database(|url| async move { run(&url, idle, &phases).await }).await
